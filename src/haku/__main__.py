@@ -1,0 +1,5 @@
+import sys
+
+from haku.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""CRD models and the hand-written CRD YAML: Haku's API contract."""

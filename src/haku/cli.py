@@ -1,0 +1,160 @@
+"""The ``haku`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from haku import __version__
+from haku.dev import packages, toolchain
+from haku.dev.cluster import DevCluster, DevClusterError, Report
+from haku.dev.layout import Layout, default_state_dir
+from haku.dev.processes import ComponentFailed
+from haku.dev.versions import VersionError, Versions
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    return Layout.api_only(state_dir) if args.api_only else Layout(state_dir=state_dir)
+
+
+def _versions(args: argparse.Namespace) -> Versions:
+    versions = Versions.from_env()
+    if getattr(args, "kubernetes_version", None):
+        versions = versions.with_kubernetes(args.kubernetes_version)
+    return versions
+
+
+def _print_up_summary(cluster: DevCluster, report: Report) -> None:
+    lay = cluster.layout
+    total = dict(report.steps).get("total", 0.0)
+    print()
+    if report.started:
+        print(f"started: {', '.join(report.started)}")
+    if report.already_running:
+        print(f"already running (left alone): {', '.join(report.already_running)}")
+    print(f"admin cluster ready in {total:.1f}s: Kubernetes {cluster.versions.kubernetes}, "
+          f"API {lay.apiserver_url}" + (f", node {lay.node_name} Ready" if lay.full else ""))
+    print(f"admin kubeconfig: {lay.admin_kubeconfig}")
+    if lay.full:
+        conns = json.loads((lay.datastores_dir / "connections.json").read_text())
+        print("datastores for tenants:")
+        for name, c in conns.items():
+            print(f"  {name:<9} {', '.join(c['endpoints'])}  (connection details: "
+                  f"{lay.datastores_dir / 'connections.json'})")
+    print("try it:")
+    print(f"  export KUBECONFIG={lay.admin_kubeconfig} PATH={lay.bin}:$PATH")
+    print("  kubectl get nodes,pods -A")
+    print(f"logs: {lay.logs}/   stop: haku dev down" +
+          (f" --state-dir {lay.state_dir}" if lay.state_dir != default_state_dir() else ""))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cluster = DevCluster(_layout(args), _versions(args))
+    report = cluster.up()
+    _print_up_summary(cluster, report)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cluster = DevCluster(_layout(args), _versions(args))
+    result = cluster.down(purge=args.purge)
+    print(f"stopped: {', '.join(result.stopped) or 'nothing was running'}")
+    if result.killed_leftovers:
+        print(f"killed leftover container processes: {len(result.killed_leftovers)}")
+    for label, items in (("unmounted", result.unmounted), ("network namespaces", result.netns),
+                         ("links", result.links)):
+        if items:
+            print(f"removed {label}: {len(items)} ({', '.join(items[:4])}"
+                  f"{', …' if len(items) > 4 else ''})")
+    if result.chains:
+        print(f"removed iptables chains: {len(result.chains)}")
+    if args.purge:
+        print(f"deleted {cluster.layout.state_dir}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cluster = DevCluster(_layout(args), _versions(args))
+    info = cluster.status()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"state: {info['state_dir']}  Kubernetes {info['kubernetes']}")
+        for name, c in info["components"].items():
+            state = f"running (pid {c['pid']})" if c["running"] else "stopped"
+            print(f"  {name:<26} {state}")
+        print(f"API ready: {info['apiserver_ready']}" +
+              (f"   node Ready: {info['node_ready']}" if "node_ready" in info else ""))
+        print(f"admin kubeconfig: {info['admin_kubeconfig']}")
+    running = all(c["running"] for c in info["components"].values())
+    return 0 if running and info["apiserver_ready"] else 3
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    names = args.components or ["kubernetes", "etcd", "kine"]
+    built = toolchain.ensure(names, _versions(args))
+    for name, path in built.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_deps(args: argparse.Namespace) -> int:
+    installed = packages.install()
+    print(f"installed: {' '.join(installed)}" if installed else "all Debian packages present")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="haku", description="Hosted Kubernetes control planes.")
+    p.add_argument("--version", action="version", version=f"haku {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="the local admin cluster (for the demo and tests)")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+
+    def cluster_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+        sp.add_argument("--api-only", action="store_true",
+                        help="etcd + kube-apiserver only, on their own ports")
+        sp.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
+
+    up = dev_sub.add_parser("up", help="start the cluster (safe to run again)")
+    cluster_args(up)
+    up.set_defaults(fn=cmd_up)
+    down = dev_sub.add_parser("down", help="stop it and remove what it created on the host")
+    cluster_args(down)
+    down.add_argument("--purge", action="store_true", help="also delete the state directory")
+    down.set_defaults(fn=cmd_down)
+    status = dev_sub.add_parser("status", help="what runs; exit 3 if not all is up")
+    cluster_args(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(fn=cmd_status)
+    build = dev_sub.add_parser("build", help="build and cache the upstream binaries")
+    build.add_argument("components", nargs="*",
+                       help="kubernetes, etcd, kine, coredns (default: the first three)")
+    build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
+    build.set_defaults(fn=cmd_build)
+    deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
+    deps.set_defaults(fn=cmd_deps)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+        return code
+    except (DevClusterError, ComponentFailed, toolchain.ToolchainError, VersionError,
+            packages.MissingPackages, PermissionError) as e:
+        print(f"haku: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("haku: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Host resources a local cluster creates and must remove: links, chains, mounts, netns, cgroups.
+
+Parsing is kept in pure functions (tested on captured text); the rest shells out to ``ip`` and
+``iptables`` as an administrator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+IPTABLES = ("iptables", "ip6tables")
+IPTABLES_TABLES = ("filter", "nat", "mangle", "raw")
+
+
+class HostError(RuntimeError):
+    pass
+
+
+def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise HostError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Listening ports
+
+
+@dataclass(frozen=True)
+class Listener:
+    port: int
+    pid: int | None
+    command: str
+
+
+def parse_proc_net_tcp(text: str) -> dict[int, set[int]]:
+    """LISTEN sockets from /proc/net/tcp{,6}: port -> socket inodes."""
+    listening: dict[int, set[int]] = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != "0A":  # 0A = TCP_LISTEN
+            continue
+        port = int(fields[1].rsplit(":", 1)[1], 16)
+        listening.setdefault(port, set()).add(int(fields[9]))
+    return listening
+
+
+def listeners(ports: Iterable[int]) -> dict[int, Listener]:
+    """Which of ``ports`` something listens on, and which process that is."""
+    wanted = set(ports)
+    sockets: dict[int, set[int]] = {}
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            for port, inodes in parse_proc_net_tcp(Path(name).read_text()).items():
+                if port in wanted:
+                    sockets.setdefault(port, set()).update(inodes)
+
+        except OSError:
+            continue
+    if not sockets:
+        return {}
+    owner: dict[int, int] = {}
+    inode_to_port = {i: p for p, inodes in sockets.items() for i in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inode = int(target[8:-1])
+                    if inode in inode_to_port:
+                        owner.setdefault(inode_to_port[inode], int(proc.name))
+        except OSError:
+            continue
+    result = {}
+    for port in sockets:
+        pid = owner.get(port)
+        command = ""
+        if pid is not None:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                command = ""
+        result[port] = Listener(port, pid, command.strip()[:200])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Links and network namespaces
+
+
+def link_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def ensure_bridge(name: str, address: str | None = None) -> bool:
+    """Create bridge ``name`` (with ``address``, a CIDR) unless it exists; True if created."""
+    created = False
+    if not link_exists(name):
+        run(["ip", "link", "add", name, "type", "bridge"])
+        created = True
+    if address:
+        shown = run(["ip", "-j", "addr", "show", "dev", name]).stdout
+        have = {f"{a['local']}/{a['prefixlen']}" for i in json.loads(shown) for a in i["addr_info"]}
+        if address not in have:
+            run(["ip", "addr", "add", address, "dev", name])
+    run(["ip", "link", "set", name, "up"])
+    return created
+
+
+def delete_link(name: str) -> bool:
+    if not link_exists(name):
+        return False
+    run(["ip", "link", "del", name])
+    return True
+
+
+def netns_attached_to(bridge: str, links_json: str, netns_json: str) -> list[str]:
+    """Names of the network namespaces whose veth peers hang on ``bridge``.
+
+    ``links_json`` is ``ip -j link show master BRIDGE``; ``netns_json`` is ``ip -j netns list``.
+    """
+    ids = {
+        link["link_netnsid"]
+        for link in json.loads(links_json or "[]")
+        if link.get("master") == bridge and "link_netnsid" in link
+    }
+    names = []
+    for ns in json.loads(netns_json or "[]"):
+        if ns.get("id") in ids:
+            names.append(ns["name"])
+    return sorted(names)
+
+
+def pod_netns(bridge: str) -> list[str]:
+    if not link_exists(bridge):
+        return []
+    links = run(["ip", "-j", "link", "show", "master", bridge], check=False).stdout
+    namespaces = run(["ip", "-j", "netns", "list"], check=False).stdout
+    return netns_attached_to(bridge, links, namespaces)
+
+
+def delete_netns(name: str) -> None:
+    run(["ip", "netns", "del", name], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# iptables KUBE-* chains
+
+
+Chain = tuple[str, str, str]  # (iptables command, table, chain)
+
+
+def parse_chains(rules: str, prefix: str = "KUBE-") -> list[str]:
+    """Chain names declared in ``iptables -S`` output that start with ``prefix``."""
+    names = []
+    for line in rules.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "-N" and parts[1].startswith(prefix):
+            names.append(parts[1])
+    return names
+
+
+def rules_jumping_to(rules: str, chains: set[str]) -> list[list[str]]:
+    """``-A`` rules (as argument lists) that jump to or go to one of ``chains``."""
+    found = []
+    for line in rules.splitlines():
+        parts = line.split()
+        if not parts or parts[0] != "-A":
+            continue
+        for flag in ("-j", "-g"):
+            if flag in parts:
+                i = parts.index(flag)
+                if i + 1 < len(parts) and parts[i + 1] in chains:
+                    found.append(parts)
+                    break
+    return found
+
+
+def kube_chains() -> set[Chain]:
+    chains: set[Chain] = set()
+    for cmd in IPTABLES:
+        for table in IPTABLES_TABLES:
+            result = run([cmd, "-w", "-t", table, "-S"], check=False)
+            if result.returncode == 0:
+                chains.update((cmd, table, c) for c in parse_chains(result.stdout))
+    return chains
+
+
+def remove_chains(chains: Iterable[Chain]) -> list[Chain]:
+    """Remove ``chains``: first every rule that jumps to them, then flush, then delete."""
+    by_table: dict[tuple[str, str], set[str]] = {}
+    for cmd, table, chain in chains:
+        by_table.setdefault((cmd, table), set()).add(chain)
+    removed: list[Chain] = []
+    for (cmd, table), names in sorted(by_table.items()):
+        rules = run([cmd, "-w", "-t", table, "-S"], check=False).stdout
+        for rule in rules_jumping_to(rules, names):
+            run([cmd, "-w", "-t", table, "-D", *rule[1:]], check=False)
+        for name in sorted(names):
+            run([cmd, "-w", "-t", table, "-F", name], check=False)
+        for name in sorted(names):
+            if run([cmd, "-w", "-t", table, "-X", name], check=False).returncode == 0:
+                removed.append((cmd, table, name))
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Mounts
+
+
+def _unescape_mount(path: str) -> str:
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        path = path.replace(code, char)
+    return path
+
+
+def parse_mountinfo(text: str) -> list[str]:
+    """Mount points listed in /proc/self/mountinfo, in order."""
+    return [_unescape_mount(line.split()[4]) for line in text.splitlines() if line.strip()]
+
+
+def mounts_under(roots: Iterable[Path], mountinfo: str | None = None) -> list[str]:
+    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    prefixes = [str(r).rstrip("/") for r in roots]
+    points = [
+        m for m in parse_mountinfo(text)
+        if any(m == p or m.startswith(p + "/") for p in prefixes)
+    ]
+    return sorted(set(points), key=lambda m: (-m.count("/"), m))
+
+
+def unmount_under(roots: Iterable[Path]) -> list[str]:
+    roots = list(roots)
+    done = []
+    for _ in range(5):  # stacked mounts need more than one pass
+        points = mounts_under(roots)
+        if not points:
+            break
+        for m in points:
+            if run(["umount", "-l", m], check=False).returncode == 0:
+                done.append(m)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# cgroups the kubelet made
+
+
+def cgroup_roots() -> list[Path]:
+    base = Path("/sys/fs/cgroup")
+    if (base / "cgroup.controllers").exists():  # pure v2
+        return [base]
+    return [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()] if base.exists() else []
+
+
+def cgroup_pids(name: str) -> set[int]:
+    """PIDs in any cgroup called ``name`` (e.g. ``kubepods``) or below it."""
+    pids: set[int] = set()
+    for root in cgroup_roots():
+        top = root / name
+        if not top.is_dir():
+            continue
+        for procs in top.rglob("cgroup.procs"):
+            try:
+                pids.update(int(p) for p in procs.read_text().split())
+            except OSError:
+                continue
+    return pids
+
+
+def remove_cgroups(name: str) -> int:
+    """rmdir the cgroup trees called ``name`` (deepest first); returns how many went."""
+    removed = 0
+    for root in cgroup_roots():
+        top = root / name
+        if not top.is_dir():
+            continue
+        dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
+        for d in [*dirs, top]:
+            try:
+                d.rmdir()
+                removed += 1
+            except OSError:
+                continue
+    return removed

@@ -1,0 +1,154 @@
+"""Where everything of one local cluster lives: directories, ports, links and address ranges."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = Path("/var/lib/haku/dev")
+STATE_FORMAT = 1
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("HAKU_DEV_DIR", str(DEFAULT_STATE_DIR)))
+
+
+@dataclass(frozen=True)
+class Ports:
+    apiserver: int = 6443
+    etcd_client: int = 2379
+    etcd_peer: int = 2380
+    controller_manager: int = 10257
+    scheduler: int = 10259
+    kubelet: int = 10250
+    kubelet_healthz: int = 10248
+    kube_proxy_metrics: int = 10249
+    kube_proxy_healthz: int = 10256
+    datastore_etcd_client: int = 12379
+    datastore_etcd_peer: int = 12380
+    postgres: int = 15432
+    mariadb: int = 13306
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One cluster's resources. ``full`` clusters run a node; API-only ones don't."""
+
+    state_dir: Path
+    full: bool = True
+    ports: Ports = field(default_factory=Ports)
+    node_name: str = "haku-admin"
+    node_bridge: str = "haku-node"
+    node_ip: str = "10.245.0.1"
+    cni_bridge: str = "haku-cni0"
+    cni_network: str = "haku"
+    pod_cidr: str = "10.244.0.0/24"
+    service_cidr: str = "10.96.0.0/16"
+
+    @classmethod
+    def api_only(cls, state_dir: Path) -> Layout:
+        """etcd + kube-apiserver on their own ports, so it can run beside a full cluster."""
+        return cls(
+            state_dir=state_dir,
+            full=False,
+            ports=replace(Ports(), apiserver=16443, etcd_client=22379, etcd_peer=22380),
+        )
+
+    # ---- paths
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.state_dir / "pids"
+
+    @property
+    def kubeconfigs(self) -> Path:
+        return self.state_dir / "kubeconfigs"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.state_dir / "admin.kubeconfig"
+
+    @property
+    def bin(self) -> Path:
+        return self.state_dir / "bin"
+
+    @property
+    def containerd_dir(self) -> Path:
+        return self.state_dir / "containerd"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.containerd_dir / "containerd.sock"
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.state_dir / "kubelet"
+
+    @property
+    def cni_dir(self) -> Path:
+        return self.state_dir / "cni"
+
+    @property
+    def datastores_dir(self) -> Path:
+        return self.state_dir / "datastores"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    # ---- addresses
+    @property
+    def apiserver_address(self) -> str:
+        """Full clusters serve on the node IP so pods reach kubernetes.default; others loopback."""
+        return self.node_ip if self.full else "127.0.0.1"
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://{self.apiserver_address}:{self.ports.apiserver}"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
+
+    @property
+    def cni_gateway(self) -> str:
+        return str(next(ipaddress.ip_network(self.pod_cidr).hosts()))
+
+    def listen_ports(self) -> dict[int, str]:
+        """Every TCP port the cluster binds, with the component that binds it."""
+        p = self.ports
+        ports = {
+            p.apiserver: "kube-apiserver",
+            p.etcd_client: "etcd",
+            p.etcd_peer: "etcd (peer)",
+        }
+        if self.full:
+            ports |= {
+                p.controller_manager: "kube-controller-manager",
+                p.scheduler: "kube-scheduler",
+                p.kubelet: "kubelet",
+                p.kubelet_healthz: "kubelet (healthz)",
+                p.kube_proxy_metrics: "kube-proxy (metrics)",
+                p.kube_proxy_healthz: "kube-proxy (healthz)",
+                p.datastore_etcd_client: "datastore etcd",
+                p.datastore_etcd_peer: "datastore etcd (peer)",
+                p.postgres: "postgres",
+                p.mariadb: "mariadb",
+            }
+        return ports
+
+    def describe(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state_dir"] = str(self.state_dir)
+        data["format"] = STATE_FORMAT
+        return data

@@ -1,0 +1,244 @@
+"""Write single-layer OCI image archives without a registry or a daemon.
+
+The archive is an OCI image layout in a tar (``oci-layout``, ``index.json``, ``blobs/sha256``)
+that ``ctr images import`` accepts. The index carries ``io.containerd.image.name`` so the
+image is imported under its upstream name (``registry.k8s.io/kube-apiserver:v1.37.2``), and
+manifests that name it run unchanged with ``imagePullPolicy: IfNotPresent``.
+
+Archives are reproducible: entries are sorted, owned by root and dated at the epoch, so the
+same inputs always give the same manifest digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+DEFAULT_ENV = ("PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin",)
+BASE_DIRECTORIES = ("dev", "etc", "proc", "sys", "tmp", "var", "var/run")
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """A file from the host (``source``) or from memory (``data``) placed at ``path``."""
+
+    path: str
+    source: Path | None = None
+    data: bytes | None = None
+    mode: int = 0o755
+
+    def __post_init__(self) -> None:
+        if (self.source is None) == (self.data is None):
+            raise ValueError(f"{self.path}: give exactly one of source and data")
+        if not PurePosixPath(self.path).is_absolute():
+            raise ValueError(f"{self.path}: image paths must be absolute")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str
+    entrypoint: tuple[str, ...]
+    files: tuple[LayerFile, ...]
+    cmd: tuple[str, ...] = ()
+    symlinks: tuple[tuple[str, str], ...] = ()  # (path in image, target)
+    env: tuple[str, ...] = DEFAULT_ENV
+    user: str = ""
+    workdir: str = "/"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if ":" not in self.name.rsplit("/", 1)[-1]:
+            raise ValueError(f"image name {self.name!r} needs an explicit tag")
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _tarinfo(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _parents(path: str) -> list[str]:
+    parts = PurePosixPath(path).relative_to("/").parts[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def write_layer(spec: ImageSpec, out: IO[bytes]) -> None:
+    """The image's only layer, an uncompressed tar, so its digest is also its diff ID."""
+    directories: set[str] = set(BASE_DIRECTORIES)
+    for f in spec.files:
+        directories.update(_parents(f.path))
+    for link, _ in spec.symlinks:
+        directories.update(_parents(link))
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for d in sorted(directories):
+            tar.addfile(_tarinfo(d, tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755))
+        for f in sorted(spec.files, key=lambda f: f.path):
+            info = _tarinfo(f.path.lstrip("/"), mode=f.mode)
+            if f.source is not None:
+                info.size = f.source.stat().st_size
+                with f.source.open("rb") as src:
+                    tar.addfile(info, src)
+            else:
+                assert f.data is not None
+                info.size = len(f.data)
+                tar.addfile(info, io.BytesIO(f.data))
+        for link, target in sorted(spec.symlinks):
+            info = _tarinfo(link.lstrip("/"), tarfile.SYMTYPE, 0o777)
+            info.linkname = target
+            tar.addfile(info)
+
+
+def image_config(spec: ImageSpec, layer_digest: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "Entrypoint": list(spec.entrypoint),
+        "Env": list(spec.env),
+        "WorkingDir": spec.workdir,
+    }
+    if spec.cmd:
+        config["Cmd"] = list(spec.cmd)
+    if spec.user:
+        config["User"] = spec.user
+    if spec.labels:
+        config["Labels"] = dict(spec.labels)
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_image(spec: ImageSpec, out: Path) -> str:
+    """Write ``spec`` as an OCI archive at ``out``; return the manifest digest."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".oci-") as tmp:
+        layer_path = Path(tmp) / "layer.tar"
+        sha = hashlib.sha256()
+        with layer_path.open("wb") as raw:
+            write_layer(spec, raw)
+        with layer_path.open("rb") as layer_in:
+            for chunk in iter(lambda: layer_in.read(1 << 20), b""):
+                sha.update(chunk)
+        layer_digest = "sha256:" + sha.hexdigest()
+        layer_size = layer_path.stat().st_size
+        config = _json(image_config(spec, layer_digest))
+        manifest = _json(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": _digest(config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer_digest,
+                        "size": layer_size,
+                    }
+                ],
+            }
+        )
+        manifest_digest = _digest(manifest)
+        tag = spec.name.rsplit(":", 1)[1]
+        index = _json(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": manifest_digest,
+                        "size": len(manifest),
+                        "platform": {"architecture": "amd64", "os": "linux"},
+                        "annotations": {
+                            "io.containerd.image.name": spec.name,
+                            "org.opencontainers.image.ref.name": tag,
+                        },
+                    }
+                ],
+            }
+        )
+        partial = Path(tmp) / "image.tar"
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+
+            def add(name: str, data: bytes) -> None:
+                info = _tarinfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+            add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+            add("index.json", index)
+            add("blobs/sha256/" + manifest_digest.split(":")[1], manifest)
+            add("blobs/sha256/" + _digest(config).split(":")[1], config)
+            info = _tarinfo("blobs/sha256/" + layer_digest.split(":")[1])
+            info.size = layer_size
+            with layer_path.open("rb") as layer_in:
+                tar.addfile(info, layer_in)
+        shutil.move(str(partial), str(out))
+    return manifest_digest
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    name: str
+    manifest_digest: str
+    config: dict[str, Any]
+    layer_members: dict[str, tarfile.TarInfo]
+
+
+def read_archive(path: Path) -> ArchiveSummary:
+    """Read an archive back and check every digest: used by tests and by ``haku dev status``."""
+    with tarfile.open(path) as tar:
+
+        def blob(digest: str) -> bytes:
+            member = tar.extractfile("blobs/sha256/" + digest.split(":")[1])
+            assert member is not None
+            data = member.read()
+            if _digest(data) != digest:
+                raise ValueError(f"{path}: blob {digest} does not match its digest")
+            return data
+
+        index_file = tar.extractfile("index.json")
+        assert index_file is not None
+        index = json.loads(index_file.read())
+        entry = index["manifests"][0]
+        manifest = json.loads(blob(entry["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        layer = blob(manifest["layers"][0]["digest"])
+        if config["rootfs"]["diff_ids"] != [manifest["layers"][0]["digest"]]:
+            raise ValueError(f"{path}: diff ID does not match the uncompressed layer")
+        with tarfile.open(fileobj=io.BytesIO(layer)) as inner:
+            members = {m.name: m for m in inner.getmembers()}
+        return ArchiveSummary(
+            name=entry["annotations"]["io.containerd.image.name"],
+            manifest_digest=entry["digest"],
+            config=config,
+            layer_members=members,
+        )
+
+
+def files_from(pairs: Iterable[tuple[Path, str]], mode: int = 0o755) -> tuple[LayerFile, ...]:
+    return tuple(LayerFile(path=dst, source=src, mode=mode) for src, dst in pairs)

@@ -1,0 +1,379 @@
+"""Build the upstream binaries from the Go module proxy, cached per version.
+
+Kubernetes, etcd, kine and CoreDNS are compiled from their published Go modules at the versions
+pinned in :mod:`haku.dev.versions`. Results land in ``~/.cache/haku/bin/<component>-<version>/``
+(``HAKU_CACHE`` overrides the root); a stamp file written last marks a finished build, so an
+interrupted one is redone rather than trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from haku.dev.versions import Versions, parse_semver, staging_version
+
+KUBERNETES_COMMANDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubeadm",
+    "kubectl",
+)
+STAMP = ".haku-built"
+
+Progress = Callable[[str], None]
+
+
+class ToolchainError(RuntimeError):
+    """A build that cannot go on, with a message that says what to do."""
+
+
+def cache_root(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    if "HAKU_CACHE" in env:
+        return Path(env["HAKU_CACHE"])
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "haku"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One cached build: a name, a version and the binaries it yields."""
+
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+
+    def directory(self, root: Path) -> Path:
+        return root / "bin" / f"{self.name}-{self.version}"
+
+    def is_built(self, root: Path) -> bool:
+        d = self.directory(root)
+        return (d / STAMP).is_file() and all((d / b).is_file() for b in self.binaries)
+
+
+def components(versions: Versions) -> dict[str, Component]:
+    return {
+        "kubernetes": Component("kubernetes", versions.kubernetes, KUBERNETES_COMMANDS),
+        "etcd": Component("etcd", versions.etcd, ("etcd", "etcdctl")),
+        "kine": Component("kine", versions.kine, ("kine",)),
+        "coredns": Component("coredns", versions.coredns, ("coredns",)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts: module files and linker flags
+
+
+def kubernetes_consumer_gomod(kubernetes_gomod: str, version: str) -> str:
+    """A go.mod that builds k8s.io/kubernetes@version as a dependency.
+
+    k8s.io/kubernetes requires its staging modules at v0.0.0 and points them at ./staging with
+    ``replace``; a consumer must replace each with the published v0.MINOR.PATCH instead. The
+    list comes from the tag's own go.mod so it stays right across minors.
+    """
+    staging = staging_version(version)
+    directives = [
+        line.strip()
+        for line in kubernetes_gomod.splitlines()
+        if re.match(r"^(go|godebug) ", line.strip())
+    ]
+    modules = re.findall(
+        r"^\s*(k8s\.io/[a-z0-9-]+) => \./staging/src/k8s\.io/", kubernetes_gomod, re.MULTILINE
+    )
+    if not modules:
+        raise ToolchainError(f"k8s.io/kubernetes {version}: go.mod lists no staging modules")
+    lines = ["module local.invalid/haku-k8s-build", "", *directives, ""]
+    lines.append(f"require k8s.io/kubernetes {version}")
+    lines.append("")
+    lines += [f"replace {m} => {m} {staging}" for m in sorted(set(modules))]
+    return "\n".join(lines) + "\n"
+
+
+def kubernetes_ldflags(version: str, build_date: datetime) -> str:
+    """Version stamping as upstream's hack/lib/version.sh does it."""
+    _, minor, _ = parse_semver(version, what="kubernetes")
+    stamp = build_date.strftime("%Y-%m-%dT%H:%M:%SZ")
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor=1",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate={stamp}",
+        ]
+    return " ".join(flags)
+
+
+def nearest_versions(available: Iterable[str], wanted: str, count: int = 5) -> list[str]:
+    """Stable versions closest to ``wanted`` (same minor first, then the newest)."""
+    stable = [v for v in available if re.fullmatch(r"v\d+\.\d+\.\d+", v)]
+    stable.sort(key=lambda v: parse_semver(v))
+    try:
+        _, minor, _ = parse_semver(wanted)
+    except ValueError:
+        return stable[-count:]
+    same_minor = [v for v in stable if parse_semver(v)[1] == minor]
+    picks = same_minor[-count:] or stable[-count:]
+    return picks
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O: running go
+
+
+class GoBuilder:
+    """Runs ``go`` with a fixed environment and reports progress while it works."""
+
+    def __init__(self, progress: Progress | None = None, report_every: float = 15.0) -> None:
+        self.progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.report_every = report_every
+        go = shutil.which("go")
+        if go is None:
+            for candidate in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go"):
+                if os.access(candidate, os.X_OK):
+                    go = candidate
+                    break
+        if go is None:
+            raise ToolchainError(
+                "the Go toolchain (go >= 1.26) is not installed: install it, then run "
+                "`make deps` again"
+            )
+        self.go = go
+        self.env = {
+            **os.environ,
+            "GOTOOLCHAIN": "local",
+            "CGO_ENABLED": "0",
+            "GOFLAGS": "-mod=mod",
+        }
+
+    def output(self, args: list[str], cwd: Path) -> str:
+        result = subprocess.run(
+            [self.go, *args], cwd=cwd, env=self.env, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise ToolchainError(f"go {' '.join(args)} failed:\n{result.stderr.strip()[-3000:]}")
+        return result.stdout
+
+    def module_info(self, module: str, version: str, cwd: Path) -> dict[str, str]:
+        """``go mod download -json``; raises a clear error for a version the proxy lacks."""
+        result = subprocess.run(
+            [self.go, "mod", "download", "-json", f"{module}@{version}"],
+            cwd=cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            info: dict[str, str] = json.loads(result.stdout) if result.stdout.strip() else {}
+        except json.JSONDecodeError:
+            info = {}
+        if result.returncode != 0 or "Error" in info or "GoMod" not in info:
+            reason = info.get("Error") or result.stderr.strip()
+            hint = ""
+            listing = subprocess.run(
+                [self.go, "list", "-m", "-versions", module],
+                cwd=cwd,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if listing.returncode == 0:
+                known = listing.stdout.split()[1:]
+                near = nearest_versions(known, version)
+                if near:
+                    hint = f"; versions the proxy serves include {', '.join(near)}"
+            raise ToolchainError(f"{module}@{version} cannot be fetched ({reason}){hint}")
+        return info
+
+    def build(self, args: list[str], cwd: Path, label: str) -> None:
+        """``go build -v …`` with a progress line every ``report_every`` seconds."""
+        started = time.monotonic()
+        compiled = 0
+        last = ""
+        tail: list[str] = []
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def reporter() -> None:
+            while not done.wait(self.report_every):
+                with lock:
+                    elapsed = int(time.monotonic() - started)
+                    self.progress(
+                        f"  {label}: {elapsed // 60}m{elapsed % 60:02d}s, "
+                        f"{compiled} packages compiled (now {last or 'resolving modules'})"
+                    )
+
+        thread = threading.Thread(target=reporter, daemon=True)
+        thread.start()
+        proc = subprocess.Popen(
+            [self.go, "build", "-v", *args],
+            cwd=cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            with lock:
+                if line and " " not in line:
+                    compiled += 1
+                    last = line
+                tail.append(line)
+                del tail[:-40]
+        code = proc.wait()
+        done.set()
+        thread.join()
+        if code != 0:
+            raise ToolchainError(f"building {label} failed:\n" + "\n".join(tail))
+        elapsed = time.monotonic() - started
+        self.progress(f"  {label}: built in {elapsed:.0f}s ({compiled} packages compiled)")
+
+
+def _finish(component: Component, staging: Path, root: Path, details: dict[str, str]) -> Path:
+    """Move a finished build into the cache and write the stamp last."""
+    target = component.directory(root)
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staging), str(target))
+    stamp = {"component": component.name, "version": component.version, **details}
+    (target / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    return target
+
+
+def _build_kubernetes(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    info = go.module_info("k8s.io/kubernetes", c.version, work)
+    gomod = Path(info["GoMod"]).read_text()
+    (work / "go.mod").write_text(kubernetes_consumer_gomod(gomod, c.version))
+    go.progress(f"  kubernetes {c.version}: resolving modules (first time: 1-3 min)")
+    go.output(["mod", "download", "k8s.io/kubernetes"], work)
+    go.output(["get", f"k8s.io/kubernetes/cmd/kube-apiserver@{c.version}"], work)
+    ldflags = kubernetes_ldflags(c.version, datetime.now(UTC))
+    go.build(
+        [
+            "-trimpath",
+            "-tags",
+            "selinux,notest,grpcnotrace",
+            "-ldflags",
+            ldflags,
+            "-o",
+            str(out) + "/",
+            *(f"k8s.io/kubernetes/cmd/{b}" for b in c.binaries),
+        ],
+        work,
+        f"kubernetes {c.version}",
+    )
+
+
+def _build_etcd(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # etcd's own go.mod has replace directives, so `go install …@version` refuses; build it
+    # from a consumer module instead. Its root packages are `main`.
+    go.module_info("go.etcd.io/etcd/server/v3", c.version, work)
+    (work / "go.mod").write_text("module local.invalid/haku-etcd-build\n\ngo 1.26.0\n")
+    go.output(["get", f"go.etcd.io/etcd/server/v3@{c.version}"], work)
+    go.output(["get", f"go.etcd.io/etcd/etcdctl/v3@{c.version}"], work)
+    ldflags = "-s -w"
+    go.build(
+        ["-trimpath", "-ldflags", ldflags, "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"],
+        work,
+        f"etcd {c.version}",
+    )
+    go.build(
+        ["-trimpath", "-ldflags", ldflags, "-o", str(out / "etcdctl"),
+         "go.etcd.io/etcd/etcdctl/v3"],
+        work,
+        f"etcdctl {c.version}",
+    )
+
+
+def _build_module_root(module: str, binary: str, ldflags: str) -> Builder:
+    """Builder for a module whose root package is ``main`` and whose go.mod has no replaces."""
+
+    def build(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+        go.module_info(module, c.version, work)
+        (work / "go.mod").write_text(f"module local.invalid/haku-{binary}-build\n\ngo 1.26.0\n")
+        go.output(["get", f"{module}@{c.version}"], work)
+        go.build(
+            ["-trimpath", "-ldflags", ldflags.format(version=c.version), "-o", str(out / binary),
+             module],
+            work,
+            f"{binary} {c.version}",
+        )
+
+    return build
+
+
+Builder = Callable[[Component, GoBuilder, Path, Path], None]
+
+BUILDERS: dict[str, Builder] = {
+    "kubernetes": _build_kubernetes,
+    "etcd": _build_etcd,
+    "kine": _build_module_root(
+        "github.com/k3s-io/kine", "kine",
+        "-s -w -X github.com/k3s-io/kine/pkg/version.Version={version}",
+    ),
+    "coredns": _build_module_root(
+        "github.com/coredns/coredns", "coredns",
+        "-s -w -X github.com/coredns/coredns/coremain.GitCommit={version}",
+    ),
+}
+
+
+def ensure(
+    names: Iterable[str],
+    versions: Versions | None = None,
+    root: Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Path]:
+    """Build whatever of ``names`` is not cached yet; return each component's directory."""
+    versions = versions or Versions.from_env()
+    root = root or cache_root()
+    table = components(versions)
+    result: dict[str, Path] = {}
+    builder: GoBuilder | None = None
+    for name in names:
+        if name not in table:
+            raise ToolchainError(f"unknown component {name!r}; known: {', '.join(table)}")
+        c = table[name]
+        if c.is_built(root):
+            result[name] = c.directory(root)
+            continue
+        builder = builder or GoBuilder(progress)
+        builder.progress(f"building {c.name} {c.version} from the Go module proxy "
+                         f"into {c.directory(root)}")
+        started = time.monotonic()
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"haku-build-{c.name}-") as tmp:
+            work, out = Path(tmp) / "mod", Path(tmp) / "out"
+            work.mkdir()
+            out.mkdir()
+            BUILDERS[name](c, builder, work, out)
+            missing = [b for b in c.binaries if not (out / b).is_file()]
+            if missing:
+                raise ToolchainError(f"{c.name} {c.version}: build produced no {missing}")
+            result[name] = _finish(
+                c, out, root,
+                {"seconds": f"{time.monotonic() - started:.1f}",
+                 "built": datetime.now(UTC).isoformat(timespec="seconds")},
+            )
+    return result

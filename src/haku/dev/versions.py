@@ -1,0 +1,75 @@
+"""Pinned upstream versions: the one place to change them.
+
+Every version may be overridden by an environment variable of the same name with a ``HAKU_``
+prefix (``HAKU_KUBERNETES_VERSION=v1.36.3``), so an older minor can be built for upgrade tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+KUBERNETES_VERSION = "v1.37.2"
+# The etcd kubeadm 1.37 pins is 3.7.0; kine v0.17.5 requires go.etcd.io/etcd v3.7.3.
+ETCD_VERSION = "v3.7.3"
+KINE_VERSION = "v0.17.5"
+COREDNS_VERSION = "v1.14.6"
+PAUSE_VERSION = "3.10.2"
+# Debian's busybox-static, packaged as a tiny image for test workloads.
+BUSYBOX_IMAGE = "docker.io/library/busybox:haku"
+
+_SEMVER = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
+
+
+class VersionError(ValueError):
+    """A version string that is not of the form vMAJOR.MINOR.PATCH."""
+
+
+@dataclass(frozen=True)
+class Versions:
+    kubernetes: str = KUBERNETES_VERSION
+    etcd: str = ETCD_VERSION
+    kine: str = KINE_VERSION
+    coredns: str = COREDNS_VERSION
+    pause: str = PAUSE_VERSION
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Versions:
+        env = dict(os.environ) if env is None else env
+        versions = cls(
+            kubernetes=env.get("HAKU_KUBERNETES_VERSION", KUBERNETES_VERSION),
+            etcd=env.get("HAKU_ETCD_VERSION", ETCD_VERSION),
+            kine=env.get("HAKU_KINE_VERSION", KINE_VERSION),
+            coredns=env.get("HAKU_COREDNS_VERSION", COREDNS_VERSION),
+            pause=env.get("HAKU_PAUSE_VERSION", PAUSE_VERSION),
+        )
+        for name in ("kubernetes", "etcd", "kine", "coredns"):
+            parse_semver(getattr(versions, name), what=name)
+        return versions
+
+    def with_kubernetes(self, version: str) -> Versions:
+        parse_semver(version, what="kubernetes")
+        return Versions(version, self.etcd, self.kine, self.coredns, self.pause)
+
+
+def parse_semver(version: str, what: str = "version") -> tuple[int, int, int]:
+    match = _SEMVER.match(version)
+    if not match:
+        raise VersionError(
+            f"{what} version {version!r} is not of the form vMAJOR.MINOR.PATCH (e.g. v1.37.2)"
+        )
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def staging_version(kubernetes_version: str) -> str:
+    """k8s.io/kubernetes v1.37.2 publishes its staging modules (k8s.io/api, ...) as v0.37.2."""
+    _, minor, patch = parse_semver(kubernetes_version, what="kubernetes")
+    return f"v0.{minor}.{patch}"
+
+
+def etcd_image_tag(etcd_version: str) -> str:
+    """registry.k8s.io/etcd tags drop the v and add a build suffix: v3.7.3 -> 3.7.3-0."""
+    parse_semver(etcd_version, what="etcd")
+    return etcd_version.removeprefix("v") + "-0"

@@ -1,0 +1,1 @@
+"""Pure functions: spec and secrets in, desired objects out. No I/O here."""

@@ -1,0 +1,70 @@
+"""Test tiers. Unit tests need nothing; ``api`` tests get a real etcd + kube-apiserver (seconds);
+``node`` tests get the full local admin cluster (kubelet, containerd, datastores).
+
+Tier clusters live in their own state directories and are stopped when the session ends.
+Tests are marked by the directory they sit in (tests/api, tests/node).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from haku.dev.cluster import DevCluster
+from haku.dev.layout import Layout
+
+TEST_ROOT = Path(os.environ.get("HAKU_TEST_DIR", "/var/lib/haku/test"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in ("api", "node"):
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the api and node tiers run real daemons and need root")
+
+
+@pytest.fixture(scope="session")
+def api_cluster() -> Iterator[DevCluster]:
+    _needs_root()
+    cluster = DevCluster(Layout.api_only(TEST_ROOT / "api"), printer=lambda _: None)
+    cluster.down(purge=True)
+    cluster.up()
+    yield cluster
+    cluster.down(purge=True)
+
+
+class NodeClusterHandle:
+    """The full cluster, brought up on first use; a test that takes it down marks it so."""
+
+    def __init__(self) -> None:
+        self.cluster = DevCluster(Layout(state_dir=TEST_ROOT / "node"),
+                                  printer=lambda line: print(line, flush=True))
+        self.up_count = 0
+
+    def ensure_up(self) -> DevCluster:
+        self.cluster.up()
+        self.up_count += 1
+        return self.cluster
+
+
+@pytest.fixture(scope="session")
+def node_handle() -> Iterator[NodeClusterHandle]:
+    _needs_root()
+    handle = NodeClusterHandle()
+    handle.cluster.down()  # whatever an aborted run left behind
+    yield handle
+    handle.cluster.down()
+
+
+@pytest.fixture
+def node_cluster(node_handle: NodeClusterHandle) -> DevCluster:
+    return node_handle.ensure_up()

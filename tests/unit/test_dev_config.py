@@ -1,0 +1,41 @@
+import json
+import tomllib
+from pathlib import Path
+
+from haku.dev import config
+from haku.dev.layout import Layout
+
+
+def test_containerd_config_parses_and_carries_the_vm_workarounds() -> None:
+    layout = Layout(state_dir=Path("/var/lib/haku/x"))
+    doc = tomllib.loads(config.containerd_toml(layout, "registry.k8s.io/pause:3.10.2"))
+    cri = doc["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["restrict_oom_score_adj"] is True
+    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10.2"
+    assert cri["cni"]["conf_dir"] == "/var/lib/haku/x/cni/net.d"
+    assert doc["grpc"]["address"] == "/var/lib/haku/x/containerd/containerd.sock"
+    assert doc["root"].startswith("/var/lib/haku/x/")
+
+
+def test_kubelet_config_for_hybrid_cgroups_without_systemd() -> None:
+    layout = Layout(state_dir=Path("/s"))
+    kc = config.kubelet_config(layout)
+    assert kc["cgroupDriver"] == "cgroupfs" and kc["failCgroupV1"] is False
+    assert kc["address"] == layout.node_ip
+    assert kc["authentication"]["anonymous"]["enabled"] is False
+    argv = config.kubelet_argv(Path("/b/kubelet"), layout)
+    assert "--cert-dir=/s/kubelet/pki" in argv and f"--node-ip={layout.node_ip}" in argv
+
+
+def test_cni_gives_pods_a_default_route() -> None:
+    conf = json.loads(config.cni_conflist(Layout(state_dir=Path("/s"))))
+    ipam = conf["plugins"][0]["ipam"]
+    assert ipam["routes"] == [{"dst": "0.0.0.0/0"}]
+    assert ipam["dataDir"] == "/s/cni/ipam"
+
+
+def test_api_only_layout_avoids_the_full_clusters_ports() -> None:
+    full, api = Layout(state_dir=Path("/a")), Layout.api_only(Path("/b"))
+    assert not set(full.listen_ports()) & set(api.listen_ports())
+    assert "--disable-admission-plugins=ServiceAccount" in config.apiserver_argv(Path("x"), api)
+    assert "--kubelet-preferred-address-types=InternalIP" in config.apiserver_argv(Path("x"), full)
