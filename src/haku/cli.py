@@ -42,8 +42,9 @@ def _print_up_summary(cluster: DevCluster, report: Report) -> None:
         conns = json.loads((lay.datastores_dir / "connections.json").read_text())
         print("datastores for tenants:")
         for name, c in conns.items():
-            print(f"  {name:<9} {', '.join(c['endpoints'])}  (connection details: "
-                  f"{lay.datastores_dir / 'connections.json'})")
+            print(f"  {name:<9} pods: {', '.join(c['endpoints'])}  "
+                  f"host: {', '.join(c['local_endpoints'])}")
+        print(f"  (credentials and CAs: {lay.datastores_dir / 'connections.json'})")
     print("try it:")
     print(f"  export KUBECONFIG={lay.admin_kubeconfig} PATH={lay.bin}:$PATH")
     print("  kubectl get nodes,pods -A")
@@ -64,10 +65,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     print(f"stopped: {', '.join(result.stopped) or 'nothing was running'}")
     if result.killed_leftovers:
         print(f"killed leftover container processes: {len(result.killed_leftovers)}")
-    for label, items in (("unmounted", result.unmounted), ("network namespaces", result.netns),
-                         ("links", result.links)):
+    for label, items in (("unmounted", result.unmounted),
+                         ("removed network namespaces", result.netns),
+                         ("removed links", result.links)):
         if items:
-            print(f"removed {label}: {len(items)} ({', '.join(items[:4])}"
+            print(f"{label}: {len(items)} ({', '.join(items[:4])}"
                   f"{', …' if len(items) > 4 else ''})")
     if result.chains:
         print(f"removed iptables chains: {len(result.chains)}")

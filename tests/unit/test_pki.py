@@ -43,3 +43,11 @@ def test_kubeconfig_embeds_credentials() -> None:
     assert doc["clusters"][0]["cluster"]["certificate-authority-data"] == "Q0E="
     assert doc["users"][0]["user"]["client-key-data"] == "S0VZ"
     assert "server: https://127.0.0.1:6443" in kubeconfig.dump(doc)
+
+
+def test_a_key_that_does_not_belong_to_the_certificate_is_detected() -> None:
+    ca = pki.new_ca("ca", pki.KeyAlgorithm.ECDSA_P256)
+    one = pki.issue(ca, "a", pki.Usage.SERVER, algorithm=pki.KeyAlgorithm.ECDSA_P256)
+    two = pki.issue(ca, "b", pki.Usage.SERVER, algorithm=pki.KeyAlgorithm.ECDSA_P256)
+    assert pki.matches(one)
+    assert not pki.matches(pki.KeyPair(one.cert_pem, two.key_pem))

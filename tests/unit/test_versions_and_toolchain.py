@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import pytest
 
 from haku.dev import toolchain
-from haku.dev.versions import Versions, VersionError, etcd_image_tag, staging_version
+from haku.dev.versions import VersionError, Versions, etcd_image_tag, staging_version
 
 KUBERNETES_GOMOD = """module k8s.io/kubernetes
 
@@ -53,7 +53,7 @@ def test_versions_are_validated_and_overridable() -> None:
     v = Versions.from_env({"HAKU_KUBERNETES_VERSION": "v1.36.3"})
     assert v.kubernetes == "v1.36.3"
     assert Versions.from_env({}).kubernetes.startswith("v1.")
-    with pytest.raises(VersionError, match="vMAJOR.MINOR.PATCH"):
+    with pytest.raises(VersionError, match=r"vMAJOR\.MINOR\.PATCH"):
         Versions.from_env({"HAKU_KUBERNETES_VERSION": "1.36"})
     with pytest.raises(VersionError):
         v.with_kubernetes("latest")

@@ -7,7 +7,10 @@
   node IP (reachable from pods) and loopback only.
 
 Each server is a background process recorded by the :class:`~haku.dev.processes.Supervisor`;
-``connections.json`` tells clients (tests, the demo, DataStore objects) how to reach them.
+``connections.json`` tells clients (tests, the demo, DataStore objects) how to reach them:
+``endpoints`` (the node IP) are for pods, ``local_endpoints`` (loopback) for the host. Host-side
+clients never use the node IP: it disappears with the cluster, and a client aimed at it then
+would be routed off the machine.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,9 +72,14 @@ class EtcdDatastore:
         return self.layout.datastores_dir / "etcd"
 
     @property
-    def endpoints(self) -> list[str]:
-        port = self.layout.ports.datastore_etcd_client
-        return [f"{self.layout.node_ip}:{port}", f"127.0.0.1:{port}"]
+    def endpoint(self) -> str:
+        """For pods (tenant control planes): the node IP."""
+        return f"{self.layout.node_ip}:{self.layout.ports.datastore_etcd_client}"
+
+    @property
+    def local_endpoint(self) -> str:
+        """For clients on the host: loopback, which outlives the node bridge."""
+        return f"127.0.0.1:{self.layout.ports.datastore_etcd_client}"
 
     def prepare(self) -> None:
         d = self.dir
@@ -92,7 +101,7 @@ class EtcdDatastore:
 
     def spec(self) -> ProcessSpec:
         d, p = self.dir, self.layout.ports
-        listen = ",".join(f"https://{e}" for e in self.endpoints)
+        listen = f"https://{self.endpoint},https://{self.local_endpoint}"
         peer = f"http://127.0.0.1:{p.datastore_etcd_peer}"
         return ProcessSpec(
             ETCD,
@@ -101,7 +110,7 @@ class EtcdDatastore:
                 "--name=haku-datastore",
                 f"--data-dir={d / 'data'}",
                 f"--listen-client-urls={listen}",
-                f"--advertise-client-urls=https://{self.endpoints[0]}",
+                f"--advertise-client-urls=https://{self.endpoint}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
                 f"--initial-cluster=haku-datastore={peer}",
@@ -119,7 +128,7 @@ class EtcdDatastore:
         return subprocess.run(
             [
                 str(self.etcd_bin / "etcdctl"),
-                f"--endpoints=https://{self.endpoints[1]}",
+                f"--endpoints=https://{self.local_endpoint}",
                 f"--cacert={d / 'ca.crt'}",
                 f"--cert={d / f'{user}.crt'}",
                 f"--key={d / f'{user}.key'}",
@@ -152,7 +161,8 @@ class EtcdDatastore:
         d = self.dir
         return {
             "driver": "etcd",
-            "endpoints": self.endpoints,
+            "endpoints": [self.endpoint],
+            "local_endpoints": [self.local_endpoint],
             "ca_cert": str(d / "ca.crt"),
             "ca_key": str(d / "ca.key"),
             "client_cert": str(d / "root.crt"),
@@ -169,11 +179,25 @@ def _password(path: Path, owner: str | None = None) -> str:
     return value
 
 
+_SQL_TLS_LOCK = threading.Lock()
+
+
 def _sql_tls(layout: Layout) -> pki.KeyPair:
-    """The server certificate shared by PostgreSQL and MariaDB, with its CA in the same dir."""
+    """The server certificate shared by PostgreSQL and MariaDB, with its CA in the same dir.
+
+    Both servers prepare in parallel, so this is made once under a lock; a pair whose key does
+    not match its certificate (an interrupted write) is made afresh.
+    """
+    with _SQL_TLS_LOCK:
+        return _sql_tls_locked(layout)
+
+
+def _sql_tls_locked(layout: Layout) -> pki.KeyPair:
     d = layout.datastores_dir / "sql-tls"
-    if (d / "server.key").exists():
-        return pki.KeyPair((d / "server.crt").read_bytes(), (d / "server.key").read_bytes())
+    if (d / "server.key").exists() and (d / "server.crt").exists():
+        pair = pki.KeyPair((d / "server.crt").read_bytes(), (d / "server.key").read_bytes())
+        if pki.matches(pair):
+            return pair
     alg = pki.KeyAlgorithm.ECDSA_P256
     ca = pki.new_ca("haku-dev-datastore-sql-ca", alg)
     server = pki.issue(
@@ -273,7 +297,8 @@ class PostgresDatastore:
         port = self.layout.ports.postgres
         return {
             "driver": "PostgreSQL",
-            "endpoints": [f"{self.layout.node_ip}:{port}", f"127.0.0.1:{port}"],
+            "endpoints": [f"{self.layout.node_ip}:{port}"],
+            "local_endpoints": [f"127.0.0.1:{port}"],
             "user": "postgres",
             "password_file": str(self.dir / "password"),
             "ca_cert": str(self.layout.datastores_dir / "sql-tls" / "ca.crt"),
@@ -378,7 +403,8 @@ class MariaDBDatastore:
         port = self.layout.ports.mariadb
         return {
             "driver": "MySQL",
-            "endpoints": [f"{self.layout.node_ip}:{port}", f"127.0.0.1:{port}"],
+            "endpoints": [f"{self.layout.node_ip}:{port}"],
+            "local_endpoints": [f"127.0.0.1:{port}"],
             "user": ADMIN_USER_SQL,
             "password_file": str(self.dir / "password"),
             "ca_cert": str(self.layout.datastores_dir / "sql-tls" / "ca.crt"),

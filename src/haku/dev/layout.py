@@ -108,13 +108,22 @@ class Layout:
 
     # ---- addresses
     @property
-    def apiserver_address(self) -> str:
-        """Full clusters serve on the node IP so pods reach kubernetes.default; others loopback."""
+    def apiserver_advertise_address(self) -> str:
+        """Full clusters advertise the node IP so pods reach kubernetes.default."""
         return self.node_ip if self.full else "127.0.0.1"
 
     @property
+    def apiserver_bind_address(self) -> str:
+        return "0.0.0.0" if self.full else "127.0.0.1"  # noqa: S104  (loopback + node bridge)
+
+    @property
     def apiserver_url(self) -> str:
-        return f"https://{self.apiserver_address}:{self.ports.apiserver}"
+        """What every host-side client uses: loopback, never the node IP.
+
+        The node IP exists only while the cluster is up; afterwards a client aimed at it would
+        be routed off the machine.
+        """
+        return f"https://127.0.0.1:{self.ports.apiserver}"
 
     @property
     def kubernetes_service_ip(self) -> str:

@@ -169,3 +169,13 @@ def issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
+
+
+def matches(pair: KeyPair) -> bool:
+    """Whether the private key belongs to the certificate."""
+    try:
+        return public_key_pem(pair.key) == pair.cert.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except ValueError:
+        return False

@@ -1,0 +1,59 @@
+# Haku: `make demo` brings up the local admin cluster; `make test` runs the whole suite.
+# Both install what they need (Debian packages, a virtualenv, upstream binaries cached in
+# ~/.cache/haku). Run as root: the local cluster creates bridges and runs a kubelet.
+
+PYTHON ?= python3
+VENV   := .venv
+HAKU   := $(VENV)/bin/haku
+PYTEST := $(VENV)/bin/pytest
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all venv deps bins demo down status test test-fast test-node lint bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## deps: Debian packages + upstream binaries (a cold build takes ~10 min; cached afterwards)
+deps: venv
+	$(HAKU) dev deps
+	$(HAKU) dev build kubernetes etcd kine
+
+## demo: the local admin cluster, up, with how to use it
+demo: deps
+	$(HAKU) dev up
+
+down: venv
+	$(HAKU) dev down
+
+status: venv
+	$(HAKU) dev status
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+## test: everything: lint, unit, API-only tier, full-node tier
+test: deps lint
+	$(PYTEST) tests
+
+## test-fast: unit + API-only tier (needs only the kubernetes and etcd binaries)
+test-fast: venv
+	$(HAKU) dev build kubernetes etcd
+	$(PYTEST) tests/unit tests/api
+
+test-node: deps
+	$(PYTEST) tests/node
+
+## bench: benchmarks, JSON on stdout
+bench: deps
+	$(VENV)/bin/python bench/dev_cluster.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
