@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +107,22 @@ class DevCluster:
     def apiserver_ready(self) -> bool:
         return https.ok(f"{self.layout.apiserver_url}/readyz", self._admin_tls())
 
-    def node_ready(self) -> bool:
+    def node_ready(self, heartbeat_since: datetime | None = None) -> bool:
+        """The node reports Ready (with a heartbeat at or after ``heartbeat_since``, if given:
+        right after a kubelet restart the old Ready condition is still there)."""
         node = https.get_json(
             f"{self.layout.apiserver_url}/api/v1/nodes/{self.layout.node_name}", self._admin_tls()
         )
         if not node:
             return False
-        conditions = node.get("status", {}).get("conditions", [])
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        for c in node.get("status", {}).get("conditions", []):
+            if c["type"] != "Ready" or c["status"] != "True":
+                continue
+            if heartbeat_since is None:
+                return True
+            beat = datetime.fromisoformat(c["lastHeartbeatTime"].replace("Z", "+00:00"))
+            return beat >= heartbeat_since
+        return False
 
     def _timed(self, report: Report, name: str, fn: Callable[[], Any]) -> Any:
         started = time.monotonic()
@@ -339,10 +348,15 @@ class DevCluster:
         k8s, lay = self.bins["kubernetes"], self.layout
         _write(lay.state_dir / "kubelet.yaml", config.dump_yaml(config.kubelet_config(lay)), 0o644)
         (lay.kubelet_dir / "pki").mkdir(parents=True, exist_ok=True)
-        self._start(report, ProcessSpec(KUBELET, config.kubelet_argv(k8s / "kubelet", lay)))
+        # Heartbeats carry whole seconds: allow for the truncation.
+        since = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+        _, started = self.supervisor.start(
+            ProcessSpec(KUBELET, config.kubelet_argv(k8s / "kubelet", lay)))
+        report.component(KUBELET, started)
         self._start(report, ProcessSpec(
             KUBE_PROXY, config.kube_proxy_argv(k8s / "kube-proxy", lay)))
-        self.supervisor.wait_ready(KUBELET, self.node_ready, 120, f"Ready as node {lay.node_name}")
+        self.supervisor.wait_ready(KUBELET, lambda: self.node_ready(since if started else None),
+                                   120, f"Ready as node {lay.node_name}")
 
     def _link_tools(self) -> None:
         self.layout.bin.mkdir(parents=True, exist_ok=True)
