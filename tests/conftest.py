@@ -60,9 +60,9 @@ class NodeClusterHandle:
 def node_handle() -> Iterator[NodeClusterHandle]:
     _needs_root()
     handle = NodeClusterHandle()
-    handle.cluster.down()  # whatever an aborted run left behind
+    handle.cluster.down(purge=True)  # start clean, whatever an earlier run left behind
     yield handle
-    handle.cluster.down()
+    handle.cluster.down()  # the state directory stays, with its logs, for a look afterwards
 
 
 @pytest.fixture

@@ -25,7 +25,12 @@ def test_start_records_and_is_idempotent_then_stop_kills_the_group(sup: Supervis
     assert started and record.alive()
     again, started_again = sup.start(spec)
     assert not started_again and again.pid == record.pid
-    children = Path(f"/proc/{record.pid}/task/{record.pid}/children").read_text().split()
+    children_file = Path(f"/proc/{record.pid}/task/{record.pid}/children")
+    for _ in range(50):  # the shell forks its children a moment after it starts
+        children = children_file.read_text().split()
+        if children:
+            break
+        time.sleep(0.05)
     assert children
     assert sup.stop("sleeper", timeout=5)
     assert not record.alive()
