@@ -1,8 +1,9 @@
 """Test tiers. Unit tests need nothing; ``api`` tests get a real etcd + kube-apiserver (seconds);
-``node`` tests get the full local admin cluster (kubelet, containerd, datastores).
+``datastore`` tests get the shared datastores (etcd, PostgreSQL, MariaDB) and kine; ``node``
+tests get the full local admin cluster (kubelet, containerd, datastores).
 
-Tier clusters live in their own state directories and are stopped when the session ends.
-Tests are marked by the directory they sit in (tests/api, tests/node).
+Tier clusters live in their own state directories (and ports, but for the node tier) and are
+stopped when the session ends. Tests are marked by their directory (tests/api, …).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ TEST_ROOT = Path(os.environ.get("HAKU_TEST_DIR", "/var/lib/haku/test"))
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for tier in ("api", "node"):
+        for tier in ("api", "datastore", "node"):
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
 
@@ -40,6 +41,16 @@ def api_cluster() -> Iterator[DevCluster]:
     cluster.up()
     yield cluster
     cluster.down(purge=True)
+
+
+@pytest.fixture(scope="session")
+def datastores_cluster() -> Iterator[DevCluster]:
+    _needs_root()
+    cluster = DevCluster(Layout.datastores_only(TEST_ROOT / "datastores"), printer=lambda _: None)
+    cluster.down(purge=True)
+    cluster.up()
+    yield cluster
+    cluster.down()
 
 
 class NodeClusterHandle:

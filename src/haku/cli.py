@@ -17,7 +17,11 @@ from haku.dev.versions import VersionError, Versions
 
 def _layout(args: argparse.Namespace) -> Layout:
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    return Layout.api_only(state_dir) if args.api_only else Layout(state_dir=state_dir)
+    if args.api_only:
+        return Layout.api_only(state_dir)
+    if args.datastores_only:
+        return Layout.datastores_only(state_dir)
+    return Layout(state_dir=state_dir)
 
 
 def _versions(args: argparse.Namespace) -> Versions:
@@ -35,19 +39,21 @@ def _print_up_summary(cluster: DevCluster, report: Report) -> None:
         print(f"started: {', '.join(report.started)}")
     if report.already_running:
         print(f"already running (left alone): {', '.join(report.already_running)}")
-    print(f"admin cluster ready in {total:.1f}s: Kubernetes {cluster.versions.kubernetes}, "
-          f"API {lay.apiserver_url}" + (f", node {lay.node_name} Ready" if lay.full else ""))
-    print(f"admin kubeconfig: {lay.admin_kubeconfig}")
-    if lay.full:
+    if lay.control_plane:
+        print(f"admin cluster ready in {total:.1f}s: Kubernetes {cluster.versions.kubernetes}, "
+              f"API {lay.apiserver_url}" + (f", node {lay.node_name} Ready" if lay.node else ""))
+        print(f"admin kubeconfig: {lay.admin_kubeconfig}")
+    if lay.datastores:
         conns = json.loads((lay.datastores_dir / "connections.json").read_text())
         print("datastores for tenants:")
         for name, c in conns.items():
             print(f"  {name:<9} pods: {', '.join(c['endpoints'])}  "
                   f"host: {', '.join(c['local_endpoints'])}")
         print(f"  (credentials and CAs: {lay.datastores_dir / 'connections.json'})")
-    print("try it:")
-    print(f"  export KUBECONFIG={lay.admin_kubeconfig} PATH={lay.bin}:$PATH")
-    print("  kubectl get nodes,pods -A")
+    if lay.control_plane:
+        print("try it:")
+        print(f"  export KUBECONFIG={lay.admin_kubeconfig} PATH={lay.bin}:$PATH")
+        print("  kubectl get nodes,pods -A")
     print(f"logs: {lay.logs}/   stop: haku dev down" +
           (f" --state-dir {lay.state_dir}" if lay.state_dir != default_state_dir() else ""))
 
@@ -88,11 +94,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, c in info["components"].items():
             state = f"running (pid {c['pid']})" if c["running"] else "stopped"
             print(f"  {name:<26} {state}")
-        print(f"API ready: {info['apiserver_ready']}" +
-              (f"   node Ready: {info['node_ready']}" if "node_ready" in info else ""))
-        print(f"admin kubeconfig: {info['admin_kubeconfig']}")
+        if "apiserver_ready" in info:
+            print(f"API ready: {info['apiserver_ready']}" +
+                  (f"   node Ready: {info['node_ready']}" if "node_ready" in info else ""))
+            print(f"admin kubeconfig: {info['admin_kubeconfig']}")
     running = all(c["running"] for c in info["components"].values())
-    return 0 if running and info["apiserver_ready"] else 3
+    return 0 if running and info.get("apiserver_ready", True) else 3
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -119,8 +126,11 @@ def parser() -> argparse.ArgumentParser:
 
     def cluster_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
-        sp.add_argument("--api-only", action="store_true",
-                        help="etcd + kube-apiserver only, on their own ports")
+        only = sp.add_mutually_exclusive_group()
+        only.add_argument("--api-only", action="store_true",
+                          help="etcd + kube-apiserver only, on their own ports")
+        only.add_argument("--datastores-only", action="store_true",
+                          help="the tenant datastores only, on loopback and their own ports")
         sp.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
 
     up = dev_sub.add_parser("up", help="start the cluster (safe to run again)")

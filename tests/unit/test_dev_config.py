@@ -34,8 +34,13 @@ def test_cni_gives_pods_a_default_route() -> None:
     assert ipam["dataDir"] == "/s/cni/ipam"
 
 
-def test_api_only_layout_avoids_the_full_clusters_ports() -> None:
+def test_tier_layouts_can_run_side_by_side() -> None:
     full, api = Layout(state_dir=Path("/a")), Layout.api_only(Path("/b"))
+    stores = Layout.datastores_only(Path("/c"))
     assert not set(full.listen_ports()) & set(api.listen_ports())
+    assert not set(full.listen_ports()) & set(stores.listen_ports())
+    assert not set(api.listen_ports()) & set(stores.listen_ports())
+    assert stores.datastore_listen_addresses == ["127.0.0.1"]
+    assert full.datastore_listen_addresses == ["127.0.0.1", full.node_ip]
     assert "--disable-admission-plugins=ServiceAccount" in config.apiserver_argv(Path("x"), api)
     assert "--kubelet-preferred-address-types=InternalIP" in config.apiserver_argv(Path("x"), full)

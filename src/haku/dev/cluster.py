@@ -94,10 +94,13 @@ class DevCluster:
 
     @property
     def components(self) -> tuple[str, ...]:
-        names = [ETCD, APISERVER]
-        if self.layout.full:
-            names += [CONTROLLER_MANAGER, SCHEDULER, CONTAINERD, KUBELET, KUBE_PROXY,
-                      datastores.ETCD, datastores.POSTGRES, datastores.MARIADB]
+        lay, names = self.layout, []
+        if lay.control_plane:
+            names += [ETCD, APISERVER]
+        if lay.node:
+            names += [CONTROLLER_MANAGER, SCHEDULER, CONTAINERD, KUBELET, KUBE_PROXY]
+        if lay.datastores:
+            names += [datastores.ETCD, datastores.POSTGRES, datastores.MARIADB]
         return tuple(names)
 
     def _admin_tls(self) -> Any:
@@ -195,47 +198,52 @@ class DevCluster:
     def up(self) -> Report:
         report = Report()
         t0 = time.monotonic()
+        lay = self.layout
         if os.geteuid() != 0:
             raise DevClusterError("haku dev up needs root: it creates bridges and runs a kubelet")
         state = self._check_state_dir()
-        if self.layout.full:
+        if lay.node or lay.datastores:
             packages.check()
-        self.print(f"haku dev up: state in {self.layout.state_dir}")
-        wanted = ["kubernetes", "etcd", "kine"] if self.layout.full else ["kubernetes", "etcd"]
+        self.print(f"haku dev up: state in {lay.state_dir}")
+        wanted = ["kubernetes", "etcd"] + (["kine"] if lay.node or lay.datastores else [])
         self.bins = self._timed(report, "upstream binaries (cached per version)",
                                 lambda: toolchain.ensure(wanted, self.versions, self.cache))
         self._check_ports()
         nothing_running = not any(r.alive() for r in self.supervisor.records())
-        for d in (self.layout.state_dir, self.layout.logs, self.layout.pids):
+        for d in (lay.state_dir, lay.logs, lay.pids):
             d.mkdir(parents=True, exist_ok=True)
-        self.layout.state_dir.chmod(0o755)
+        lay.state_dir.chmod(0o755)
         baseline = (state or {}).get("baseline_chains")
         if baseline is None or nothing_running:
-            baseline = sorted(host.kube_chains()) if self.layout.full else []
+            baseline = sorted(host.kube_chains()) if lay.node else []
         self._write_state(baseline)
         self._timed(report, "certificates and kubeconfigs", self._ensure_pki)
+        if lay.node:
+            self._timed(report, "host network (node bridge)", lambda: host.ensure_bridge(
+                lay.node_bridge, f"{lay.node_ip}/32"))
 
-        if not self.layout.full:
-            self._timed(report, "etcd + kube-apiserver ready", lambda: self._control_plane(report))
-            self._link_tools()
-            report.step("total", time.monotonic() - t0)
-            return report
-
-        self._timed(report, "host network (node bridge)", lambda: host.ensure_bridge(
-            self.layout.node_bridge, f"{self.layout.node_ip}/32"))
+        # Independent paths in parallel; the node joins once API and runtime are there.
         with ThreadPoolExecutor(max_workers=3) as pool:
-            control_plane: Future[None] = pool.submit(
-                self._timed, report, "etcd + kube-apiserver ready",
-                lambda: self._control_plane(report))
-            runtime: Future[None] = pool.submit(
-                self._timed, report, "containerd + images imported", lambda: self._runtime(report))
-            stores: Future[None] = pool.submit(
-                self._timed, report, "datastores (etcd, PostgreSQL, MariaDB)",
-                lambda: self._datastores(report))
-            control_plane.result()
-            runtime.result()
-            self._timed(report, "kubelet + kube-proxy, node Ready", lambda: self._node(report))
-            stores.result()
+            control_plane: Future[None] | None = None
+            runtime: Future[None] | None = None
+            stores: Future[None] | None = None
+            if lay.control_plane:
+                control_plane = pool.submit(self._timed, report, "etcd + kube-apiserver ready",
+                                            lambda: self._control_plane(report))
+            if lay.node:
+                runtime = pool.submit(self._timed, report, "containerd + images imported",
+                                      lambda: self._runtime(report))
+            if lay.datastores:
+                stores = pool.submit(self._timed, report,
+                                     "datastores (etcd, PostgreSQL, MariaDB)",
+                                     lambda: self._datastores(report))
+            for future in (control_plane, runtime):
+                if future:
+                    future.result()
+            if lay.node:
+                self._timed(report, "kubelet + kube-proxy, node Ready", lambda: self._node(report))
+            if stores:
+                stores.result()
         self._link_tools()
         report.step("total", time.monotonic() - t0)
         return report
@@ -255,6 +263,8 @@ class DevCluster:
     def _ensure_pki(self) -> None:
         d, lay = self.layout.pki, self.layout
         alg = pki.KeyAlgorithm.ECDSA_P256
+        if not lay.control_plane:
+            return
         if not (d / "ca.key").exists():
             d.mkdir(parents=True, exist_ok=True)
             ca = pki.new_ca("haku-dev-admin-ca", alg)
@@ -306,7 +316,7 @@ class DevCluster:
         self._start(report, ProcessSpec(
             APISERVER, config.apiserver_argv(k8s / "kube-apiserver", lay)))
         self.supervisor.wait_ready(APISERVER, self.apiserver_ready, 90, "ready (/readyz)")
-        if lay.full:
+        if lay.node:
             self._start(report, ProcessSpec(
                 CONTROLLER_MANAGER,
                 config.controller_manager_argv(k8s / "kube-controller-manager", lay)))
@@ -363,6 +373,8 @@ class DevCluster:
         tools = {"kubectl": self.bins["kubernetes"] / "kubectl",
                  "kubeadm": self.bins["kubernetes"] / "kubeadm",
                  "etcdctl": self.bins["etcd"] / "etcdctl"}
+        if "kine" in self.bins:
+            tools["kine"] = self.bins["kine"] / "kine"
         for name, target in tools.items():
             link = self.layout.bin / name
             if link.is_symlink() or link.exists():
@@ -382,7 +394,7 @@ class DevCluster:
             except ValueError:
                 state = {}
         recorded = {r.name for r in self.supervisor.records()}
-        netns = host.pod_netns(lay.cni_bridge) if lay.full else []
+        netns = host.pod_netns(lay.cni_bridge) if lay.node else []
         kube_proxy = self.supervisor.record(KUBE_PROXY)
         for name in STOP_ORDER:
             if name not in recorded:
@@ -395,7 +407,7 @@ class DevCluster:
         for name in recorded - set(STOP_ORDER):
             if self.supervisor.stop(name):
                 result.stopped.append(name)
-        if lay.full:
+        if lay.node:
             result.killed_leftovers = self._kill_leftovers()
             if kube_proxy and Path(kube_proxy.argv[0]).exists():
                 subprocess.run([kube_proxy.argv[0], "--cleanup"], capture_output=True,
@@ -453,21 +465,24 @@ class DevCluster:
     # ------------------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
+        lay = self.layout
         components = {}
         for name in self.components:
             record = self.supervisor.running(name)
             components[name] = {"running": bool(record), "pid": record.pid if record else None}
-        apiserver = bool(components[APISERVER]["running"]) and self.apiserver_ready()
         info: dict[str, Any] = {
-            "state_dir": str(self.layout.state_dir),
+            "state_dir": str(lay.state_dir),
             "kubernetes": self.versions.kubernetes,
             "components": components,
-            "apiserver_ready": apiserver,
-            "admin_kubeconfig": str(self.layout.admin_kubeconfig),
         }
-        if self.layout.full:
-            info["node_ready"] = apiserver and self.node_ready()
-            conns = self.layout.datastores_dir / "connections.json"
+        if lay.control_plane:
+            apiserver = bool(components[APISERVER]["running"]) and self.apiserver_ready()
+            info["apiserver_ready"] = apiserver
+            info["admin_kubeconfig"] = str(lay.admin_kubeconfig)
+        if lay.node:
+            info["node_ready"] = info["apiserver_ready"] and self.node_ready()
+        if lay.datastores:
+            conns = lay.datastores_dir / "connections.json"
             info["datastores"] = json.loads(conns.read_text()) if conns.exists() else {}
         return info
 

@@ -128,23 +128,30 @@ def apiserver_argv(binary: Path, layout: Layout) -> list[str]:
         f"--cert-dir={layout.state_dir / 'apiserver-certs'}",
         "--profiling=false",
     ]
-    if not layout.full:
+    if not layout.node:
         # Loopback may not be advertised through the kubernetes Service (1.37 refuses it),
         # and no controller-manager runs to back the ServiceAccount admission plugin.
         argv += ["--endpoint-reconciler-type=none", "--disable-admission-plugins=ServiceAccount"]
     return argv
 
 
+def _client_of_apiserver(kubeconfig: Path, secure_port: int) -> list[str]:
+    """Flags shared by the controller-manager and the scheduler: one identity, loopback only."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={secure_port}",
+    ]
+
+
 def controller_manager_argv(binary: Path, layout: Layout) -> list[str]:
-    kc = layout.kubeconfigs / "controller-manager.conf"
     pki = layout.pki
     return [
         str(binary),
-        f"--kubeconfig={kc}",
-        f"--authentication-kubeconfig={kc}",
-        f"--authorization-kubeconfig={kc}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={layout.ports.controller_manager}",
+        *_client_of_apiserver(layout.kubeconfigs / "controller-manager.conf",
+                              layout.ports.controller_manager),
         "--leader-elect=false",
         "--use-service-account-credentials=true",
         f"--service-account-private-key-file={pki / 'sa.key'}",
@@ -159,14 +166,9 @@ def controller_manager_argv(binary: Path, layout: Layout) -> list[str]:
 
 
 def scheduler_argv(binary: Path, layout: Layout) -> list[str]:
-    kc = layout.kubeconfigs / "scheduler.conf"
     return [
         str(binary),
-        f"--kubeconfig={kc}",
-        f"--authentication-kubeconfig={kc}",
-        f"--authorization-kubeconfig={kc}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={layout.ports.scheduler}",
+        *_client_of_apiserver(layout.kubeconfigs / "scheduler.conf", layout.ports.scheduler),
         "--leader-elect=false",
         f"--cert-dir={layout.state_dir / 'scheduler-certs'}",
         "--profiling=false",

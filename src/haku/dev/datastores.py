@@ -74,7 +74,7 @@ class EtcdDatastore:
     @property
     def endpoint(self) -> str:
         """For pods (tenant control planes): the node IP."""
-        return f"{self.layout.node_ip}:{self.layout.ports.datastore_etcd_client}"
+        return f"{self.layout.datastore_address}:{self.layout.ports.datastore_etcd_client}"
 
     @property
     def local_endpoint(self) -> str:
@@ -101,7 +101,8 @@ class EtcdDatastore:
 
     def spec(self) -> ProcessSpec:
         d, p = self.dir, self.layout.ports
-        listen = f"https://{self.endpoint},https://{self.local_endpoint}"
+        port = p.datastore_etcd_client
+        listen = ",".join(f"https://{a}:{port}" for a in self.layout.datastore_listen_addresses)
         peer = f"http://127.0.0.1:{p.datastore_etcd_peer}"
         return ProcessSpec(
             ETCD,
@@ -120,6 +121,9 @@ class EtcdDatastore:
                 f"--key-file={d / 'server.key'}",
                 "--listen-metrics-urls=",
                 "--log-level=warn",
+                # Compaction is global to etcd: tenants' kube-apiservers leave it to the server.
+                "--auto-compaction-mode=periodic",
+                "--auto-compaction-retention=5m",
             ],
         )
 
@@ -210,6 +214,29 @@ def _sql_tls_locked(layout: Layout) -> pki.KeyPair:
     return server
 
 
+def _place_sql_tls(layout: Layout, directory: Path, owner: str) -> None:
+    """The shared server pair (and its CA) in ``directory``, readable by the server's user."""
+    tls = _sql_tls(layout)
+    ca = (layout.datastores_dir / "sql-tls" / "ca.crt").read_bytes()
+    _write(directory / "ca.crt", ca, 0o644, owner)
+    _write(directory / "server.crt", tls.cert_pem, 0o644, owner)
+    _write(directory / "server.key", tls.key_pem, 0o600, owner)
+    directory.chmod(0o700)
+    _chown_tree(directory, owner)
+
+
+def _sql_connection(layout: Layout, driver: str, port: int, user: str, directory: Path
+                    ) -> dict[str, Any]:
+    return {
+        "driver": driver,
+        "endpoints": [f"{layout.datastore_address}:{port}"],
+        "local_endpoints": [f"127.0.0.1:{port}"],
+        "user": user,
+        "password_file": str(directory / "password"),
+        "ca_cert": str(layout.datastores_dir / "sql-tls" / "ca.crt"),
+    }
+
+
 @dataclass(frozen=True)
 class PostgresDatastore:
     layout: Layout
@@ -221,15 +248,10 @@ class PostgresDatastore:
 
     def prepare(self) -> None:
         d = self.dir
-        pw = d / "password"
-        password = _password(pw)
-        tls = _sql_tls(self.layout)
+        password = _password(d / "password")
         (d / "run").mkdir(parents=True, exist_ok=True)
-        _write(d / "tls" / "server.crt", tls.cert_pem, 0o644, self.user)
-        _write(d / "tls" / "server.key", tls.key_pem, 0o600, self.user)
         _chown_tree(d / "run", self.user)
-        (d / "tls").chmod(0o700)
-        _chown_tree(d / "tls", self.user)
+        _place_sql_tls(self.layout, d / "tls", self.user)
         if (d / "data" / "PG_VERSION").exists():
             return
         shutil.rmtree(d / "data", ignore_errors=True)  # a half-done initdb
@@ -269,7 +291,7 @@ class PostgresDatastore:
                 f"-D{d / 'data'}",
                 f"-p{self.layout.ports.postgres}",
                 f"-k{d / 'run'}",
-                "-c", f"listen_addresses=127.0.0.1,{self.layout.node_ip}",
+                "-c", f"listen_addresses={','.join(self.layout.datastore_listen_addresses)}",
                 "-c", "ssl=on",
                 "-c", f"ssl_cert_file={tls / 'server.crt'}",
                 "-c", f"ssl_key_file={tls / 'server.key'}",
@@ -294,15 +316,8 @@ class PostgresDatastore:
         return None
 
     def connection(self) -> dict[str, Any]:
-        port = self.layout.ports.postgres
-        return {
-            "driver": "PostgreSQL",
-            "endpoints": [f"{self.layout.node_ip}:{port}"],
-            "local_endpoints": [f"127.0.0.1:{port}"],
-            "user": "postgres",
-            "password_file": str(self.dir / "password"),
-            "ca_cert": str(self.layout.datastores_dir / "sql-tls" / "ca.crt"),
-        }
+        return _sql_connection(self.layout, "PostgreSQL", self.layout.ports.postgres,
+                               "postgres", self.dir)
 
 
 @dataclass(frozen=True)
@@ -321,14 +336,9 @@ class MariaDBDatastore:
     def prepare(self) -> None:
         d = self.dir
         _password(d / "password")
-        tls = _sql_tls(self.layout)
-        ca = (self.layout.datastores_dir / "sql-tls" / "ca.crt").read_bytes()
         (d / "run").mkdir(parents=True, exist_ok=True)
-        _write(d / "tls" / "ca.crt", ca, 0o644, self.user)
-        _write(d / "tls" / "server.crt", tls.cert_pem, 0o644, self.user)
-        _write(d / "tls" / "server.key", tls.key_pem, 0o600, self.user)
         _chown_tree(d / "run", self.user)
-        _chown_tree(d / "tls", self.user)
+        _place_sql_tls(self.layout, d / "tls", self.user)
         if (d / "data" / "mysql").is_dir():
             return
         shutil.rmtree(d / "data", ignore_errors=True)  # a half-done install
@@ -362,7 +372,7 @@ class MariaDBDatastore:
                 f"--socket={self.socket}",
                 f"--pid-file={d / 'run' / 'mysqld.pid'}",
                 f"--port={self.layout.ports.mariadb}",
-                f"--bind-address=127.0.0.1,{self.layout.node_ip}",
+                f"--bind-address={','.join(self.layout.datastore_listen_addresses)}",
                 f"--user={self.user}",
                 "--skip-name-resolve",
                 f"--ssl-ca={tls / 'ca.crt'}",
@@ -400,15 +410,8 @@ class MariaDBDatastore:
             raise ComponentFailed(MARIADB, f"admin user setup failed: {result.stderr}", None)
 
     def connection(self) -> dict[str, Any]:
-        port = self.layout.ports.mariadb
-        return {
-            "driver": "MySQL",
-            "endpoints": [f"{self.layout.node_ip}:{port}"],
-            "local_endpoints": [f"127.0.0.1:{port}"],
-            "user": ADMIN_USER_SQL,
-            "password_file": str(self.dir / "password"),
-            "ca_cert": str(self.layout.datastores_dir / "sql-tls" / "ca.crt"),
-        }
+        return _sql_connection(self.layout, "MySQL", self.layout.ports.mariadb, ADMIN_USER_SQL,
+                               self.dir)
 
 
 Datastore = EtcdDatastore | PostgresDatastore | MariaDBDatastore

@@ -35,10 +35,17 @@ class Ports:
 
 @dataclass(frozen=True)
 class Layout:
-    """One cluster's resources. ``full`` clusters run a node; API-only ones don't."""
+    """One cluster's resources: which parts run, and where.
+
+    The default is the full admin cluster. ``api_only`` runs etcd + kube-apiserver;
+    ``datastores_only`` runs the tenant datastores. Both use ports of their own, so they can
+    run beside a full cluster.
+    """
 
     state_dir: Path
-    full: bool = True
+    control_plane: bool = True
+    node: bool = True
+    datastores: bool = True
     ports: Ports = field(default_factory=Ports)
     node_name: str = "haku-admin"
     node_bridge: str = "haku-node"
@@ -53,8 +60,20 @@ class Layout:
         """etcd + kube-apiserver on their own ports, so it can run beside a full cluster."""
         return cls(
             state_dir=state_dir,
-            full=False,
+            node=False,
+            datastores=False,
             ports=replace(Ports(), apiserver=16443, etcd_client=22379, etcd_peer=22380),
+        )
+
+    @classmethod
+    def datastores_only(cls, state_dir: Path) -> Layout:
+        """The tenant datastores alone, on loopback and ports of their own."""
+        return cls(
+            state_dir=state_dir,
+            control_plane=False,
+            node=False,
+            ports=replace(Ports(), datastore_etcd_client=32379, datastore_etcd_peer=32380,
+                          postgres=35432, mariadb=33306),
         )
 
     # ---- paths
@@ -110,11 +129,20 @@ class Layout:
     @property
     def apiserver_advertise_address(self) -> str:
         """Full clusters advertise the node IP so pods reach kubernetes.default."""
-        return self.node_ip if self.full else "127.0.0.1"
+        return self.node_ip if self.node else "127.0.0.1"
 
     @property
     def apiserver_bind_address(self) -> str:
-        return "0.0.0.0" if self.full else "127.0.0.1"  # noqa: S104  (loopback + node bridge)
+        return "0.0.0.0" if self.node else "127.0.0.1"  # noqa: S104  (loopback + node bridge)
+
+    @property
+    def datastore_address(self) -> str:
+        """Where pods reach the datastores: the node IP; loopback when there is no node."""
+        return self.node_ip if self.node else "127.0.0.1"
+
+    @property
+    def datastore_listen_addresses(self) -> list[str]:
+        return ["127.0.0.1", self.node_ip] if self.node else ["127.0.0.1"]
 
     @property
     def apiserver_url(self) -> str:
@@ -136,12 +164,14 @@ class Layout:
     def listen_ports(self) -> dict[int, str]:
         """Every TCP port the cluster binds, with the component that binds it."""
         p = self.ports
-        ports = {
-            p.apiserver: "kube-apiserver",
-            p.etcd_client: "etcd",
-            p.etcd_peer: "etcd (peer)",
-        }
-        if self.full:
+        ports: dict[int, str] = {}
+        if self.control_plane:
+            ports |= {
+                p.apiserver: "kube-apiserver",
+                p.etcd_client: "etcd",
+                p.etcd_peer: "etcd (peer)",
+            }
+        if self.node:
             ports |= {
                 p.controller_manager: "kube-controller-manager",
                 p.scheduler: "kube-scheduler",
@@ -149,6 +179,9 @@ class Layout:
                 p.kubelet_healthz: "kubelet (healthz)",
                 p.kube_proxy_metrics: "kube-proxy (metrics)",
                 p.kube_proxy_healthz: "kube-proxy (healthz)",
+            }
+        if self.datastores:
+            ports |= {
                 p.datastore_etcd_client: "datastore etcd",
                 p.datastore_etcd_peer: "datastore etcd (peer)",
                 p.postgres: "postgres",

@@ -1,0 +1,138 @@
+"""What every datastore driver offers, and the types they share.
+
+A *tenant* is known to Haku by two logical names, its schema (the TCP's ``dataStoreSchema``:
+etcd key prefix, SQL database) and its user (``dataStoreUsername``). Each driver maps them to
+*physical* names the backend can hold: literally where the backend allows it, otherwise a
+stable derived name (a readable, sanitised prefix plus a hash of the logical name), so the
+mapping never changes between reconciles and names are never spliced into statements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class DataStoreError(Exception):
+    """A datastore operation failed; ``reason`` is the CamelCase word Conditions carry."""
+
+    reason = "Error"
+
+
+class Unreachable(DataStoreError):
+    reason = "Unreachable"
+
+
+class TLSFailure(DataStoreError):
+    reason = "TLSError"
+
+
+class AuthenticationFailed(DataStoreError):
+    reason = "AuthenticationFailed"
+
+
+class PermissionDenied(DataStoreError):
+    reason = "PermissionDenied"
+
+
+class InsecureConfiguration(DataStoreError):
+    """The server works but would not isolate tenants (e.g. etcd with auth disabled)."""
+
+    reason = "InsecureConfiguration"
+
+
+class InvalidName(DataStoreError, ValueError):
+    reason = "InvalidName"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    schema: str
+    user: str
+    password: str | None = None  # SQL drivers; etcd tenants authenticate by certificate
+
+    def __post_init__(self) -> None:
+        validate_logical_name(self.schema, "schema")
+        validate_logical_name(self.user, "user")
+
+
+@dataclass(frozen=True)
+class Usage:
+    bytes: int
+    keys: int  # keys for etcd, kine rows for SQL
+
+
+@dataclass(frozen=True)
+class TenantConnection:
+    """What a tenant control plane needs to reach its space.
+
+    etcd: kube-apiserver takes ``etcd_servers`` and ``etcd_prefix`` directly, with ``files``
+    (ca.crt, tls.crt, tls.key: the tenant's own client certificate).
+    SQL: a kine sidecar takes ``kine_endpoint`` (it holds the password: keep it in a Secret)
+    and ``files`` (ca.crt to verify the server); kube-apiserver talks to kine.
+    """
+
+    driver: str
+    etcd_servers: tuple[str, ...] = ()
+    etcd_prefix: str = ""
+    kine_endpoint: str = ""
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class Driver(Protocol):
+    """One backend. Every method is idempotent; errors are :class:`DataStoreError` subclasses."""
+
+    driver: str
+
+    async def check(self) -> str:
+        """Connect and verify Haku's access; return the server's version string."""
+        ...
+
+    async def ensure_tenant(self, tenant: Tenant) -> None:
+        """Create or repair the tenant's user, space and grants."""
+        ...
+
+    async def delete_tenant(self, tenant: Tenant) -> None:
+        """Remove the tenant's data, grants, space and user; absent parts are fine."""
+        ...
+
+    async def list_tenants(self) -> list[str]:
+        """Physical schema names of the tenants this datastore holds."""
+        ...
+
+    async def usage(self, tenant: Tenant) -> Usage: ...
+
+    def tenant_connection(self, tenant: Tenant) -> TenantConnection: ...
+
+    def physical_names(self, tenant: Tenant) -> tuple[str, str]:
+        """(schema, user) as stored in the backend."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_logical_name(name: str, what: str) -> None:
+    if not name:
+        raise InvalidName(f"the tenant {what} is empty")
+    if _CONTROL.search(name):
+        raise InvalidName(f"the tenant {what} {name!r} holds control characters")
+    if len(name) > 253:
+        raise InvalidName(f"the tenant {what} is {len(name)} characters long; the limit is 253")
+
+
+def physical_name(name: str, limit: int, allowed: re.Pattern[str]) -> str:
+    """``name`` itself if ``allowed`` matches it whole and it fits ``limit`` bytes, else a
+    stable derived name: the allowed characters of ``name`` (others become ``_``), cut to
+    fit, then ``-`` and 10 hex digits of its SHA-256."""
+    if allowed.fullmatch(name) and len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    keep = "".join(c if allowed.fullmatch(c) else "_" for c in name)
+    keep = keep.encode()[: limit - 11].decode(errors="ignore").rstrip("_") or "t"
+    return f"{keep}-{digest}"

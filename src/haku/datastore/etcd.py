@@ -1,0 +1,231 @@
+"""etcd: one user, one role and one key prefix per tenant, over async gRPC with mutual TLS.
+
+The tenant's user has no password: etcd (``--client-cert-auth``) takes the CN of the client
+certificate as the user, and Haku signs that certificate with the DataStore's CA. The role
+grants readwrite on ``/<schema>/`` (the trailing slash keeps ``/a`` from covering ``/aa``).
+Haku itself connects with the DataStore's client certificate (normally the ``root`` user).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from aetcd import rpc  # generated etcd v3 stubs only; the connection is ours
+from cryptography.x509.oid import NameOID
+
+from haku.datastore.base import (
+    AuthenticationFailed,
+    DataStoreError,
+    InsecureConfiguration,
+    PermissionDenied,
+    Tenant,
+    TenantConnection,
+    TLSFailure,
+    Unreachable,
+    Usage,
+    physical_name,
+)
+from haku.datastore.settings import Settings
+from haku.render import pki
+
+# A key prefix component may hold anything but '/', which would nest one tenant in another.
+SCHEMA_CHARS = re.compile(r"[^/\x00-\x1f\x7f]+")
+USER_CHARS = re.compile(r"[^\x00-\x1f\x7f]+")
+SCHEMA_LIMIT = 253
+USER_LIMIT = 64  # X.509 ub-common-name: the user is the certificate's CN
+TIMEOUT = 10.0
+PAGE = 1000
+
+
+def prefix_of(schema: str) -> bytes:
+    return f"/{schema}/".encode()
+
+
+def range_end(prefix: bytes) -> bytes:
+    """The first key after every key starting with ``prefix`` (etcd's GetPrefixRangeEnd)."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def _map_error(e: grpc.aio.AioRpcError, doing: str) -> DataStoreError:
+    details = e.details() or ""
+    code = e.code()
+    text = f"{doing}: {details or code.name}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        low = details.lower()
+        if "ssl" in low or "handshake" in low or "certificate" in low or "tls" in low:
+            return TLSFailure(text)
+        return Unreachable(text)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Unreachable(text)
+    if code == grpc.StatusCode.UNAUTHENTICATED or any(
+        m in details for m in ("authentication failed", "invalid auth token",
+                               "user name not found")  # a certificate CN with no user
+    ):
+        return AuthenticationFailed(text)
+    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
+        return PermissionDenied(text)
+    return DataStoreError(text)
+
+
+def _target(endpoints: tuple[str, ...]) -> tuple[str, str]:
+    """A gRPC target over all endpoints, and the authority (TLS name) to present."""
+    hosts = [e.rsplit(":", 1)[0].strip("[]") for e in endpoints]
+    ipv4 = all(re.fullmatch(r"\d+\.\d+\.\d+\.\d+", h) for h in hosts)
+    target = "ipv4:" + ",".join(endpoints) if ipv4 else f"dns:///{endpoints[0]}"
+    return target, hosts[0]
+
+
+class EtcdDriver:
+    driver = "etcd"
+
+    def __init__(self, settings: Settings) -> None:
+        if not (settings.ca_cert and settings.ca_key and settings.client_cert
+                and settings.client_key):
+            raise DataStoreError(
+                f"DataStore {settings.name}: etcd needs the CA certificate and key and a "
+                "client certificate and key")
+        self.settings = settings
+        self.ca = pki.KeyPair(settings.ca_cert, settings.ca_key)
+        target, authority = _target(settings.endpoints)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=settings.ca_cert,
+            private_key=settings.client_key,
+            certificate_chain=settings.client_cert,
+        )
+        self.channel = grpc.aio.secure_channel(
+            target, credentials,
+            options=[("grpc.default_authority", authority),
+                     ("grpc.lb_policy_name", "round_robin")],
+        )
+        self.kv = rpc.KVStub(self.channel)
+        self.auth = rpc.AuthStub(self.channel)
+        self.maintenance = rpc.MaintenanceStub(self.channel)
+
+    async def _call(self, doing: str, method: Any, request: Any,
+                    tolerate: tuple[str, ...] = ()) -> Any:
+        try:
+            return await method(request, timeout=TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            if any(t in (e.details() or "") for t in tolerate):
+                return None
+            raise _map_error(e, doing) from e
+
+    # ------------------------------------------------------------------ names
+
+    def physical_names(self, tenant: Tenant) -> tuple[str, str]:
+        return (physical_name(tenant.schema, SCHEMA_LIMIT, SCHEMA_CHARS),
+                physical_name(tenant.user, USER_LIMIT, USER_CHARS))
+
+    # ------------------------------------------------------------------ operations
+
+    async def check(self) -> str:
+        status = await self._call("etcd status", self.maintenance.Status, rpc.StatusRequest())
+        try:
+            auth = await self.auth.AuthStatus(rpc.AuthStatusRequest(), timeout=TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:  # etcd 3.4 lacks AuthStatus
+                raise _map_error(e, "etcd auth status") from e
+        else:
+            if not auth.enabled:
+                raise InsecureConfiguration(
+                    "etcd authentication is disabled (`etcdctl auth enable`): every client "
+                    "could read every tenant's keys")
+        # Only an administrator may list users: proves the DataStore's identity is one.
+        await self._call("listing etcd users (needs the root role)", self.auth.UserList,
+                         rpc.AuthUserListRequest())
+        return f"etcd {status.version}"
+
+    async def ensure_tenant(self, tenant: Tenant) -> None:
+        schema, user = self.physical_names(tenant)
+        prefix = prefix_of(schema)
+        await self._call(f"adding etcd user {user!r}", self.auth.UserAdd,
+                         rpc.AuthUserAddRequest(name=user,
+                                                options=rpc.UserAddOptions(no_password=True)),
+                         tolerate=("user name already exists",))
+        await self._call(f"adding etcd role {schema!r}", self.auth.RoleAdd,
+                         rpc.AuthRoleAddRequest(name=schema),
+                         tolerate=("role name already exists",))
+        permission = rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
+                                    range_end=range_end(prefix))
+        await self._call(f"granting {prefix!r} to role {schema!r}", self.auth.RoleGrantPermission,
+                         rpc.AuthRoleGrantPermissionRequest(name=schema, perm=permission))
+        await self._call(f"granting role {schema!r} to user {user!r}", self.auth.UserGrantRole,
+                         rpc.AuthUserGrantRoleRequest(user=user, role=schema))
+
+    async def delete_tenant(self, tenant: Tenant) -> None:
+        # Data first, then the role, then the user: a half-done delete resumes cleanly.
+        schema, user = self.physical_names(tenant)
+        prefix = prefix_of(schema)
+        await self._call(f"deleting keys under {prefix!r}", self.kv.DeleteRange,
+                         rpc.DeleteRangeRequest(key=prefix, range_end=range_end(prefix)))
+        await self._call(f"deleting etcd role {schema!r}", self.auth.RoleDelete,
+                         rpc.AuthRoleDeleteRequest(role=schema),
+                         tolerate=("role name not found",))
+        await self._call(f"deleting etcd user {user!r}", self.auth.UserDelete,
+                         rpc.AuthUserDeleteRequest(name=user),
+                         tolerate=("user name not found",))
+
+    async def list_tenants(self) -> list[str]:
+        roles = await self._call("listing etcd roles", self.auth.RoleList,
+                                 rpc.AuthRoleListRequest())
+        tenants = []
+        for role in roles.roles:
+            if role == "root":
+                continue
+            got = await self._call(f"reading etcd role {role!r}", self.auth.RoleGet,
+                                   rpc.AuthRoleGetRequest(role=role),
+                                   tolerate=("role name not found",))
+            perms = list(got.perm) if got else []
+            prefix = prefix_of(role)
+            if len(perms) == 1 and perms[0].key == prefix and \
+                    perms[0].range_end == range_end(prefix):
+                tenants.append(role)
+        return sorted(tenants)
+
+    async def usage(self, tenant: Tenant) -> Usage:
+        schema, _ = self.physical_names(tenant)
+        prefix = prefix_of(schema)
+        end = range_end(prefix)
+        start, total_bytes, keys = prefix, 0, 0
+        while True:
+            page = await self._call(f"reading keys under {prefix!r}", self.kv.Range,
+                                    rpc.RangeRequest(key=start, range_end=end, limit=PAGE))
+            for kv in page.kvs:
+                total_bytes += len(kv.key) + len(kv.value)
+                keys += 1
+            if not page.more or not page.kvs:
+                return Usage(bytes=total_bytes, keys=keys)
+            start = page.kvs[-1].key + b"\0"
+
+    def issue_client_certificate(self, tenant: Tenant,
+                                 valid_for: timedelta = timedelta(days=365)) -> pki.KeyPair:
+        """The tenant's identity: a client certificate whose CN is its etcd user."""
+        _, user = self.physical_names(tenant)
+        return pki.issue(self.ca, user, pki.Usage.CLIENT, algorithm=pki.KeyAlgorithm.ECDSA_P256,
+                         valid_for=valid_for)
+
+    def tenant_connection(self, tenant: Tenant,
+                          certificate: pki.KeyPair | None = None) -> TenantConnection:
+        schema, user = self.physical_names(tenant)
+        pair = certificate or self.issue_client_certificate(tenant)
+        cn = pair.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        if cn != user:
+            raise DataStoreError(f"the certificate is for {cn!r}, not the tenant user {user!r}")
+        return TenantConnection(
+            driver=self.driver,
+            etcd_servers=tuple(f"https://{e}" for e in self.settings.endpoints),
+            etcd_prefix=f"/{schema}",
+            files={"ca.crt": self.ca.cert_pem, "tls.crt": pair.cert_pem, "tls.key": pair.key_pem},
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+

@@ -1,0 +1,212 @@
+"""MySQL / MariaDB: one database and one user per tenant, reached by kine.
+
+Account names and passwords travel as string literals escaped by PyMySQL (it honours
+NO_BACKSLASH_ESCAPES); database names are backtick-quoted identifiers. User names are kept
+within MySQL's 32-character limit, and to characters kine's DSN parser takes literally, by
+stable derived names. The server has no per-database comments on MySQL 8, so Haku records its
+tenants in a bookkeeping table, ``haku_meta.tenants``, that tenants cannot read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiomysql
+import pymysql
+
+from haku.datastore.base import (
+    AuthenticationFailed,
+    DataStoreError,
+    PermissionDenied,
+    Tenant,
+    TenantConnection,
+    TLSFailure,
+    Unreachable,
+    Usage,
+    physical_name,
+)
+from haku.datastore.settings import Settings
+
+DATABASE_CHARS = re.compile(r"[A-Za-z0-9_$-]+")
+USER_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
+DATABASE_LIMIT = 64
+USER_LIMIT = 32
+META = "haku_meta"
+PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX"
+DSN_UNSAFE = re.compile(r"[@/:?\s]")
+CONNECT_TIMEOUT = 10
+
+
+def quote_identifier(name: str) -> str:
+    if "\0" in name:
+        raise DataStoreError("MySQL identifiers cannot hold NUL")
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _map_error(e: Exception, doing: str) -> DataStoreError:
+    text = f"{doing}: {e}"
+    code = e.args[0] if e.args and isinstance(e.args[0], int) else None
+    if isinstance(e, ssl.SSLError) or "ssl" in str(e).lower():
+        return TLSFailure(text)
+    if code in (1045, 1698):  # access denied for user (wrong password)
+        return AuthenticationFailed(text)
+    if code in (1044, 1142, 1227, 1410):  # no privilege
+        return PermissionDenied(text)
+    if code == 2003 or isinstance(e, OSError | TimeoutError):
+        return Unreachable(text)
+    return DataStoreError(text)
+
+
+class MySQLDriver:
+    driver = "MySQL"
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.username:
+            raise DataStoreError(f"DataStore {settings.name}: MySQL needs basicAuth")
+        self.settings = settings
+        host, port = settings.endpoints[0].rsplit(":", 1)
+        self.host, self.port = host.strip("[]"), int(port)
+        self._files = tempfile.TemporaryDirectory(prefix="haku-mysql-")
+        self.tls: ssl.SSLContext | None = None
+        if settings.ca_cert:
+            self.tls = ssl.create_default_context(cadata=settings.ca_cert.decode())
+            if settings.client_cert and settings.client_key:
+                cert = Path(self._files.name) / "tls.crt"
+                key = Path(self._files.name) / "tls.key"
+                cert.write_bytes(settings.client_cert)
+                key.write_bytes(settings.client_key)
+                key.chmod(0o600)
+                self.tls.load_cert_chain(str(cert), str(key))
+        self._lock = asyncio.Lock()
+        self._conn: aiomysql.Connection | None = None
+        self._meta_ready = False
+
+    async def _connection(self, doing: str) -> aiomysql.Connection:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await aiomysql.connect(
+                    host=self.host, port=self.port, user=self.settings.username,
+                    password=self.settings.password or "", ssl=self.tls, autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT, charset="utf8mb4")
+            except (TimeoutError, pymysql.Error, OSError) as e:
+                raise _map_error(e, doing) from e
+        return self._conn
+
+    async def _run(self, doing: str, statements: list[tuple[str, tuple[Any, ...]]]
+                   ) -> list[list[tuple[Any, ...]]]:
+        async with self._lock:
+            conn = await self._connection(doing)
+            results = []
+            try:
+                async with conn.cursor() as cur:
+                    with warnings.catch_warnings():  # "IF NOT EXISTS" no-ops warn
+                        warnings.simplefilter("ignore", pymysql.Warning)
+                        for statement, params in statements:
+                            await cur.execute(statement, params or None)
+                            results.append(list(await cur.fetchall()))
+            except (pymysql.Error, OSError) as e:
+                if isinstance(e, pymysql.OperationalError | OSError):
+                    self._conn = None  # reconnect next time
+                raise _map_error(e, doing) from e
+            return results
+
+    def physical_names(self, tenant: Tenant) -> tuple[str, str]:
+        return (physical_name(tenant.schema, DATABASE_LIMIT, DATABASE_CHARS),
+                physical_name(tenant.user, USER_LIMIT, USER_CHARS))
+
+    async def check(self) -> str:
+        version, grants = await self._run("checking MySQL", [
+            ("SELECT VERSION()", ()), ("SHOW GRANTS FOR CURRENT_USER()", ())])
+        text = " ".join(str(g[0]) for g in grants).upper()
+        global_grants = [str(g[0]).upper() for g in grants if " ON *.* " in str(g[0]).upper()]
+        may_provision = any(
+            "WITH GRANT OPTION" in g and ("ALL PRIVILEGES" in g or "CREATE USER" in g)
+            for g in global_grants)
+        if not may_provision:
+            raise PermissionDenied(
+                f"MySQL user {self.settings.username!r} cannot create users and grant on *.* "
+                f"with GRANT OPTION (its grants: {text[:300]})")
+        return f"MySQL {version[0][0]}"
+
+    async def _ensure_meta(self) -> None:
+        if self._meta_ready:
+            return
+        await self._run("preparing haku_meta", [
+            (f"CREATE DATABASE IF NOT EXISTS {quote_identifier(META)}", ()),
+            (f"CREATE TABLE IF NOT EXISTS {quote_identifier(META)}.tenants ("
+             "db VARCHAR(64) NOT NULL PRIMARY KEY, user VARCHAR(80) NOT NULL, "
+             "logical_schema TEXT NOT NULL, logical_user TEXT NOT NULL) "
+             "CHARACTER SET utf8mb4", ()),
+        ])
+        self._meta_ready = True
+
+    async def ensure_tenant(self, tenant: Tenant) -> None:
+        if not tenant.password:
+            raise DataStoreError("a MySQL tenant needs a password")
+        db, user = self.physical_names(tenant)
+        await self._ensure_meta()
+        qdb = quote_identifier(db)
+        await self._run(f"provisioning MySQL tenant {db!r}", [
+            ("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (user, tenant.password)),
+            ("ALTER USER %s@'%%' IDENTIFIED BY %s", (user, tenant.password)),
+            (f"CREATE DATABASE IF NOT EXISTS {qdb} CHARACTER SET utf8mb4", ()),
+            (f"GRANT {PRIVILEGES} ON {qdb}.* TO %s@'%%'", (user,)),
+            (f"INSERT INTO {quote_identifier(META)}.tenants VALUES (%s, %s, %s, %s) "
+             "ON DUPLICATE KEY UPDATE user = VALUES(user)",
+             (db, user, tenant.schema, tenant.user)),
+        ])
+
+    async def delete_tenant(self, tenant: Tenant) -> None:
+        db, user = self.physical_names(tenant)
+        await self._ensure_meta()
+        await self._run(f"deleting MySQL tenant {db!r}", [
+            (f"DROP DATABASE IF EXISTS {quote_identifier(db)}", ()),
+            ("DROP USER IF EXISTS %s@'%%'", (user,)),
+            (f"DELETE FROM {quote_identifier(META)}.tenants WHERE db = %s", (db,)),
+        ])
+
+    async def list_tenants(self) -> list[str]:
+        await self._ensure_meta()
+        (rows,) = await self._run("listing MySQL tenants", [
+            (f"SELECT db FROM {quote_identifier(META)}.tenants ORDER BY db", ())])
+        return [str(r[0]) for r in rows]
+
+    async def usage(self, tenant: Tenant) -> Usage:
+        db, _ = self.physical_names(tenant)
+        exists, size, has_kine = await self._run(f"measuring MySQL tenant {db!r}", [
+            ("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (db,)),
+            ("SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES "
+             "WHERE TABLE_SCHEMA = %s", (db,)),
+            ("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+             "AND TABLE_NAME = 'kine'", (db,)),
+        ])
+        if not exists:
+            raise DataStoreError(f"MySQL tenant database {db!r} does not exist")
+        rows = 0
+        if has_kine:
+            (count,) = await self._run(f"counting rows of tenant {db!r}", [
+                (f"SELECT COUNT(*) FROM {quote_identifier(db)}.kine", ())])
+            rows = int(count[0][0])
+        return Usage(bytes=int(size[0][0]), keys=rows)
+
+    def tenant_connection(self, tenant: Tenant) -> TenantConnection:
+        db, user = self.physical_names(tenant)
+        if not tenant.password or DSN_UNSAFE.search(tenant.password):
+            raise DataStoreError("a MySQL tenant password must be set and hold no @ / : ? "
+                                 "or spaces (kine's DSN cannot carry them)")
+        endpoint = (f"mysql://{user}:{tenant.password}@tcp({self.settings.endpoints[0]})"
+                    f"/{quote(db, safe='')}")
+        files = {"ca.crt": self.settings.ca_cert} if self.settings.ca_cert else {}
+        return TenantConnection(driver=self.driver, kine_endpoint=endpoint, files=files)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._files.cleanup()

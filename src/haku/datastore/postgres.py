@@ -1,0 +1,198 @@
+"""PostgreSQL: one database and one login role per tenant, reached by kine.
+
+Statements are composed with ``psycopg.sql`` (identifiers and literals quoted by psycopg),
+never by string formatting. Unlike Kamaji, CONNECT is revoked from PUBLIC, so one tenant's
+role cannot even open another tenant's database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+from haku.datastore.base import (
+    AuthenticationFailed,
+    DataStoreError,
+    PermissionDenied,
+    Tenant,
+    TenantConnection,
+    TLSFailure,
+    Unreachable,
+    Usage,
+    physical_name,
+)
+from haku.datastore.settings import Settings
+
+# kine lowercases the database path of its endpoint, so tenant databases are lower case.
+DATABASE_CHARS = re.compile(r"[^\x00-\x1f\x7fA-Z]+")
+ROLE_CHARS = re.compile(r"[^\x00-\x1f\x7f]+")
+NAME_LIMIT = 63  # NAMEDATALEN - 1: longer names are silently truncated by the server
+MARKER = "haku-tenant"
+Statement = sql.SQL | sql.Composed
+CONNECT_TIMEOUT = 10
+
+
+def _map_error(e: psycopg.Error, doing: str) -> DataStoreError:
+    text = f"{doing}: {str(e).strip()}"
+    low = text.lower()
+    if isinstance(e, psycopg.OperationalError):
+        if "password authentication failed" in low or "no pg_hba.conf entry" in low:
+            return AuthenticationFailed(text)
+        if "ssl" in low or "certificate" in low:
+            return TLSFailure(text)
+        return Unreachable(text)
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return PermissionDenied(text)
+    return DataStoreError(text)
+
+
+class PostgresDriver:
+    driver = "PostgreSQL"
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.username:
+            raise DataStoreError(f"DataStore {settings.name}: PostgreSQL needs basicAuth")
+        self.settings = settings
+        self.host, port = settings.endpoints[0].rsplit(":", 1)
+        self.host = self.host.strip("[]")
+        self.port = int(port)
+        self._files = tempfile.TemporaryDirectory(prefix="haku-pg-")
+        self.conninfo: dict[str, Any] = {
+            "host": self.host, "port": self.port, "user": settings.username,
+            "password": settings.password or "", "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "haku",
+        }
+        if settings.ca_cert:
+            self.conninfo |= {"sslmode": "verify-full",
+                              "sslrootcert": self._file("ca.crt", settings.ca_cert)}
+        if settings.client_cert and settings.client_key:
+            self.conninfo |= {"sslcert": self._file("tls.crt", settings.client_cert),
+                              "sslkey": self._file("tls.key", settings.client_key)}
+        self._lock = asyncio.Lock()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    def _file(self, name: str, data: bytes) -> str:
+        path = Path(self._files.name) / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        return str(path)
+
+    async def _connection(self, doing: str) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    dbname="postgres", autocommit=True, **self.conninfo)
+            except psycopg.Error as e:
+                raise _map_error(e, doing) from e
+        return self._conn
+
+    async def _run(self, doing: str, statements: list[tuple[Statement, tuple[Any, ...]]]
+                   ) -> list[list[tuple[Any, ...]]]:
+        """Run statements in order on the admin connection; rows of each."""
+        async with self._lock:
+            conn = await self._connection(doing)
+            results = []
+            try:
+                for statement, params in statements:
+                    cur = await conn.execute(statement, params or None)
+                    results.append(await cur.fetchall() if cur.description else [])
+            except psycopg.Error as e:
+                raise _map_error(e, doing) from e
+            return results
+
+    def physical_names(self, tenant: Tenant) -> tuple[str, str]:
+        return (physical_name(tenant.schema, NAME_LIMIT, DATABASE_CHARS),
+                physical_name(tenant.user, NAME_LIMIT, ROLE_CHARS))
+
+    async def check(self) -> str:
+        (rows,) = await self._run("checking PostgreSQL", [(
+            sql.SQL("SELECT current_setting('server_version'), rolsuper OR rolcreaterole "
+                    "AND rolcreatedb FROM pg_roles WHERE rolname = current_user"), ())])
+        version, may_provision = rows[0]
+        if not may_provision:
+            raise PermissionDenied(
+                f"PostgreSQL user {self.settings.username!r} can neither create roles nor "
+                "databases: give it SUPERUSER, or CREATEROLE and CREATEDB")
+        return f"PostgreSQL {version}"
+
+    async def ensure_tenant(self, tenant: Tenant) -> None:
+        if not tenant.password:
+            raise DataStoreError("a PostgreSQL tenant needs a password")
+        db, role = self.physical_names(tenant)
+        D, R = sql.Identifier(db), sql.Identifier(role)
+        doing = f"provisioning PostgreSQL tenant {db!r}"
+        role_exists, db_exists = await self._run(doing, [
+            (sql.SQL("SELECT 1 FROM pg_roles WHERE rolname = %s"), (role,)),
+            (sql.SQL("SELECT 1 FROM pg_database WHERE datname = %s"), (db,)),
+        ])
+        verb = "ALTER" if role_exists else "CREATE"
+        steps: list[tuple[Statement, tuple[Any, ...]]] = [(
+            sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                    "PASSWORD {}").format(R, sql.Literal(tenant.password)), ())]
+        if db_exists:
+            steps.append((sql.SQL("ALTER DATABASE {} OWNER TO {}").format(D, R), ()))
+        else:
+            steps.append((sql.SQL("CREATE DATABASE {} OWNER {}").format(D, R), ()))
+        steps += [
+            # New databases let PUBLIC connect: only the tenant's role may.
+            (sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(D), ()),
+            (sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(D, R), ()),
+            (sql.SQL("COMMENT ON DATABASE {} IS {}").format(D, sql.Literal(MARKER)), ()),
+        ]
+        await self._run(doing, steps)
+
+    async def delete_tenant(self, tenant: Tenant) -> None:
+        db, role = self.physical_names(tenant)
+        await self._run(f"deleting PostgreSQL tenant {db!r}", [
+            (sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)), ()),
+            (sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)), ()),
+        ])
+
+    async def list_tenants(self) -> list[str]:
+        (rows,) = await self._run("listing PostgreSQL tenants", [(
+            sql.SQL("SELECT datname FROM pg_database "
+                    "WHERE shobj_description(oid, 'pg_database') = %s ORDER BY datname"),
+            (MARKER,))])
+        return [r[0] for r in rows]
+
+    async def usage(self, tenant: Tenant) -> Usage:
+        db, _ = self.physical_names(tenant)
+        (size,) = await self._run(f"measuring PostgreSQL tenant {db!r}", [(
+            sql.SQL("SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s"),
+            (db,))])
+        if not size:
+            raise DataStoreError(f"PostgreSQL tenant database {db!r} does not exist")
+        rows = 0
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    dbname=db, autocommit=True, **self.conninfo) as conn:
+                cur = await conn.execute("SELECT to_regclass('public.kine') IS NOT NULL")
+                found = await cur.fetchone()
+                if found and found[0]:
+                    cur = await conn.execute("SELECT count(*) FROM public.kine")
+                    counted = await cur.fetchone()
+                    rows = int(counted[0]) if counted else 0
+        except psycopg.Error as e:
+            raise _map_error(e, f"counting rows of tenant {db!r}") from e
+        return Usage(bytes=int(size[0][0]), keys=rows)
+
+    def tenant_connection(self, tenant: Tenant) -> TenantConnection:
+        db, role = self.physical_names(tenant)
+        if not tenant.password:
+            raise DataStoreError("a PostgreSQL tenant needs a password")
+        endpoint = (f"postgres://{quote(role, safe='')}:{quote(tenant.password, safe='')}"
+                    f"@{self.settings.endpoints[0]}/{quote(db, safe='')}")
+        files = {"ca.crt": self.settings.ca_cert} if self.settings.ca_cert else {}
+        return TenantConnection(driver=self.driver, kine_endpoint=endpoint, files=files)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+        self._files.cleanup()

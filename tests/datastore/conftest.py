@@ -1,0 +1,134 @@
+"""Drivers connected to the datastores tier, and clients that act as a tenant would."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomysql
+import psycopg
+import pytest
+
+from haku.datastore import Driver, Tenant, open_driver
+from haku.datastore.settings import Settings
+from haku.dev.cluster import DevCluster
+
+DRIVERS = ("etcd", "postgres", "mariadb")
+
+
+def connections(cluster: DevCluster) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        (cluster.layout.datastores_dir / "connections.json").read_text())
+    return data
+
+
+def settings_for(cluster: DevCluster, store: str, **override: Any) -> Settings:
+    c = connections(cluster)[store]
+    read = lambda key: Path(c[key]).read_bytes()  # noqa: E731
+    base: dict[str, Any]
+    if c["driver"] == "etcd":
+        base = {"ca_cert": read("ca_cert"), "ca_key": read("ca_key"),
+                "client_cert": read("client_cert"), "client_key": read("client_key")}
+    else:
+        base = {"username": c["user"], "password": read("password_file").decode().strip(),
+                "ca_cert": read("ca_cert")}
+    base |= override
+    endpoints = base.pop("endpoints", tuple(c["local_endpoints"]))
+    return Settings(name=f"test-{store}", driver=c["driver"], endpoints=endpoints, **base)
+
+
+@pytest.fixture(params=DRIVERS)
+async def driver(request: pytest.FixtureRequest,
+                 datastores_cluster: DevCluster) -> AsyncIterator[Driver]:
+    d = open_driver(settings_for(datastores_cluster, request.param))
+    yield d
+    await d.close()
+
+
+class TenantClient:
+    """Acts with a tenant's own credentials: writes and reads "its" data in a given space."""
+
+    def __init__(self, cluster: DevCluster, store: str, driver: Driver, tenant: Tenant,
+                 workdir: Path) -> None:
+        self.cluster, self.store, self.driver, self.tenant = cluster, store, driver, tenant
+        self.workdir = workdir
+        self.conn = connections(cluster)[store]
+
+    async def write_read(self, space: str) -> str:
+        """Write then read back in ``space`` (an etcd key, or a database name); 'ok' or the
+        server's refusal."""
+        if self.store == "etcd":
+            return await self._etcd(space)
+        if self.store == "postgres":
+            return await self._postgres(space)
+        return await self._mysql(space)
+
+    async def _etcd(self, key: str) -> str:
+        import asyncio
+
+        from haku.datastore.etcd import EtcdDriver
+
+        assert isinstance(self.driver, EtcdDriver)
+        files = self.driver.tenant_connection(self.tenant).files
+        for name, data in files.items():
+            (self.workdir / name).write_bytes(data)
+        etcdctl = str(self.cluster.layout.bin / "etcdctl")
+        base = [etcdctl, f"--endpoints=https://{self.conn['local_endpoints'][0]}",
+                f"--cacert={self.workdir / 'ca.crt'}", f"--cert={self.workdir / 'tls.crt'}",
+                f"--key={self.workdir / 'tls.key'}", "--command-timeout=5s"]
+        proc = await asyncio.create_subprocess_exec(
+            *base, "put", key, "v", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            return err.decode().strip()
+        proc = await asyncio.create_subprocess_exec(
+            *base, "get", key, "--print-value-only", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        return "ok" if out.decode().strip() == "v" else err.decode().strip() or "missing"
+
+    async def _postgres(self, database: str) -> str:
+        _, role = self.driver.physical_names(self.tenant)
+        host, port = self.conn["local_endpoints"][0].split(":")
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    host=host, port=int(port), user=role, password=self.tenant.password,
+                    dbname=database, sslmode="verify-full", sslrootcert=self.conn["ca_cert"],
+                    autocommit=True, connect_timeout=5) as conn:
+                await conn.execute("CREATE TABLE IF NOT EXISTS probe (v text)")
+                await conn.execute("INSERT INTO probe VALUES ('v')")
+                cur = await conn.execute("SELECT v FROM probe LIMIT 1")
+                row = await cur.fetchone()
+                return "ok" if row and row[0] == "v" else "missing"
+        except psycopg.Error as e:
+            return str(e).strip()
+
+    async def _mysql(self, database: str) -> str:
+        _, user = self.driver.physical_names(self.tenant)
+        host, port = self.conn["local_endpoints"][0].split(":")
+        ctx = ssl.create_default_context(cafile=self.conn["ca_cert"])
+        try:
+            conn = await aiomysql.connect(host=host, port=int(port), user=user,
+                                          password=self.tenant.password, db=database, ssl=ctx,
+                                          autocommit=True, connect_timeout=5)
+        except Exception as e:  # noqa: BLE001  (the refusal is the answer)
+            return str(e)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("CREATE TABLE IF NOT EXISTS probe (v TEXT)")
+                await cur.execute("INSERT INTO probe VALUES ('v')")
+                await cur.execute("SELECT v FROM probe LIMIT 1")
+                row = await cur.fetchone()
+                return "ok" if row and row[0] == "v" else "missing"
+        except Exception as e:  # noqa: BLE001
+            return str(e)
+        finally:
+            conn.close()
+
+
+def store_of(driver: Driver) -> str:
+    return {"etcd": "etcd", "PostgreSQL": "postgres", "MySQL": "mariadb"}[driver.driver]

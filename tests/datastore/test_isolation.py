@@ -1,0 +1,73 @@
+"""Two tenants on each shared datastore: each reaches its own space and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from haku.datastore import Driver, Tenant
+from haku.dev.cluster import DevCluster
+
+from .conftest import TenantClient, store_of
+
+A = Tenant("iso-a", "iso-a", "pa55a0123456789")
+B = Tenant("iso-b", "iso-b", "pa55b0123456789")
+
+
+@pytest.fixture
+async def two_tenants(driver: Driver) -> Driver:
+    for t in (A, B):
+        await driver.delete_tenant(t)
+        await driver.ensure_tenant(t)
+    return driver
+
+
+async def test_each_tenant_reaches_only_its_own_space(
+    two_tenants: Driver, datastores_cluster: DevCluster, tmp_path: Path
+) -> None:
+    driver = two_tenants
+    store = store_of(driver)
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    as_a = TenantClient(datastores_cluster, store, driver, A, a_dir)
+    as_b = TenantClient(datastores_cluster, store, driver, B, b_dir)
+    try:
+        if store == "etcd":
+            assert await as_a.write_read("/iso-a/registry/x") == "ok"
+            assert await as_b.write_read("/iso-b/registry/x") == "ok"
+            # The other's prefix, and prefix tricks around one's own.
+            for key in ("/iso-b/registry/x", "/iso-a0", "/iso-aa/x", "/iso-", "/", "/iso-a"):
+                assert "permission denied" in await as_a.write_read(key), key
+            assert "permission denied" in await as_b.write_read("/iso-a/registry/x")
+        else:
+            own_a, _ = driver.physical_names(A)
+            own_b, _ = driver.physical_names(B)
+            assert await as_a.write_read(own_a) == "ok"
+            assert await as_b.write_read(own_b) == "ok"
+            for other in (own_b, "postgres" if store == "postgres" else "mysql", "haku_meta"):
+                refusal = await as_a.write_read(other)
+                assert refusal != "ok", other
+                if other == own_b:
+                    assert ("CONNECT privilege" in refusal or "Access denied" in refusal), refusal
+            assert await as_b.write_read(own_a) != "ok"
+    finally:
+        for t in (A, B):
+            await driver.delete_tenant(t)
+
+
+async def test_a_tenant_password_is_its_own(
+    two_tenants: Driver, datastores_cluster: DevCluster, tmp_path: Path
+) -> None:
+    driver = two_tenants
+    store = store_of(driver)
+    if store == "etcd":
+        pytest.skip("etcd tenants authenticate by certificate; see test_etcd_identity")
+    own_a, _ = driver.physical_names(A)
+    impostor = Tenant(A.schema, A.user, B.password)
+    refusal = await TenantClient(datastores_cluster, store, driver, impostor,
+                                 tmp_path).write_read(own_a)
+    assert "password authentication failed" in refusal or "Access denied" in refusal
+    for t in (A, B):
+        await driver.delete_tenant(t)
