@@ -1,0 +1,72 @@
+"""Check a DataStore for real and record the outcome in its status.
+
+``Ready`` is True only after Haku connected with the DataStore's credentials and verified it
+may provision tenants (Kamaji only checks that referenced Secrets exist). The reconcile loop
+that calls this on every change and resync comes with the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+
+from haku.api import conditions
+from haku.api.datastore import DataStoreSpec, SpecError
+from haku.controller.resources import FIELD_MANAGER, DataStore, secret_reader
+from haku.datastore import DataStoreError, Driver, open_driver
+from haku.datastore.settings import resolve
+
+CHECK_TIMEOUT = 20.0
+
+
+async def probe(obj: dict[str, Any], client: AsyncClient) -> tuple[conditions.Condition,
+                                                                    str | None, int | None]:
+    """(Ready condition, server version, tenants held) for the DataStore ``obj``."""
+    driver: Driver | None = None
+    try:
+        spec = DataStoreSpec.parse(obj)
+        settings = await resolve(spec, secret_reader(client))
+        driver = open_driver(settings)
+        version = await asyncio.wait_for(driver.check(), CHECK_TIMEOUT)
+        tenants = len(await asyncio.wait_for(driver.list_tenants(), CHECK_TIMEOUT))
+    except TimeoutError:
+        return (conditions.Condition("Ready", "False", "Unreachable",
+                                     f"no answer within {CHECK_TIMEOUT:.0f}s"), None, None)
+    except SpecError as e:
+        return conditions.Condition("Ready", "False", "InvalidSpec", str(e)), None, None
+    except DataStoreError as e:
+        return conditions.Condition("Ready", "False", e.reason, str(e)), None, None
+    finally:
+        if driver is not None:
+            await driver.close()
+    endpoints = ", ".join(obj["spec"]["endpoints"])
+    return (conditions.Condition("Ready", "True", "Connected",
+                                 f"{version} at {endpoints}; Haku may provision tenants"),
+            version, tenants)
+
+
+async def check_datastore(client: AsyncClient, name: str,
+                          now: datetime | None = None) -> dict[str, Any]:
+    """Probe the DataStore ``name`` and server-side-apply its status; return that status."""
+    current = await client.get(DataStore, name)
+    obj: dict[str, Any] = current.to_dict()  # type: ignore[no-untyped-call]
+    ready, version, tenants = await probe(obj, client)
+    old = (obj.get("status") or {}).get("conditions")
+    generation = obj["metadata"].get("generation")
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "ready": ready.status == "True",
+        "conditions": conditions.merge(old, ready, generation, now),
+    }
+    if version is not None:
+        status["serverVersion"] = version
+    if tenants is not None:
+        status["tenantCount"] = tenants
+    patch = DataStore.Status(metadata=ObjectMeta(name=name), status=status)
+    # lightkube types generic status subresources outside apply()'s overloads.
+    await client.apply(patch, field_manager=FIELD_MANAGER, force=True)  # type: ignore[call-overload]
+    return status
