@@ -165,3 +165,20 @@ async def test_a_tenant_without_password_is_refused_on_sql(driver: Driver) -> No
         pytest.skip("etcd tenants have no password")
     with pytest.raises(DataStoreError, match="needs a password"):
         await driver.ensure_tenant(Tenant("nopw", "nopw"))
+
+
+async def test_many_tenants_at_once(driver: Driver) -> None:
+    """Concurrent provisioning races inside etcd's auth store ("revision of auth store is
+    old"); the driver retries, so every tenant is made and removed."""
+    import asyncio
+
+    count = 80 if isinstance(driver, EtcdDriver) else 16  # CREATE DATABASE is slow
+    batch = [Tenant(f"many-{i:02d}", f"many-{i:02d}", f"manypw{i:02d}0123456")
+             for i in range(count)]
+    for _ in range(2):
+        await asyncio.gather(*(driver.ensure_tenant(t) for t in batch))
+        held = await driver.list_tenants()
+        assert all(driver.physical_names(t)[0] in held for t in batch)
+        await asyncio.gather(*(driver.delete_tenant(t) for t in batch))
+        held = await driver.list_tenants()
+        assert not [t for t in batch if driver.physical_names(t)[0] in held]

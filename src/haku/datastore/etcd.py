@@ -8,6 +8,7 @@ Haku itself connects with the DataStore's client certificate (normally the ``roo
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,8 @@ SCHEMA_LIMIT = 253
 USER_LIMIT = 64  # X.509 ub-common-name: the user is the certificate's CN
 TIMEOUT = 10.0
 PAGE = 1000
+RETRYABLE = "revision of auth store is old"
+RETRIES = 8
 
 
 def prefix_of(schema: str) -> bytes:
@@ -111,12 +114,20 @@ class EtcdDriver:
 
     async def _call(self, doing: str, method: Any, request: Any,
                     tolerate: tuple[str, ...] = ()) -> Any:
-        try:
-            return await method(request, timeout=TIMEOUT)
-        except grpc.aio.AioRpcError as e:
-            if any(t in (e.details() or "") for t in tolerate):
-                return None
-            raise _map_error(e, doing) from e
+        for attempt in range(RETRIES + 1):
+            try:
+                return await method(request, timeout=TIMEOUT)
+            except grpc.aio.AioRpcError as e:
+                details = e.details() or ""
+                if any(t in details for t in tolerate):
+                    return None
+                # The auth store changed between etcd's permission check and the apply
+                # (another tenant's role or user was written): the request is safe to repeat.
+                if RETRYABLE in details and attempt < RETRIES:
+                    await asyncio.sleep(0.01 * 2**attempt)
+                    continue
+                raise _map_error(e, doing) from e
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ names
 
