@@ -44,6 +44,7 @@ test: deps lint
 	$(PYTEST) tests
 
 ## test-fast: unit + API-only tier (needs only the kubernetes and etcd binaries)
+# (the datastore and node tiers run in `make test`)
 test-fast: venv
 	$(HAKU) dev build kubernetes etcd
 	$(PYTEST) tests/unit tests/api
@@ -54,6 +55,7 @@ test-node: deps
 ## bench: benchmarks, JSON on stdout
 bench: deps
 	$(VENV)/bin/python bench/dev_cluster.py
+	$(VENV)/bin/python bench/datastores.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
