@@ -71,14 +71,18 @@ def listeners(ports: Iterable[int]) -> dict[int, Listener]:
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inode = int(target[8:-1])
-                    if inode in inode_to_port:
-                        owner.setdefault(inode_to_port[inode], int(proc.name))
-        except OSError:
+            fds = list((proc / "fd").iterdir())
+        except OSError:  # gone, or not ours to read
             continue
+        for fd in fds:
+            try:  # a descriptor may close between listing and reading it
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in inode_to_port:
+                    owner.setdefault(inode_to_port[inode], int(proc.name))
     result = {}
     for port in sockets:
         pid = owner.get(port)
