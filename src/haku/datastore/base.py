@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 
@@ -136,3 +138,20 @@ def physical_name(name: str, limit: int, allowed: re.Pattern[str]) -> str:
     keep = "".join(c if allowed.fullmatch(c) else "_" for c in name)
     keep = keep.encode()[: limit - 11].decode(errors="ignore").rstrip("_") or "t"
     return f"{keep}-{digest}"
+
+
+class PrivateFiles:
+    """A private temporary directory for credentials that client libraries take only as paths
+    (libpq's sslrootcert, ssl.load_cert_chain)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
+
+    def write(self, name: str, data: bytes) -> str:
+        path = Path(self._dir.name) / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        return str(path)
+
+    def cleanup(self) -> None:
+        self._dir.cleanup()

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +23,7 @@ from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
     PermissionDenied,
+    PrivateFiles,
     Tenant,
     TenantConnection,
     TLSFailure,
@@ -73,17 +72,13 @@ class MySQLDriver:
         self.settings = settings
         host, port = settings.endpoints[0].rsplit(":", 1)
         self.host, self.port = host.strip("[]"), int(port)
-        self._files = tempfile.TemporaryDirectory(prefix="haku-mysql-")
+        self._files = PrivateFiles("haku-mysql-")
         self.tls: ssl.SSLContext | None = None
         if settings.ca_cert:
             self.tls = ssl.create_default_context(cadata=settings.ca_cert.decode())
             if settings.client_cert and settings.client_key:
-                cert = Path(self._files.name) / "tls.crt"
-                key = Path(self._files.name) / "tls.key"
-                cert.write_bytes(settings.client_cert)
-                key.write_bytes(settings.client_key)
-                key.chmod(0o600)
-                self.tls.load_cert_chain(str(cert), str(key))
+                self.tls.load_cert_chain(self._files.write("tls.crt", settings.client_cert),
+                                         self._files.write("tls.key", settings.client_key))
         self._lock = asyncio.Lock()
         self._conn: aiomysql.Connection | None = None
         self._meta_ready = False

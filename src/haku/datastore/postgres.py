@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +19,7 @@ from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
     PermissionDenied,
+    PrivateFiles,
     Tenant,
     TenantConnection,
     TLSFailure,
@@ -63,7 +62,7 @@ class PostgresDriver:
         self.host, port = settings.endpoints[0].rsplit(":", 1)
         self.host = self.host.strip("[]")
         self.port = int(port)
-        self._files = tempfile.TemporaryDirectory(prefix="haku-pg-")
+        self._files = PrivateFiles("haku-pg-")
         self.conninfo: dict[str, Any] = {
             "host": self.host, "port": self.port, "user": settings.username,
             "password": settings.password or "", "connect_timeout": CONNECT_TIMEOUT,
@@ -71,18 +70,12 @@ class PostgresDriver:
         }
         if settings.ca_cert:
             self.conninfo |= {"sslmode": "verify-full",
-                              "sslrootcert": self._file("ca.crt", settings.ca_cert)}
+                              "sslrootcert": self._files.write("ca.crt", settings.ca_cert)}
         if settings.client_cert and settings.client_key:
-            self.conninfo |= {"sslcert": self._file("tls.crt", settings.client_cert),
-                              "sslkey": self._file("tls.key", settings.client_key)}
+            self.conninfo |= {"sslcert": self._files.write("tls.crt", settings.client_cert),
+                              "sslkey": self._files.write("tls.key", settings.client_key)}
         self._lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    def _file(self, name: str, data: bytes) -> str:
-        path = Path(self._files.name) / name
-        path.write_bytes(data)
-        path.chmod(0o600)
-        return str(path)
 
     async def _connection(self, doing: str) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:

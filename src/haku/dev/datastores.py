@@ -54,6 +54,13 @@ def _chown_tree(path: Path, owner: str) -> None:
         os.chown(p, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
 
+def _empty_data_dir(path: Path, owner: str) -> None:
+    """A fresh data directory for a server's first start (clearing a half-done one)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    _chown_tree(path, owner)
+
+
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -254,9 +261,7 @@ class PostgresDatastore:
         _place_sql_tls(self.layout, d / "tls", self.user)
         if (d / "data" / "PG_VERSION").exists():
             return
-        shutil.rmtree(d / "data", ignore_errors=True)  # a half-done initdb
-        (d / "data").mkdir(mode=0o700)
-        _chown_tree(d / "data", self.user)
+        _empty_data_dir(d / "data", self.user)
         pwfile = d / "run" / "initdb-password"
         _write(pwfile, password + "\n", 0o600, self.user)
         try:
@@ -341,9 +346,7 @@ class MariaDBDatastore:
         _place_sql_tls(self.layout, d / "tls", self.user)
         if (d / "data" / "mysql").is_dir():
             return
-        shutil.rmtree(d / "data", ignore_errors=True)  # a half-done install
-        (d / "data").mkdir(mode=0o700)
-        _chown_tree(d / "data", self.user)
+        _empty_data_dir(d / "data", self.user)
         result = subprocess.run(
             [
                 packages.which("mariadb-install-db"),
