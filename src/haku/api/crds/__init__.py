@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-FILES = ("datastores.haku.dev.yaml",)
+FILES = ("datastores.haku.dev.yaml", "tenantcontrolplanes.haku.dev.yaml")
 
 
 def load(name: str) -> dict[str, Any]:

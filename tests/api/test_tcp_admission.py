@@ -1,0 +1,177 @@
+"""The TenantControlPlane API on a real kube-apiserver: a Kamaji manifest ports by changing
+apiVersion, defaults are filled in, and malformed or unsupported specs are refused with a
+message that says why."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import yaml
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.codecs import from_dict
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+
+from haku.api import crds
+from haku.dev.cluster import DevCluster
+
+TCP = create_namespaced_resource("haku.dev", "v1alpha1", "TenantControlPlane",
+                                 "tenantcontrolplanes")
+
+# Kamaji's getting-started manifest, minus its addons, with only apiVersion changed.
+KAMAJI_SAMPLE = yaml.safe_load("""
+apiVersion: haku.dev/v1alpha1
+kind: TenantControlPlane
+metadata:
+  name: tenant-00
+  namespace: default
+  labels:
+    tenant.clastix.io: tenant-00
+spec:
+  dataStore: default
+  controlPlane:
+    deployment:
+      replicas: 3
+      additionalMetadata:
+        labels:
+          tenant.clastix.io: tenant-00
+      extraArgs:
+        apiServer: []
+        controllerManager: []
+        scheduler: []
+      resources:
+        apiServer:
+          requests: {cpu: 250m, memory: 512Mi}
+          limits: {}
+    service:
+      additionalMetadata:
+        labels:
+          tenant.clastix.io: tenant-00
+      serviceType: LoadBalancer
+  kubernetes:
+    version: v1.37.2
+    kubelet:
+      cgroupfs: systemd
+    admissionControllers:
+      - ResourceQuota
+      - LimitRanger
+  networkProfile:
+    port: 6443
+""")
+
+
+@pytest.fixture
+async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
+    c = AsyncClient(KubeConfig.from_file(api_cluster.layout.admin_kubeconfig),
+                    field_manager="haku-test")
+    for crd in crds.all_crds():
+        await c.apply(from_dict(crd), force=True)
+    for _ in range(100):
+        got = await c.get(CustomResourceDefinition, "tenantcontrolplanes.haku.dev")
+        if any(x.type == "Established" and x.status == "True"
+               for x in (got.status.conditions if got.status else None) or []):
+            break
+        await asyncio.sleep(0.1)
+    yield c
+    async for tcp in c.list(TCP, namespace="default"):
+        await c.delete(TCP, tcp.metadata.name, namespace="default")
+    await c.close()
+
+
+def manifest(**changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(KAMAJI_SAMPLE)
+    for path, value in changes.items():
+        node = doc
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if value is None:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    return doc
+
+
+async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) -> None:
+    created = (await client.apply(from_dict(manifest()), force=True)).to_dict()
+    spec = created["spec"]
+    assert spec["controlPlane"]["deployment"]["replicas"] == 3
+    assert spec["controlPlane"]["deployment"]["registrySettings"] == {
+        "registry": "registry.k8s.io", "apiServerImage": "kube-apiserver",
+        "controllerManagerImage": "kube-controller-manager", "schedulerImage": "kube-scheduler"}
+    assert spec["networkProfile"]["clusterDomain"] == "cluster.local"
+    assert spec["networkProfile"]["serviceCidr"] == "10.96.0.0/16"
+    assert spec["kubernetes"]["kubelet"]["preferredAddressTypes"] == [
+        "InternalIP", "ExternalIP", "Hostname"]
+    minimal = {"apiVersion": "haku.dev/v1alpha1", "kind": "TenantControlPlane",
+               "metadata": {"name": "minimal", "namespace": "default"},
+               "spec": {"kubernetes": {"version": "v1.37.2"},
+                        "controlPlane": {"service": {"serviceType": "ClusterIP"}}}}
+    made = (await client.apply(from_dict(minimal), force=True)).to_dict()
+    assert made["spec"]["controlPlane"]["deployment"]["replicas"] == 2
+    assert made["spec"]["networkProfile"]["port"] == 6443
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"spec__addons": {"coreDNS": {}}}, "spec.addons (coreDNS, kubeProxy, konnectivity) is not"),
+    ({"spec__controlPlane__gateway": {"hostname": "x"}},
+     "spec.controlPlane.gateway is not supported by Haku yet"),
+    ({"spec__controlPlane__deployment__additionalContainers": [{"name": "x"}]},
+     "additionalContainers, additionalInitContainers"),
+    ({"spec__writePermissions": {"blockCreation": True}}, "spec.writePermissions is not"),
+    ({"spec__kubernetes__version": "1.37"}, "spec.kubernetes.version"),
+    ({"spec__kubernetes__version": None}, "spec.kubernetes.version: Required value"),
+    ({"spec__controlPlane__service__serviceType": "ExternalName"}, "Unsupported value"),
+    ({"spec__controlPlane__deployment__replicas": -1}, "spec.controlPlane.deployment.replicas"),
+    ({"spec__controlPlane__deployment__extraArgs": {"apiServer": ["audit-log-path=/x"]}},
+     "spec.controlPlane.deployment.extraArgs.apiServer[0]"),
+    ({"spec__networkProfile__address": "not-an-ip"}, "networkProfile.address must be an IP"),
+    ({"spec__networkProfile__port": 70000}, "spec.networkProfile.port"),
+    ({"spec__networkProfile__serviceCidr": "10.96.0.0"}, "serviceCidr must be a CIDR"),
+    ({"spec__networkProfile__dnsServiceIPs": ["10.96.0.300"]}, "must be an IP"),
+    ({"spec__kubernetes__kubelet__configurationJSONPatches": [{"op": "add"}]},
+     "configurationJSONPatches is not supported"),
+])
+async def test_malformed_or_unsupported_specs_are_refused(
+    client: AsyncClient, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ApiError) as info:
+        await client.apply(from_dict(manifest(**changes)), force=True)
+    assert info.value.status.code == 422, info.value.status.message
+    assert message in info.value.status.message
+
+
+@pytest.mark.parametrize(("field", "first", "second", "message"), [
+    ("dataStore", "one", "two", "spec.dataStore is immutable"),
+    ("dataStoreSchema", "s1", "s2", "spec.dataStoreSchema is immutable"),
+    ("dataStoreUsername", "u1", "u2", "spec.dataStoreUsername is immutable"),
+    ("dataStoreSchema", "s1", None, "spec.dataStoreSchema cannot be unset once set"),
+])
+async def test_datastore_placement_is_immutable(
+    client: AsyncClient, field: str, first: str, second: str | None, message: str
+) -> None:
+    await client.apply(from_dict(manifest(**{f"spec__{field}": first})), force=True)
+    with pytest.raises(ApiError) as info:
+        await client.apply(from_dict(manifest(**{f"spec__{field}": second})), force=True)
+    assert message in info.value.status.message
+
+
+async def test_explain_describes_the_fields(api_cluster: DevCluster,
+                                            client: AsyncClient) -> None:
+    import subprocess
+
+    lay = api_cluster.layout
+    out = ""
+    for _ in range(60):  # the OpenAPI document is republished a moment after the CRD
+        result = subprocess.run(
+            [str(lay.bin / "kubectl"), f"--kubeconfig={lay.admin_kubeconfig}",
+             "explain", "tcp.spec.dataStoreSchema"], capture_output=True, text=True, check=False)
+        out = result.stdout
+        if result.returncode == 0:
+            break
+        await asyncio.sleep(0.5)
+    assert "etcd key prefix, or SQL database" in out
