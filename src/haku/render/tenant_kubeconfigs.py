@@ -1,0 +1,84 @@
+"""A tenant's kubeconfigs (kubeadm's identities), kept or reissued like certificates."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from haku.render import kubeconfig, pki
+from haku.render.tenant_pki import LEAF_VALIDITY, Plan, why_reissue
+
+
+@dataclass(frozen=True)
+class Identity:
+    file: str
+    user: str
+    organizations: tuple[str, ...]
+    local: bool  # True: dials the API server in its own pod (127.0.0.1)
+
+
+IDENTITIES = (
+    Identity("admin.conf", "kubernetes-admin", ("kubeadm:cluster-admins",), False),
+    Identity("super-admin.conf", "kubernetes-super-admin", ("system:masters",), False),
+    Identity("controller-manager.conf", "system:kube-controller-manager", (), True),
+    Identity("scheduler.conf", "system:kube-scheduler", (), True),
+)
+
+
+def _current(doc_bytes: bytes | None) -> tuple[str, bytes, dict[str, bytes]] | None:
+    """(server, CA, {name.crt, name.key}) of a kubeconfig we wrote, or None."""
+    if not doc_bytes:
+        return None
+    try:
+        doc: dict[str, Any] = yaml.safe_load(doc_bytes)
+        cluster = doc["clusters"][0]["cluster"]
+        user = doc["users"][0]["user"]
+        return (cluster["server"], base64.b64decode(cluster["certificate-authority-data"]),
+                {"x.crt": base64.b64decode(user["client-certificate-data"]),
+                 "x.key": base64.b64decode(user["client-key-data"])})
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def plan(
+    cluster_name: str,
+    ca: pki.KeyPair,
+    existing: Mapping[str, bytes],
+    endpoint: str,
+    local_endpoint: str,
+    identities: tuple[Identity, ...] = IDENTITIES,
+    algorithm: pki.KeyAlgorithm = pki.KeyAlgorithm.RSA_2048,
+    now: datetime | None = None,
+) -> Plan:
+    """Each identity's kubeconfig: kept while it points at the right server, trusts the current
+    CA and holds a valid client certificate; written afresh otherwise."""
+    now = now or datetime.now(UTC)
+    data: dict[str, bytes] = {}
+    issued: dict[str, str] = {}
+    for ident in identities:
+        server = local_endpoint if ident.local else endpoint
+        current = _current(existing.get(ident.file))
+        why: str | None
+        if current is None:
+            why = "missing"
+        elif current[0] != server:
+            why = f"server moved to {server}"
+        elif current[1] != ca.cert_pem:
+            why = "CA changed"
+        else:
+            why = why_reissue(current[2], "x", ca, now)
+        if why is None:
+            data[ident.file] = existing[ident.file]
+            continue
+        pair = pki.issue(ca, ident.user, pki.Usage.CLIENT, organizations=ident.organizations,
+                         algorithm=algorithm, valid_for=LEAF_VALIDITY, now=now)
+        doc = kubeconfig.client_certificate_kubeconfig(
+            cluster_name, server, ca.cert_pem, ident.user, pair.cert_pem, pair.key_pem)
+        data[ident.file] = kubeconfig.dump(doc).encode()
+        issued[ident.file] = why
+    return Plan(data, issued)

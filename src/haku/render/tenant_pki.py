@@ -1,0 +1,134 @@
+"""A tenant's certificate set, as kubeadm lays it out, kept in one Secret.
+
+:func:`plan` takes what the Secret holds and returns the full set: everything still valid is
+kept byte for byte, and only what is missing, signed by another CA, due to expire, or lacking
+a name the API server must answer to is issued again. Key generation is the only costly part
+(RSA-2048 ≈ 50 ms a key), so callers on an event loop run this in a thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.render import pki
+
+RENEW_BEFORE = timedelta(days=30)
+CA_VALIDITY = timedelta(days=3650)
+LEAF_VALIDITY = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class Plan:
+    data: dict[str, bytes]
+    issued: dict[str, str]  # what was (re)issued -> why
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.issued)
+
+
+def apiserver_names(spec: TenantControlPlaneSpec,
+                    addresses: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(DNS names, IPs) the tenant API server's certificate must hold."""
+    domain = spec.cluster_domain
+    svc = f"{spec.name}.{spec.namespace}"
+    dns = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
+           f"kubernetes.default.svc.{domain}", "localhost",
+           spec.name, svc, f"{svc}.svc", f"{svc}.svc.{domain}"]
+    ips = ["127.0.0.1", *spec.kubernetes_service_ips]
+    for value in (spec.address, *addresses, *spec.cert_sans):
+        if not value:
+            continue
+        try:
+            ips.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            dns.append(value)
+    if spec.ingress_hostname:
+        dns.append(spec.ingress_hostname.rsplit(":", 1)[0])
+    return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
+
+
+def _sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return (set(ext.get_values_for_type(x509.DNSName)),
+            {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)})
+
+
+def why_reissue(existing: Mapping[str, bytes], name: str, ca: pki.KeyPair, now: datetime,
+                 dns: list[str] | None = None, ips: list[str] | None = None) -> str | None:
+    cert_pem, key_pem = existing.get(f"{name}.crt"), existing.get(f"{name}.key")
+    if not cert_pem or not key_pem:
+        return "missing"
+    pair = pki.KeyPair(cert_pem, key_pem)
+    try:
+        cert = pair.cert
+        if not pki.matches(pair):
+            return "key does not match"
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return "not signed by the current CA"
+    if cert.not_valid_after_utc - RENEW_BEFORE <= now:
+        return f"expires {cert.not_valid_after_utc:%Y-%m-%d}"
+    if dns is not None and ips is not None:
+        have_dns, have_ips = _sans(cert)
+        missing = sorted(set(dns) - have_dns) + sorted(set(ips) - have_ips)
+        if missing:
+            return f"lacks {', '.join(missing)}"
+    return None
+
+
+def plan(
+    spec: TenantControlPlaneSpec,
+    existing: Mapping[str, bytes],
+    addresses: tuple[str, ...] = (),
+    algorithm: pki.KeyAlgorithm = pki.KeyAlgorithm.RSA_2048,
+    now: datetime | None = None,
+) -> Plan:
+    now = now or datetime.now(UTC)
+    data = dict(existing)
+    issued: dict[str, str] = {}
+
+    def ca(name: str, common_name: str) -> pki.KeyPair:
+        cert, key = existing.get(f"{name}.crt"), existing.get(f"{name}.key")
+        if cert and key and pki.matches(pki.KeyPair(cert, key)):
+            return pki.KeyPair(cert, key)
+        pair = pki.new_ca(common_name, algorithm, CA_VALIDITY, now)
+        data[f"{name}.crt"], data[f"{name}.key"] = pair.cert_pem, pair.key_pem
+        issued[name] = "missing"
+        return pair
+
+    def leaf(name: str, signer: pki.KeyPair, common_name: str, usage: pki.Usage,
+             organizations: tuple[str, ...] = (), dns: list[str] | None = None,
+             ips: list[str] | None = None) -> None:
+        # A new CA fails the signature check, so every leaf it signs is issued again too.
+        why = why_reissue(data, name, signer, now, dns, ips)
+        if why is None:
+            return
+        pair = pki.issue(signer, common_name, usage, organizations=organizations,
+                         dns_names=dns or (), ip_addresses=ips or (), algorithm=algorithm,
+                         valid_for=LEAF_VALIDITY, now=now)
+        data[f"{name}.crt"], data[f"{name}.key"] = pair.cert_pem, pair.key_pem
+        issued[name] = why
+
+    cluster_ca = ca("ca", "kubernetes")
+    front_proxy_ca = ca("front-proxy-ca", "front-proxy-ca")
+    dns, ips = apiserver_names(spec, addresses)
+    leaf("apiserver", cluster_ca, "kube-apiserver", pki.Usage.SERVER, dns=dns, ips=ips)
+    leaf("apiserver-kubelet-client", cluster_ca, "kube-apiserver-kubelet-client",
+         pki.Usage.CLIENT, ("kubeadm:cluster-admins",))
+    leaf("front-proxy-client", front_proxy_ca, "front-proxy-client", pki.Usage.CLIENT)
+    if not existing.get("sa.key") or not existing.get("sa.pub"):
+        key = pki.new_key(algorithm)
+        data["sa.key"], data["sa.pub"] = pki.key_pem(key), pki.public_key_pem(key)
+        issued["sa"] = "missing"
+    return Plan(data, issued)

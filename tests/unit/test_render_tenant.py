@@ -1,0 +1,186 @@
+"""The tenant renderers: certificate set, kubeconfigs, Deployment, Service, Ingress."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.datastore import TenantConnection
+from haku.render import controlplane, pki, tenant_kubeconfigs, tenant_pki
+
+ALG = pki.KeyAlgorithm.ECDSA_P256
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def tcp(**spec: Any) -> TenantControlPlaneSpec:
+    base: dict[str, Any] = {"kubernetes": {"version": "v1.37.2"},
+                            "controlPlane": {"service": {"serviceType": "ClusterIP"}}}
+    base.update(spec)
+    return TenantControlPlaneSpec.parse({
+        "metadata": {"name": "t1", "namespace": "tenants", "uid": "1234-abcd", "generation": 3},
+        "spec": base})
+
+
+def sans(pem: bytes) -> tuple[set[str], set[str]]:
+    ext = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    return (set(ext.get_values_for_type(x509.DNSName)),
+            {str(i) for i in ext.get_values_for_type(x509.IPAddress)})
+
+
+def test_spec_defaults_match_the_crd_and_kamaji() -> None:
+    s = tcp()
+    assert s.replicas == 2 and s.port == 6443 and s.cluster_domain == "cluster.local"
+    assert s.data_store_schema == s.data_store_username == "1234-abcd"
+    assert s.dns_service_ips == ("10.96.0.10",)
+    assert s.kubernetes_service_ips == ["10.96.0.1"]
+    assert s.image("kube-apiserver") == "registry.k8s.io/kube-apiserver:v1.37.2"
+    custom = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "registrySettings": {"registry": "my.reg", "tagSuffix": "-fips"}}},
+        networkProfile={"serviceCidrs": ["fd00::/108"]})
+    assert custom.image("kube-scheduler") == "my.reg/kube-scheduler:v1.37.2-fips"
+    assert custom.dns_service_ips == ("fd00::10",)
+
+
+def test_a_fresh_pki_is_complete_and_a_second_plan_keeps_it_byte_for_byte() -> None:
+    s = tcp(networkProfile={"certSANs": ["api.example.com", "192.0.2.10"]})
+    first = tenant_pki.plan(s, {}, ("10.0.0.7",), ALG, NOW)
+    assert set(first.issued) == {"ca", "front-proxy-ca", "apiserver",
+                                 "apiserver-kubelet-client", "front-proxy-client", "sa"}
+    keys = {"ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "apiserver-kubelet-client.crt",
+            "apiserver-kubelet-client.key", "front-proxy-ca.crt", "front-proxy-ca.key",
+            "front-proxy-client.crt", "front-proxy-client.key", "sa.key", "sa.pub"}
+    assert set(first.data) == keys
+    dns, ips = sans(first.data["apiserver.crt"])
+    assert {"kubernetes.default.svc.cluster.local", "t1.tenants.svc", "api.example.com"} <= dns
+    assert {"10.96.0.1", "127.0.0.1", "10.0.0.7", "192.0.2.10"} <= ips
+    kubelet_client = x509.load_pem_x509_certificate(first.data["apiserver-kubelet-client.crt"])
+    assert kubelet_client.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value \
+        == "kubeadm:cluster-admins"
+    again = tenant_pki.plan(s, first.data, ("10.0.0.7",), ALG, NOW + timedelta(days=1))
+    assert not again.changed and again.data == first.data
+
+
+def test_only_what_needs_it_is_reissued() -> None:
+    s = tcp()
+    base = tenant_pki.plan(s, {}, ("10.0.0.7",), ALG, NOW).data
+    moved = tenant_pki.plan(s, base, ("10.0.0.8",), ALG, NOW)
+    assert moved.issued == {"apiserver": "lacks 10.0.0.8"}
+    assert moved.data["ca.crt"] == base["ca.crt"]
+    late = tenant_pki.plan(s, base, ("10.0.0.7",), ALG, NOW + timedelta(days=340))
+    assert set(late.issued) == {"apiserver", "apiserver-kubelet-client", "front-proxy-client"}
+    assert all(why.startswith("expires ") for why in late.issued.values())
+    assert late.data["ca.key"] == base["ca.key"] and late.data["sa.key"] == base["sa.key"]
+    new_ca = dict(base)
+    del new_ca["ca.key"]
+    rotated = tenant_pki.plan(s, new_ca, ("10.0.0.7",), ALG, NOW)
+    assert rotated.issued["ca"] == "missing"
+    assert rotated.issued["apiserver"] == "not signed by the current CA"
+    assert "front-proxy-client" not in rotated.issued  # other CA, untouched
+    swapped = dict(base, **{"apiserver.key": base["front-proxy-client.key"]})
+    assert tenant_pki.plan(s, swapped, ("10.0.0.7",), ALG, NOW).issued == {
+        "apiserver": "key does not match"}
+
+
+def test_kubeconfigs_carry_kubeadm_identities_and_follow_the_endpoint() -> None:
+    ca = pki.new_ca("kubernetes", ALG)
+    first = tenant_kubeconfigs.plan("t1", ca, {}, "https://10.0.0.7:6443",
+                                    "https://127.0.0.1:6443", algorithm=ALG, now=NOW)
+    assert set(first.data) == {"admin.conf", "super-admin.conf", "controller-manager.conf",
+                               "scheduler.conf"}
+    admin = yaml.safe_load(first.data["admin.conf"])
+    assert admin["clusters"][0]["cluster"]["server"] == "https://10.0.0.7:6443"
+    cert = x509.load_pem_x509_certificate(
+        base64.b64decode(admin["users"][0]["user"]["client-certificate-data"]))
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == \
+        "kubeadm:cluster-admins"
+    cm = yaml.safe_load(first.data["controller-manager.conf"])
+    assert cm["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+    same = tenant_kubeconfigs.plan("t1", ca, first.data, "https://10.0.0.7:6443",
+                                   "https://127.0.0.1:6443", algorithm=ALG, now=NOW)
+    assert not same.changed and same.data == first.data
+    moved = tenant_kubeconfigs.plan("t1", ca, first.data, "https://10.0.0.9:6443",
+                                    "https://127.0.0.1:6443", algorithm=ALG, now=NOW)
+    assert set(moved.issued) == {"admin.conf", "super-admin.conf"}
+    other_ca = pki.new_ca("kubernetes", ALG)
+    assert len(tenant_kubeconfigs.plan("t1", other_ca, first.data, "https://10.0.0.7:6443",
+                                       "https://127.0.0.1:6443", algorithm=ALG,
+                                       now=NOW).issued) == 4
+
+
+def test_managed_flags_win_defaults_yield_and_extras_stay_verbatim() -> None:
+    args = controlplane.merge_args(
+        {"--secure-port": "6443"}, {"--leader-elect": "true", "--v": "0"},
+        ["--secure-port=1", "--leader-elect=false", "--feature-gates=A=true",
+         "--feature-gates=B=true"])
+    assert args == ["--secure-port=6443", "--v=0", "--leader-elect=false",
+                    "--feature-gates=A=true", "--feature-gates=B=true"]
+
+
+ETCD = TenantConnection(driver="etcd", etcd_servers=("https://10.245.0.1:12379",),
+                        etcd_prefix="/t1", files={"ca.crt": b"", "tls.crt": b"", "tls.key": b""})
+KINE = TenantConnection(driver="PostgreSQL", kine_endpoint="postgres://u:secret@h:5432/db",
+                        files={"ca.crt": b""})
+
+
+def _containers(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}
+
+
+def test_deployment_on_etcd() -> None:
+    s = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "replicas": 3, "extraArgs": {"apiServer": ["--v=4", "--secure-port=1"]}}})
+    d = controlplane.deployment(s, ETCD, "10.0.0.7", {"pki": "abc"}, "kine:x")
+    assert d["spec"]["replicas"] == 3
+    assert d["spec"]["selector"]["matchLabels"] == {"haku.dev/tenant-control-plane": "t1"}
+    assert d["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "100%"}
+    c = _containers(d)
+    assert list(c) == ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    api = c["kube-apiserver"]
+    assert api["image"] == "registry.k8s.io/kube-apiserver:v1.37.2"
+    assert "--etcd-prefix=/t1" in api["args"] and "--secure-port=6443" in api["args"]
+    assert "--etcd-servers=https://10.245.0.1:12379" in api["args"]
+    assert "--advertise-address=10.0.0.7" in api["args"] and api["args"][-1] == "--v=4"
+    assert "--secure-port=1" not in api["args"]
+    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 6443,
+                                                "scheme": "HTTPS"}
+    assert "--controllers=*,bootstrapsigner,tokencleaner" in c["kube-controller-manager"]["args"]
+    pod = d["spec"]["template"]
+    assert pod["metadata"]["annotations"]["checksum.haku.dev/pki"] == "abc"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_deployment_on_sql_runs_kine_with_the_password_out_of_argv() -> None:
+    d = controlplane.deployment(tcp(), KINE, "10.0.0.7", {}, "docker.io/rancher/kine:v0.17.5")
+    c = _containers(d)
+    assert "kine" in c
+    assert "secret" not in " ".join(c["kine"]["args"] + c["kube-apiserver"]["args"])
+    assert c["kine"]["env"] == [{"name": "KINE_ENDPOINT", "valueFrom": {"secretKeyRef": {
+        "name": "t1-datastore", "key": "KINE_ENDPOINT"}}}]
+    assert "--etcd-servers=unix:///var/run/kine/kine.sock" in c["kube-apiserver"]["args"]
+    assert {"name": "datastore", "mountPath": "/etc/kine/tls", "readOnly": True} in \
+        c["kine"]["volumeMounts"]
+    volumes = {v["name"] for v in d["spec"]["template"]["spec"]["volumes"]}
+    assert {"pki", "kubeconfigs", "datastore", "kine-socket"} <= volumes
+
+
+def test_service_and_ingress() -> None:
+    node_port = tcp(controlPlane={"service": {"serviceType": "NodePort"}},
+                    networkProfile={"port": 31443})
+    svc = controlplane.service(node_port)
+    assert svc["spec"]["ports"][0] == {"name": "kube-apiserver", "protocol": "TCP",
+                                       "port": 31443, "targetPort": 31443, "nodePort": 31443}
+    assert "nodePort" not in controlplane.service(tcp())["spec"]["ports"][0]
+    assert controlplane.ingress(tcp()) is None
+    ing = controlplane.ingress(tcp(controlPlane={
+        "service": {"serviceType": "ClusterIP"},
+        "ingress": {"hostname": "t1.example.com:443", "ingressClassName": "nginx"}}))
+    assert ing is not None
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["rules"][0]["host"] == "t1.example.com"
