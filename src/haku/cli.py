@@ -116,6 +116,65 @@ def cmd_deps(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from haku.controller import operator
+    from haku.controller.tenant import OperatorConfig
+    from haku.render.pki import KeyAlgorithm
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request otherwise
+    options = operator.RunOptions(
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        namespace=args.namespace, leader_elect=not args.no_leader_elect,
+        workers=args.workers, install_crds=not args.no_install_crds)
+    config = OperatorConfig(default_datastore=args.default_datastore,
+                            key_algorithm=KeyAlgorithm(args.key_algorithm),
+                            node_address=args.node_address)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await operator.run(options, config, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    import asyncio
+    import base64
+
+    from lightkube.resources.core_v1 import Secret
+
+    from haku.controller import operator
+    from haku.controller.tenant import TenantControlPlane
+
+    namespace, _, name = args.tenant.rpartition("/")
+
+    async def main() -> str:
+        client = operator.client_for(Path(args.kubeconfig) if args.kubeconfig else None)
+        try:
+            tcp = await client.get(TenantControlPlane, name, namespace=namespace or "default")
+            secret_name = ((tcp.to_dict().get("status") or {})  # type: ignore[no-untyped-call]
+                           .get("kubeconfig", {}).get("admin", {}).get("secretName"))
+            if not secret_name:
+                raise LookupError(f"{args.tenant} has no admin kubeconfig yet (not provisioned)")
+            secret = await client.get(Secret, secret_name, namespace=namespace or "default")
+            return base64.b64decode((secret.data or {})[args.key]).decode()
+        finally:
+            await client.close()
+
+    print(asyncio.run(main()), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="haku", description="Hosted Kubernetes control planes.")
     p.add_argument("--version", action="version", version=f"haku {__version__}")
@@ -151,17 +210,42 @@ def parser() -> argparse.ArgumentParser:
     build.set_defaults(fn=cmd_build)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
+
+    op = sub.add_parser("operator", help="the TenantControlPlane operator")
+    op_sub = op.add_subparsers(dest="operator_command", required=True)
+    run = op_sub.add_parser("run", help="reconcile against a cluster until stopped")
+    run.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config or in-cluster")
+    run.add_argument("--namespace", default="haku-system", help="for the leader Lease")
+    run.add_argument("--default-datastore", help="for TenantControlPlanes without dataStore")
+    run.add_argument("--workers", type=int, default=4)
+    run.add_argument("--key-algorithm", default="RSA-2048",
+                     choices=["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "ECDSA-P384"])
+    run.add_argument("--node-address", help="NodePort endpoint address (default: a node's IP)")
+    run.add_argument("--no-leader-elect", action="store_true")
+    run.add_argument("--no-install-crds", action="store_true")
+    run.set_defaults(fn=cmd_operator_run)
+
+    kc = sub.add_parser("kubeconfig", help="print a tenant's admin kubeconfig")
+    kc.add_argument("tenant", help="NAMESPACE/NAME")
+    kc.add_argument("--kubeconfig", help="of the admin cluster")
+    kc.add_argument("--key", default="admin.conf", choices=["admin.conf", "super-admin.conf"])
+    kc.set_defaults(fn=cmd_kubeconfig)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lightkube import ApiError
+
     args = parser().parse_args(argv)
     try:
         code: int = args.fn(args)
         return code
     except (DevClusterError, ComponentFailed, toolchain.ToolchainError, VersionError,
-            packages.MissingPackages, PermissionError) as e:
+            packages.MissingPackages, PermissionError, LookupError) as e:
         print(f"haku: {e}", file=sys.stderr)
+        return 1
+    except ApiError as e:
+        print(f"haku: {e.status.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("haku: interrupted", file=sys.stderr)

@@ -196,6 +196,9 @@ def deployment(
     ]
     containers[0]["ports"] = [{"name": "kube-apiserver", "containerPort": spec.port,
                                "protocol": "TCP"}]
+    # For --advertise-address=$(POD_IP) when the endpoint is a host name, not an IP.
+    containers[0]["env"] = [{"name": "POD_IP",
+                             "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     if storage.driver != "etcd":
         volumes.append({"name": "kine-socket", "emptyDir": {"medium": "Memory"}})
         apiserver_mounts.append({"name": "kine-socket", "mountPath": kine_render.SOCKET_DIR})

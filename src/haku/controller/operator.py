@@ -1,0 +1,121 @@
+"""``haku operator run``: the controllers, their watches and leader election, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightkube import AsyncClient, KubeConfig, operators
+from lightkube.codecs import from_dict
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Secret, Service
+from lightkube.resources.networking_v1 import Ingress
+
+from haku.api import crds
+from haku.controller.datastore_status import check_datastore
+from haku.controller.events import EventRecorder
+from haku.controller.lease import LeaseElector, LostLeadership
+from haku.controller.resources import FIELD_MANAGER, DataStore
+from haku.controller.runtime import Controller, Key, Result, Watcher, key_of
+from haku.controller.tenant import OperatorConfig, TenantControlPlane, TenantReconciler
+from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
+
+log = logging.getLogger("haku.operator")
+
+LEASE_NAME = "haku-operator"
+
+
+@dataclass
+class RunOptions:
+    kubeconfig: Path | None = None
+    namespace: str = "haku-system"
+    leader_elect: bool = True
+    workers: int = 4
+    resync: float = 300.0
+    install_crds: bool = True
+    identity: str = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def client_for(kubeconfig: Path | None) -> AsyncClient:
+    config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    return AsyncClient(config, field_manager=FIELD_MANAGER, trust_env=False)
+
+
+async def install_crds(client: AsyncClient, namespace: str) -> None:
+    """Apply Haku's CRDs (and the operator's namespace), then wait until they serve."""
+    for crd in crds.all_crds():
+        await client.apply(from_dict(crd), force=True)
+    await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
+                                  "metadata": {"name": namespace}}), force=True)
+    for crd in crds.all_crds():
+        for _ in range(100):
+            got = await client.get(CustomResourceDefinition, crd["metadata"]["name"])
+            if any(c.type == "Established" and c.status == "True"
+                   for c in (got.status.conditions if got.status else None) or []):
+                break
+            await asyncio.sleep(0.1)
+
+
+def _owned_by_tenant(event: str, obj: Any) -> list[Key]:
+    labels = obj.metadata.labels or {}
+    return [(obj.metadata.namespace, labels[TENANT_LABEL])] if TENANT_LABEL in labels else []
+
+
+async def run(options: RunOptions, config: OperatorConfig,
+              stop: asyncio.Event | None = None) -> None:
+    """Reconcile until ``stop`` is set (or leadership is lost, which raises)."""
+    client = client_for(options.kubeconfig)
+    stop = stop or asyncio.Event()
+    elector = LeaseElector(client, options.namespace, LEASE_NAME, options.identity)
+    tenants = TenantReconciler(client, config, EventRecorder(client))
+    try:
+        if options.install_crds:
+            await install_crds(client, options.namespace)
+        if options.leader_elect:
+            log.info("waiting to lead (Lease %s/%s as %s)", options.namespace, LEASE_NAME,
+                     options.identity)
+            await elector.acquire()
+
+        async def datastore_reconcile(key: Key) -> Result:
+            await check_datastore(client, key[1])
+            return Result(requeue_after=60.0)
+
+        tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
+                         options.resync)
+        stores = Controller("datastore", datastore_reconcile, 1, 60.0)
+        owned = {"app.kubernetes.io/managed-by": MANAGED_BY, TENANT_LABEL: operators.exists()}
+        runs = [
+            asyncio.create_task(tcp.run(
+                client,
+                parents=[Watcher(TenantControlPlane, lambda e, o: [key_of(o)])],
+                children=[Watcher(kind, _owned_by_tenant, labels=owned)
+                          for kind in (Secret, Deployment, Service, Ingress)]
+                + [Watcher(DataStore, lambda e, o: sorted(tcp.known))])),
+            asyncio.create_task(stores.run(
+                client, parents=[Watcher(DataStore, lambda e, o: [key_of(o)])], children=[])),
+            asyncio.create_task(stop.wait()),
+        ]
+        if options.leader_elect:
+            runs.append(asyncio.create_task(elector.hold()))
+        log.info("reconciling TenantControlPlanes with %d workers", options.workers)
+        done, pending = await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            if isinstance(task.exception(), LostLeadership):
+                raise LostLeadership("lost the Lease; stopping so a standby can lead")
+    finally:
+        await tenants.events.flush()
+        await tenants.close()
+        if options.leader_elect:
+            await elector.release()
+        await client.close()

@@ -1,0 +1,219 @@
+"""A small level-triggered controller runtime on asyncio and lightkube.
+
+- :class:`WorkQueue`: keys to reconcile; a key is never handed to two workers at once (one
+  added while in progress runs again afterwards), failures back off per key exponentially.
+- :class:`Watcher`: one watch stream per kind, reconnecting with backoff; every event is mapped
+  to the keys of the objects to reconcile (an owned Secret maps to its TenantControlPlane).
+- :class:`Controller`: workers that take keys and run the reconcile function, plus a periodic
+  resync of every known key, which is what makes it level-triggered: a missed event is repaired
+  at the next resync at the latest.
+
+Reconcilers read what they need fresh from the API server; the watch streams only say *when*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube import AsyncClient
+
+log = logging.getLogger("haku.controller")
+
+Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a reconcile asks for: nothing, or another look after ``requeue_after`` seconds."""
+
+    requeue_after: float | None = None
+
+
+class WorkQueue:
+    def __init__(self, base_delay: float = 0.5, max_delay: float = 300.0) -> None:
+        self.base_delay, self.max_delay = base_delay, max_delay
+        self._ready: asyncio.Queue[Key | None] = asyncio.Queue()
+        self._dirty: set[Key] = set()
+        self._processing: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+        self._closed = False
+
+    def add(self, key: Key) -> None:
+        if self._closed or key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._ready.put_nowait(key)
+
+    def add_after(self, key: Key, delay: float) -> None:
+        if delay <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        current = self._timers.get(key)
+        if current and current[0] <= due:
+            return  # an earlier wake-up is already set
+        if current:
+            current[1].cancel()
+        self._timers[key] = (due, loop.call_at(due, self._fire, key))
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def add_rate_limited(self, key: Key) -> float:
+        """Requeue after a failure; returns the delay (doubling per consecutive failure)."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay: float = min(self.base_delay * 2.0 ** (failures - 1), self.max_delay)
+        delay *= float(random.uniform(0.9, 1.1))  # noqa: S311  (jitter, not security)
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+    def failures(self, key: Key) -> int:
+        return self._failures.get(key, 0)
+
+    async def get(self) -> Key | None:
+        """The next key to work on; None once the queue is shut down."""
+        key = await self._ready.get()
+        if key is None:
+            return None
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._processing.discard(key)
+        if key in self._dirty and not self._closed:
+            self._ready.put_nowait(key)
+
+    def __len__(self) -> int:
+        return len(self._dirty)
+
+    def shutdown(self, workers: int) -> None:
+        self._closed = True
+        for _, timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for _ in range(workers):
+            self._ready.put_nowait(None)
+
+
+Mapper = Callable[[str, Any], Iterable[Key]]
+
+
+@dataclass
+class Watcher:
+    """Watch ``resource`` (optionally label-selected) and map events to keys."""
+
+    resource: Any
+    mapper: Mapper
+    labels: dict[str, Any] | None = None
+    namespace: str | None = None
+
+    async def run(self, client: AsyncClient, on_keys: Callable[[str, Iterable[Key]], None],
+                  ready: asyncio.Event | None = None) -> None:
+        backoff = 0.5
+        name = getattr(self.resource, "__name__", str(self.resource))
+        while True:
+            try:
+                stream = client.watch(self.resource, namespace=self.namespace,
+                                      labels=self.labels, server_timeout=240)
+                if ready is not None:
+                    ready.set()
+                async for event, obj in stream:
+                    backoff = 0.5
+                    on_keys(event, self.mapper(event, obj))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the stream broke: start over, the server resends state
+                log.warning("watch on %s broke (%s); restarting in %.1fs", name, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+
+def key_of(obj: Any) -> Key:
+    meta = obj.metadata
+    return (meta.namespace or "", meta.name)
+
+
+class Controller:
+    def __init__(
+        self,
+        name: str,
+        reconcile: Callable[[Key], Awaitable[Result]],
+        workers: int = 4,
+        resync_every: float = 300.0,
+    ) -> None:
+        self.name = name
+        self.reconcile = reconcile
+        self.workers = workers
+        self.resync_every = resync_every
+        self.queue = WorkQueue()
+        self.known: set[Key] = set()  # every parent key seen alive, for resync
+
+    def observe(self, event: str, keys: Iterable[Key], parent: bool = False) -> None:
+        for key in keys:
+            if parent:
+                if event == "DELETED":
+                    self.known.discard(key)
+                else:
+                    self.known.add(key)
+            self.queue.add(key)
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            key = await self.queue.get()
+            if key is None:
+                return
+            try:
+                result = await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = self.queue.add_rate_limited(key)
+                log.exception("%s %s/%s failed; retry in %.1fs", self.name, *key, delay)
+            else:
+                self.queue.forget(key)
+                if result.requeue_after is not None:
+                    self.queue.add_after(key, result.requeue_after)
+            finally:
+                self.queue.done(key)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_every)
+            for key in sorted(self.known):
+                self.queue.add(key)
+
+    async def run(self, client: AsyncClient, parents: list[Watcher],
+                  children: list[Watcher]) -> None:
+        """Run until cancelled; on cancellation workers finish their current key first."""
+        tasks = [asyncio.create_task(w.run(client, lambda e, k: self.observe(e, k, True)))
+                 for w in parents]
+        tasks += [asyncio.create_task(w.run(client, self.observe)) for w in children]
+        tasks.append(asyncio.create_task(self._resync()))
+        workers = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            self.queue.shutdown(len(workers))
+            # In-flight reconciles finish (each is idempotent, so one cut short is safe too).
+            _, pending = await asyncio.wait(workers, timeout=30)
+            for w in pending:
+                w.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pending, return_exceptions=True)

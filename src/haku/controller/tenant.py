@@ -1,0 +1,486 @@
+"""The TenantControlPlane reconcile pipeline.
+
+Ordered, idempotent steps, each a server-side apply with field manager ``haku``:
+
+1. finalizer (so the datastore tenant is removed on delete);
+2. datastore: the tenant's user and space, its password Secret (SQL) and connection Secret;
+3. Service, and from it the control-plane endpoint (waits, saying so, for a load balancer);
+4. certificates (kubeadm's set) and kubeconfigs, kept unless missing or due;
+5. Deployment (pod template checksums roll the pods when a Secret changes), Ingress;
+6. status: Kamaji's ``kubernetesResources.version.status`` and standard Conditions,
+   ``APIServerReady`` meaning the tenant's /readyz answered through the exposed endpoint.
+
+Owned objects carry an owner reference, so deleting the TenantControlPlane removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import logging
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+import yaml
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.codecs import from_dict
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.rbac_v1 import RoleRef, Subject
+from lightkube.resources.core_v1 import Node, Secret
+from lightkube.resources.networking_v1 import Ingress
+from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
+
+from haku.api import conditions
+from haku.api.conditions import Condition
+from haku.api.datastore import DataStoreSpec
+from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.controller.credentials import ensure_password
+from haku.controller.events import EventRecorder
+from haku.controller.resources import FIELD_MANAGER, GROUP, VERSION, DataStore, secret_reader
+from haku.controller.runtime import Key, Result
+from haku.datastore import DataStoreError, Driver, Tenant, TenantConnection, open_driver
+from haku.datastore.base import PrivateFiles
+from haku.datastore.etcd import EtcdDriver
+from haku.datastore.kine import ENDPOINT_KEY
+from haku.datastore.settings import resolve
+from haku.render import controlplane, pki, tenant_kubeconfigs, tenant_pki
+
+log = logging.getLogger("haku.tenant")
+
+TenantControlPlane = create_namespaced_resource(GROUP, VERSION, "TenantControlPlane",
+                                                "tenantcontrolplanes")
+FINALIZER = "haku.dev/finalizer"
+CONDITION_TYPES = ("DataStoreReady", "CertificatesReady", "ControlPlaneAvailable",
+                   "APIServerReady", "Ready")
+
+
+class Waiting(Exception):
+    """A step cannot go on yet; the condition says why, and the key is looked at again."""
+
+    def __init__(self, condition: Condition, retry_after: float) -> None:
+        super().__init__(condition.message)
+        self.condition = condition
+        self.retry_after = retry_after
+
+
+@dataclass
+class OperatorConfig:
+    default_datastore: str | None = None
+    kine_image: str = "docker.io/rancher/kine:v0.17.5"
+    key_algorithm: pki.KeyAlgorithm = pki.KeyAlgorithm.RSA_2048
+    node_address: str | None = None  # NodePort endpoint; default: a node's InternalIP
+    ready_resync: float = 300.0
+
+
+def sha(data: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(data):
+        h.update(k.encode() + b"\0" + data[k] + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _b64(data: dict[str, bytes]) -> dict[str, str]:
+    return {k: base64.b64encode(v).decode() for k, v in data.items()}
+
+
+@dataclass
+class DriverCache:
+    """One open driver per DataStore, replaced when the DataStore object changes."""
+
+    client: AsyncClient
+    drivers: dict[str, tuple[str, Driver]] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def get(self, datastore: Any) -> Driver:
+        name = datastore.metadata.name
+        version = datastore.metadata.resourceVersion
+        async with self.lock:
+            cached = self.drivers.get(name)
+            if cached and cached[0] == version:
+                return cached[1]
+            if cached:
+                await cached[1].close()
+            spec = DataStoreSpec.parse(datastore.to_dict())
+            driver = open_driver(await resolve(spec, secret_reader(self.client)))
+            self.drivers[name] = (version, driver)
+            return driver
+
+    async def close(self) -> None:
+        for _, driver in self.drivers.values():
+            await driver.close()
+        self.drivers.clear()
+
+
+class TenantReconciler:
+    def __init__(self, client: AsyncClient, config: OperatorConfig,
+                 recorder: EventRecorder) -> None:
+        self.client, self.config, self.events = client, config, recorder
+        self.drivers = DriverCache(client)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _apply(self, manifest: dict[str, Any], owner: dict[str, Any] | None) -> Any:
+        if owner:
+            manifest["metadata"]["ownerReferences"] = [owner]
+        return await self.client.apply(from_dict(manifest), field_manager=FIELD_MANAGER,
+                                       force=True)
+
+    async def _secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+        try:
+            secret = await self.client.get(Secret, name, namespace=namespace)
+        except ApiError as e:
+            if e.status.code == 404:
+                return {}
+            raise
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    async def _apply_secret(self, spec: TenantControlPlaneSpec, name: str,
+                            data: dict[str, bytes], owner: dict[str, Any]) -> None:
+        await self._apply({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": spec.namespace,
+                         "labels": controlplane.labels(spec, "secret")},
+            "data": _b64(data)}, owner)
+
+    @staticmethod
+    def _owner(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TenantControlPlane",
+                "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+                "controller": True, "blockOwnerDeletion": True}
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(self, key: Key) -> Result:
+        namespace, name = key
+        try:
+            current = await self.client.get(TenantControlPlane, name, namespace=namespace)
+        except ApiError as e:
+            if e.status.code == 404:
+                return Result()
+            raise
+        obj: dict[str, Any] = current.to_dict()  # type: ignore[no-untyped-call]
+        spec = TenantControlPlaneSpec.parse(obj)
+        if obj["metadata"].get("deletionTimestamp"):
+            return await self._finalize(obj, spec)
+        if FINALIZER not in (obj["metadata"].get("finalizers") or []):
+            await self._set_finalizer(spec, present=True)
+        found: dict[str, Condition] = {}
+        status: dict[str, Any] = {}
+        retry_after = None
+        try:
+            await self._steps(obj, spec, found, status)
+        except Waiting as w:
+            found[w.condition.type] = w.condition
+            retry_after = w.retry_after
+        except DataStoreError as e:
+            found["DataStoreReady"] = Condition("DataStoreReady", "False", e.reason, str(e))
+            retry_after = 10.0
+        ready = await self._write_status(obj, spec, found, status)
+        if retry_after is not None:
+            return Result(requeue_after=retry_after)
+        # Not ready yet: pods are starting; look again soon rather than at the next resync.
+        return Result(requeue_after=self.config.ready_resync if ready else 2.0)
+
+    async def _steps(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
+                     found: dict[str, Condition], status: dict[str, Any]) -> None:
+        owner = self._owner(obj)
+        n = controlplane.names(spec.name)
+
+        # 1. datastore
+        driver, ds_name = await self._driver(spec)
+        tenant, storage = await self._datastore(spec, driver, owner)
+        schema, user = driver.physical_names(tenant)
+        status["storage"] = {"driver": driver.driver, "dataStoreName": ds_name,
+                             "setup": {"schema": schema, "user": user}}
+        found["DataStoreReady"] = Condition(
+            "DataStoreReady", "True", "TenantProvisioned",
+            f"{driver.driver} DataStore {ds_name} holds this tenant in {schema!r} as {user!r}")
+
+        # 2. service and endpoint
+        svc = await self._apply(controlplane.service(spec), owner)
+        address = await self._endpoint_address(spec, svc)
+        status["controlPlaneEndpoint"] = f"{address}:{spec.port}"
+        status["kubernetesResources"] = {"service": {"name": n["service"],
+                                                     "namespace": spec.namespace,
+                                                     "port": spec.port}}
+
+        # 3. certificates and kubeconfigs (key generation runs off the event loop)
+        existing = await self._secret_data(spec.namespace, n["pki"])
+        plan = await asyncio.to_thread(tenant_pki.plan, spec, existing, (address,),
+                                       self.config.key_algorithm)
+        if plan.changed:
+            await self._apply_secret(spec, n["pki"], plan.data, owner)
+            self.events.emit(obj, "Normal", "CertificatesIssued",
+                             "; ".join(f"{k}: {v}" for k, v in sorted(plan.issued.items())))
+        ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
+        endpoint = f"https://{_host(address)}:{spec.port}"
+        local = f"https://127.0.0.1:{spec.port}"
+        old_configs = (await self._secret_data(spec.namespace, n["kubeconfigs"])
+                       | await self._secret_data(spec.namespace, n["admin-kubeconfig"]))
+        configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca, old_configs,
+                                          endpoint, local, tenant_kubeconfigs.IDENTITIES,
+                                          self.config.key_algorithm)
+        internal = {k: configs.data[k] for k in ("controller-manager.conf", "scheduler.conf")}
+        admin = {k: configs.data[k] for k in ("admin.conf", "super-admin.conf")}
+        if configs.changed:
+            await self._apply_secret(spec, n["kubeconfigs"], internal, owner)
+            await self._apply_secret(spec, n["admin-kubeconfig"], admin, owner)
+        status["kubeconfig"] = {"admin": {"secretName": n["admin-kubeconfig"]}}
+        found["CertificatesReady"] = Condition(
+            "CertificatesReady", "True", "Issued",
+            "certificates and kubeconfigs valid for " + ", ".join([address, spec.name]))
+
+        # 4. deployment and ingress
+        storage_data = dict(storage.files)
+        checksums = {"pki": sha(plan.data), "kubeconfigs": sha(internal),
+                     "datastore": sha(storage_data | {"endpoint": storage.kine_endpoint.encode()})}
+        advertise = address if _is_ip(address) else "$(POD_IP)"
+        manifest = controlplane.deployment(spec, storage, advertise, checksums,
+                                           self.config.kine_image)
+        dep = await self._apply(manifest, owner)
+        ingress = controlplane.ingress(spec)
+        if ingress:
+            await self._apply(ingress, owner)
+        else:
+            await self._delete_owned(Ingress, spec, n["ingress"])
+
+        # 5. status from what runs
+        self._deployment_status(spec, dep, found, status)
+        if found["ControlPlaneAvailable"].status == "True":
+            found["APIServerReady"] = await self._probe_api(spec, endpoint, admin)
+        else:
+            found["APIServerReady"] = Condition("APIServerReady", "False", "NoControlPlane",
+                                                "no control-plane pod is ready yet")
+
+    # ------------------------------------------------------------------ datastore
+
+    async def _driver(self, spec: TenantControlPlaneSpec) -> tuple[Driver, str]:
+        ds_name = spec.data_store or self.config.default_datastore
+        if not ds_name:
+            raise Waiting(Condition(
+                "DataStoreReady", "False", "NoDataStore",
+                "spec.dataStore is not set and the operator has no --default-datastore"), 30.0)
+        try:
+            datastore = await self.client.get(DataStore, ds_name)
+        except ApiError as e:
+            if e.status.code == 404:
+                raise Waiting(Condition("DataStoreReady", "False", "DataStoreNotFound",
+                                        f"DataStore {ds_name} does not exist"), 10.0) from e
+            raise
+        return await self.drivers.get(datastore), ds_name
+
+    async def _datastore(self, spec: TenantControlPlaneSpec, driver: Driver,
+                         owner: dict[str, Any]) -> tuple[Tenant, TenantConnection]:
+        n = controlplane.names(spec.name)
+        password = None
+        if driver.driver != "etcd":
+            password = await ensure_password(self.client, spec.namespace,
+                                             f"{n['datastore']}-password",
+                                             labels=controlplane.labels(spec, "secret"),
+                                             owner=owner)
+        tenant = Tenant(spec.data_store_schema, spec.data_store_username, password)
+        await driver.ensure_tenant(tenant)
+        if isinstance(driver, EtcdDriver):
+            existing = await self._secret_data(spec.namespace, n["datastore"])
+            pair = None
+            if existing.get("tls.crt") and existing.get("tls.key"):
+                why = tenant_pki.why_reissue(existing, "tls", driver.ca, datetime.now(UTC))
+                candidate = pki.KeyPair(existing["tls.crt"], existing["tls.key"])
+                if why is None and _cn(candidate) == driver.physical_names(tenant)[1]:
+                    pair = candidate
+            storage = driver.tenant_connection(tenant, pair)
+            data = dict(storage.files)
+        else:
+            storage = driver.tenant_connection(tenant)
+            data = dict(storage.files) | {ENDPOINT_KEY: storage.kine_endpoint.encode()}
+        await self._apply_secret(spec, n["datastore"], data, owner)
+        return tenant, storage
+
+    # ------------------------------------------------------------------ endpoint
+
+    async def _endpoint_address(self, spec: TenantControlPlaneSpec, svc: Any) -> str:
+        if spec.address:
+            return spec.address
+        if spec.service_type == "LoadBalancer":
+            ingress = (svc.status.loadBalancer.ingress if svc.status and svc.status.loadBalancer
+                       else None) or []
+            for entry in ingress:
+                if entry.ip or entry.hostname:
+                    return str(entry.ip or entry.hostname)
+            raise Waiting(Condition(
+                "ControlPlaneAvailable", "False", "WaitingForLoadBalancer",
+                f"Service {svc.metadata.name} has no load-balancer address yet"), 5.0)
+        if spec.service_type == "NodePort":
+            if self.config.node_address:
+                return self.config.node_address
+            async for node in self.client.list(Node):
+                for a in (node.status.addresses if node.status else None) or []:
+                    if a.type == "InternalIP":
+                        return str(a.address)
+            raise Waiting(Condition("ControlPlaneAvailable", "False", "NoNodeAddress",
+                                    "no node has an InternalIP for the NodePort"), 10.0)
+        return str(svc.spec.clusterIP)
+
+    # ------------------------------------------------------------------ status
+
+    def _deployment_status(self, spec: TenantControlPlaneSpec, dep: Any,
+                           found: dict[str, Condition], status: dict[str, Any]) -> None:
+        s = dep.status
+        ready = (s.readyReplicas or 0) if s else 0
+        updated = (s.updatedReplicas or 0) if s else 0
+        available = (s.availableReplicas or 0) if s else 0
+        rolled_out = bool(s and s.observedGeneration == dep.metadata.generation
+                          and updated == ready == spec.replicas and not s.unavailableReplicas)
+        status["kubernetesResources"]["deployment"] = {
+            "name": dep.metadata.name, "namespace": dep.metadata.namespace,
+            "selector": ",".join(f"{k}={v}" for k, v in controlplane.selector(spec).items()),
+            "replicas": (s.replicas or 0) if s else 0, "readyReplicas": ready,
+            "updatedReplicas": updated, "availableReplicas": available}
+        if spec.replicas == 0:
+            version_status = "Sleeping"
+            found["ControlPlaneAvailable"] = Condition(
+                "ControlPlaneAvailable", "False", "Sleeping", "replicas is 0")
+        elif ready == 0:
+            version_status = "Provisioning" if updated == 0 or not s else "NotReady"
+            found["ControlPlaneAvailable"] = Condition(
+                "ControlPlaneAvailable", "False", "NoReadyPods",
+                f"0 of {spec.replicas} control-plane pods ready")
+        else:
+            version_status = "Ready" if rolled_out else "Upgrading"
+            found["ControlPlaneAvailable"] = Condition(
+                "ControlPlaneAvailable", "True", "RolledOut" if rolled_out else "RollingOut",
+                f"{ready} of {spec.replicas} control-plane pods ready")
+        status["kubernetesResources"]["version"] = {"status": version_status}
+        if version_status in ("Ready", "Sleeping"):
+            status["kubernetesResources"]["version"]["version"] = spec.version
+
+    async def _probe_api(self, spec: TenantControlPlaneSpec, endpoint: str,
+                         admin: dict[str, bytes]) -> Condition:
+        """/readyz through the exposed endpoint with the super-admin identity, then the
+        cluster-admins binding kubeadm makes so that admin.conf has its rights."""
+        doc = yaml.safe_load(admin["super-admin.conf"])
+        user = doc["users"][0]["user"]
+        files = PrivateFiles("haku-probe-")
+        try:
+            ctx = ssl.create_default_context(cadata=base64.b64decode(
+                doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode())
+            ctx.load_cert_chain(
+                files.write("tls.crt", base64.b64decode(user["client-certificate-data"])),
+                files.write("tls.key", base64.b64decode(user["client-key-data"])))
+            async with httpx2.AsyncClient(verify=ctx, timeout=5.0, trust_env=False) as http:
+                response = await http.get(f"{endpoint}/readyz")
+            if response.status_code != 200:
+                return Condition("APIServerReady", "False", "NotReady",
+                                 f"{endpoint}/readyz answered {response.status_code}")
+            tenant = AsyncClient(KubeConfig.from_dict(doc), field_manager=FIELD_MANAGER,
+                                 timeout=httpx2.Timeout(5.0), trust_env=False)
+            try:
+                await tenant.apply(ClusterRoleBinding(
+                    metadata=ObjectMeta(name="kubeadm:cluster-admins"),
+                    roleRef=RoleRef(apiGroup="rbac.authorization.k8s.io", kind="ClusterRole",
+                                    name="cluster-admin"),
+                    subjects=[Subject(apiGroup="rbac.authorization.k8s.io", kind="Group",
+                                      name="kubeadm:cluster-admins")]), force=True)
+            finally:
+                await tenant.close()
+        except (httpx2.HTTPError, ApiError, ssl.SSLError, OSError) as e:
+            return Condition("APIServerReady", "False", "Unreachable",
+                             f"{endpoint}/readyz: {e}")
+        finally:
+            files.cleanup()
+        return Condition("APIServerReady", "True", "Serving", f"{endpoint}/readyz answered ok")
+
+    async def _write_status(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
+                            found: dict[str, Condition], status: dict[str, Any]) -> bool:
+        """Apply the status; True if the tenant is Ready."""
+        old = (obj.get("status") or {}).get("conditions") or []
+        for ctype in CONDITION_TYPES[:-1]:
+            found.setdefault(ctype, Condition(ctype, "Unknown", "Pending",
+                                              "an earlier step has not finished"))
+        failing = [c for t, c in found.items() if t != "Ready" and c.status != "True"]
+        found["Ready"] = (Condition("Ready", "True", "Ready",
+                                    "the tenant API serves through its endpoint")
+                          if not failing else
+                          Condition("Ready", "False", failing[0].reason, failing[0].message))
+        merged = old
+        for c in found.values():
+            merged = conditions.merge(merged, c, spec.generation)
+        for c in found.values():
+            before = conditions.find(old, c.type)
+            if before is None or before.get("status") != c.status or \
+                    before.get("reason") != c.reason:
+                self.events.emit(obj, "Normal" if c.status == "True" else "Warning",
+                                 c.reason, f"{c.type}={c.status}: {c.message}")
+        status["conditions"] = merged
+        status["observedGeneration"] = spec.generation
+        status.setdefault("kubernetesResources", {}).setdefault(
+            "version", {"status": "Provisioning"})
+        patch = TenantControlPlane.Status(
+            metadata=ObjectMeta(name=spec.name, namespace=spec.namespace), status=status)
+        await self.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
+        return found["Ready"].status == "True"
+
+    # ------------------------------------------------------------------ delete
+
+    async def _set_finalizer(self, spec: TenantControlPlaneSpec, present: bool) -> None:
+        patch = TenantControlPlane(
+            metadata=ObjectMeta(name=spec.name, namespace=spec.namespace,
+                                finalizers=[FINALIZER] if present else []))
+        await self.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
+
+    async def _finalize(self, obj: dict[str, Any], spec: TenantControlPlaneSpec) -> Result:
+        if FINALIZER not in (obj["metadata"].get("finalizers") or []):
+            return Result()
+        try:
+            driver, ds_name = await self._driver(spec)
+        except Waiting as w:
+            # No DataStore left to clean: nothing of this tenant can remain in it.
+            self.events.emit(obj, "Warning", w.condition.reason,
+                             f"{w.condition.message}; removing the finalizer without cleanup")
+        else:
+            tenant = Tenant(spec.data_store_schema, spec.data_store_username)
+            await driver.delete_tenant(tenant)
+            self.events.emit(obj, "Normal", "DataStoreTenantDeleted",
+                             f"removed {driver.physical_names(tenant)[0]!r} from {ds_name}")
+        await self._set_finalizer(spec, present=False)
+        return Result()
+
+    async def _delete_owned(self, resource: Any, spec: TenantControlPlaneSpec,
+                            name: str) -> None:
+        try:
+            current = await self.client.get(resource, name, namespace=spec.namespace)
+        except ApiError as e:
+            if e.status.code == 404:
+                return
+            raise
+        labels = current.metadata.labels or {}
+        if labels.get(controlplane.TENANT_LABEL) == spec.name:
+            await self.client.delete(resource, name, namespace=spec.namespace)
+
+    async def close(self) -> None:
+        await self.drivers.close()
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address and _is_ip(address) else address
+
+
+def _cn(pair: pki.KeyPair) -> str:
+    from cryptography.x509.oid import NameOID
+
+    return str(pair.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
