@@ -25,9 +25,9 @@ deps: venv
 	$(HAKU) dev deps
 	$(HAKU) dev build kubernetes etcd kine
 
-## demo: the local admin cluster, up, with how to use it
+## demo: the local admin cluster, the operator, and a Ready tenant, with how to use them
 demo: deps
-	$(HAKU) dev up
+	$(HAKU) dev demo
 
 down: venv
 	$(HAKU) dev down

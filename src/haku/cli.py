@@ -65,6 +65,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from haku.dev import demo
+
+    cluster = DevCluster(_layout(args), _versions(args))
+    kubeconfig = demo.run(cluster)
+    lay = cluster.layout
+    print()
+    print(f"tenant {demo.NAMESPACE}/{demo.TENANT} is Ready: its API serves through its Service.")
+    print(f"tenant admin kubeconfig: {kubeconfig}")
+    print("try it:")
+    print(f"  {lay.bin}/kubectl --kubeconfig {kubeconfig} get ns")
+    print(f"  {lay.bin}/kubectl --kubeconfig {lay.admin_kubeconfig} get tcp,datastores -A")
+    print(f"  .venv/bin/haku kubeconfig {demo.NAMESPACE}/{demo.TENANT} "
+          f"--kubeconfig {lay.admin_kubeconfig}")
+    print(f"operator log: {lay.logs / 'haku-operator.log'}   stop everything: haku dev down")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     cluster = DevCluster(_layout(args), _versions(args))
     result = cluster.down(purge=args.purge)
@@ -192,6 +210,9 @@ def parser() -> argparse.ArgumentParser:
                           help="the tenant datastores only, on loopback and their own ports")
         sp.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
 
+    demo = dev_sub.add_parser("demo", help="cluster, operator and a ready sample tenant")
+    cluster_args(demo)
+    demo.set_defaults(fn=cmd_demo)
     up = dev_sub.add_parser("up", help="start the cluster (safe to run again)")
     cluster_args(up)
     up.set_defaults(fn=cmd_up)
@@ -241,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.fn(args)
         return code
     except (DevClusterError, ComponentFailed, toolchain.ToolchainError, VersionError,
-            packages.MissingPackages, PermissionError, LookupError) as e:
+            packages.MissingPackages, PermissionError, LookupError, TimeoutError) as e:
         print(f"haku: {e}", file=sys.stderr)
         return 1
     except ApiError as e:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightkube import AsyncClient, KubeConfig, operators
+from lightkube import ALL_NS, AsyncClient, KubeConfig, operators
 from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
@@ -94,8 +94,11 @@ async def run(options: RunOptions, config: OperatorConfig,
         runs = [
             asyncio.create_task(tcp.run(
                 client,
-                parents=[Watcher(TenantControlPlane, lambda e, o: [key_of(o)])],
-                children=[Watcher(kind, _owned_by_tenant, labels=owned)
+                # Namespaced kinds are watched in every namespace (lightkube's default is the
+                # kubeconfig's namespace).
+                parents=[Watcher(TenantControlPlane, lambda e, o: [key_of(o)],
+                                 namespace=ALL_NS)],
+                children=[Watcher(kind, _owned_by_tenant, labels=owned, namespace=ALL_NS)
                           for kind in (Secret, Deployment, Service, Ingress)]
                 + [Watcher(DataStore, lambda e, o: sorted(tcp.known))])),
             asyncio.create_task(stores.run(

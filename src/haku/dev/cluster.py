@@ -30,13 +30,15 @@ from haku.dev.processes import ProcessSpec, Supervisor
 from haku.dev.versions import Versions
 from haku.render import kubeconfig, pki
 
+OPERATOR = "haku-operator"
 ETCD, APISERVER = "etcd", "kube-apiserver"
 CONTROLLER_MANAGER, SCHEDULER = "kube-controller-manager", "kube-scheduler"
 CONTAINERD, KUBELET, KUBE_PROXY = "containerd", "kubelet", "kube-proxy"
 
-# Stop order: consumers first, the store last.
+# Stop order: consumers first, the store last. The operator goes first of all: once the node
+# bridge is gone, addresses it talks to (tenant Services, the node IP) would leave the machine.
 STOP_ORDER = (
-    KUBE_PROXY, KUBELET, SCHEDULER, CONTROLLER_MANAGER, APISERVER, ETCD,
+    OPERATOR, KUBE_PROXY, KUBELET, SCHEDULER, CONTROLLER_MANAGER, APISERVER, ETCD,
     datastores.ETCD, datastores.POSTGRES, datastores.MARIADB, CONTAINERD,
 )
 

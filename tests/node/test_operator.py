@@ -1,0 +1,287 @@
+"""The operator on the local admin cluster: TenantControlPlanes become running tenants."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lightkube import ApiError, AsyncClient
+from lightkube.codecs import from_dict
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Event, Pod, Secret, Service
+
+from haku.api import conditions
+from haku.controller import operator
+from haku.controller.tenant import OperatorConfig, TenantControlPlane
+from haku.datastore import DataStoreError, Tenant, open_driver
+from haku.datastore.settings import Settings
+from haku.dev import samples
+from haku.dev.cluster import DevCluster
+from haku.render.pki import KeyAlgorithm
+
+from .helpers import client, kubectl
+
+NS = "tenants"
+VERSION = "v1.37.2"
+
+
+@pytest.fixture(scope="module")
+async def running_operator(node_handle: Any) -> AsyncIterator[DevCluster]:
+    """The cluster with the operator running in-process; stopped before the module ends, so
+    nothing talks to the cluster's addresses once a later test takes it down."""
+    cluster = node_handle.ensure_up()
+    stop = asyncio.Event()
+    options = operator.RunOptions(kubeconfig=cluster.layout.admin_kubeconfig, workers=4,
+                                  resync=30.0)
+    config = OperatorConfig(key_algorithm=KeyAlgorithm.ECDSA_P256)
+    c = client(cluster)
+    await operator.install_crds(c, options.namespace)  # as the operator does, idempotent
+    task = asyncio.create_task(operator.run(options, config, stop))
+    for obj in samples.datastore_objects(cluster.layout):
+        await c.apply(from_dict(obj), force=True)
+    await c.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": NS}}))
+    await c.close()
+    yield cluster
+    c = client(cluster)
+    async for tcp in c.list(TenantControlPlane, namespace=NS):
+        await c.delete(TenantControlPlane, tcp.metadata.name, namespace=NS)
+    for _ in range(60):  # let the operator finalize them while it still runs
+        if not [t async for t in c.list(TenantControlPlane, namespace=NS)]:
+            break
+        await asyncio.sleep(0.5)
+    await c.close()
+    stop.set()
+    await asyncio.wait_for(task, 60)
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s: {what}")
+        await asyncio.sleep(0.5)
+
+
+async def tcp_status(c: AsyncClient, name: str) -> dict[str, Any]:
+    obj = await c.get(TenantControlPlane, name, namespace=NS)
+    status: dict[str, Any] = obj.to_dict().get("status") or {}
+    return status
+
+
+async def condition(c: AsyncClient, name: str, ctype: str) -> dict[str, Any] | None:
+    return conditions.find((await tcp_status(c, name)).get("conditions"), ctype)
+
+
+async def apply_tcp(c: AsyncClient, name: str, datastore: str, **spec: Any) -> None:
+    doc = samples.tenant_control_plane(name, NS, datastore, VERSION)
+    doc["spec"].update(spec)
+    await c.apply(from_dict(doc), force=True)
+
+
+async def wait_ready(c: AsyncClient, name: str, timeout: float = 120) -> None:
+    async def ready() -> bool:
+        ready_condition = await condition(c, name, "Ready")
+        return bool(ready_condition and ready_condition["status"] == "True")
+
+    try:
+        await wait_for(ready, timeout, f"{name} Ready")
+    except AssertionError:
+        raise AssertionError(f"{name} not Ready: {await tcp_status(c, name)}") from None
+
+
+async def admin_kubeconfig(c: AsyncClient, name: str, path: Path) -> Path:
+    secret_name = (await tcp_status(c, name))["kubeconfig"]["admin"]["secretName"]
+    secret = await c.get(Secret, secret_name, namespace=NS)
+    path.write_bytes(base64.b64decode(secret.data["admin.conf"]))
+    return path
+
+
+@pytest.mark.parametrize("datastore", ["dev-etcd", "dev-postgres", "dev-mariadb"])
+async def test_a_tenant_on_each_datastore_becomes_ready_and_serves(
+    running_operator: DevCluster, datastore: str, tmp_path: Path
+) -> None:
+    c = client(running_operator)
+    name = f"serve-{datastore.removeprefix('dev-')}"
+    try:
+        await apply_tcp(c, name, datastore)
+        await wait_ready(c, name)
+        status = await tcp_status(c, name)
+        assert status["kubernetesResources"]["version"] == {"status": "Ready",
+                                                            "version": VERSION}
+        assert status["storage"]["dataStoreName"] == datastore
+        svc = await c.get(Service, name, namespace=NS)
+        assert status["controlPlaneEndpoint"] == f"{svc.spec.clusterIP}:6443"
+        kc = await admin_kubeconfig(c, name, tmp_path / "admin.conf")
+        names = kubectl(running_operator, "get", "ns", "-o", "name", kubeconfig=kc).stdout
+        assert "namespace/kube-system" in names.split()
+        who = kubectl(running_operator, "auth", "whoami", "-o", "yaml", kubeconfig=kc).stdout
+        assert "kubeadm:cluster-admins" in who
+        events = [e async for e in c.list(Event, namespace=NS,
+                                          fields={"involvedObject.name": name})]
+        assert {"TenantProvisioned", "Serving", "Ready"} <= {e.reason for e in events}
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+        await c.close()
+
+
+async def test_two_tenants_on_one_etcd_do_not_see_each_other(
+    running_operator: DevCluster, tmp_path: Path
+) -> None:
+    c = client(running_operator)
+    try:
+        await asyncio.gather(apply_tcp(c, "iso-a", "dev-etcd"), apply_tcp(c, "iso-b", "dev-etcd"))
+        await asyncio.gather(wait_ready(c, "iso-a"), wait_ready(c, "iso-b"))
+        a = await admin_kubeconfig(c, "iso-a", tmp_path / "a.conf")
+        b = await admin_kubeconfig(c, "iso-b", tmp_path / "b.conf")
+        kubectl(running_operator, "create", "namespace", "only-in-a", kubeconfig=a)
+        in_a = kubectl(running_operator, "get", "ns", "-o", "name", kubeconfig=a).stdout.split()
+        in_b = kubectl(running_operator, "get", "ns", "-o", "name", kubeconfig=b).stdout.split()
+        assert "namespace/only-in-a" in in_a and "namespace/only-in-a" not in in_b
+        # Each tenant's credentials are refused by the other tenant's API server.
+        doc_a = yaml.safe_load(a.read_text())
+        doc_a["clusters"][0]["cluster"] = yaml.safe_load(b.read_text())["clusters"][0]["cluster"]
+        crossed = tmp_path / "crossed.conf"
+        crossed.write_text(yaml.safe_dump(doc_a))
+        refused = kubectl(running_operator, "get", "ns", kubeconfig=crossed, check=False)
+        assert refused.returncode != 0 and "Unauthorized" in refused.stderr
+    finally:
+        for name in ("iso-a", "iso-b"):
+            await c.delete(TenantControlPlane, name, namespace=NS)
+        await c.close()
+
+
+async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
+    c = client(running_operator)
+    name = "repair"
+    try:
+        await apply_tcp(c, name, "dev-etcd")
+        await wait_ready(c, name)
+        # Scale through the TenantControlPlane.
+        kubectl(running_operator, "scale", "tcp", name, "-n", NS, "--replicas=2")
+
+        async def two() -> bool:
+            d = await c.get(Deployment, name, namespace=NS)
+            return d.spec.replicas == 2 and (d.status.readyReplicas or 0) == 2
+
+        await wait_for(two, 90, "2 ready replicas")
+        await wait_ready(c, name)
+        # A deleted Deployment comes back.
+        await c.delete(Deployment, name, namespace=NS)
+
+        async def back() -> bool:
+            try:
+                d = await c.get(Deployment, name, namespace=NS)
+            except ApiError:
+                return False
+            return d.metadata.deletionTimestamp is None
+
+        await wait_for(back, 60, "the Deployment to be recreated")
+        await wait_ready(c, name)
+        # A deleted certificate Secret comes back, and the pods roll onto it.
+        before = (await c.get(Deployment, name, namespace=NS)).spec.template.metadata
+        await c.delete(Secret, f"{name}-pki", namespace=NS)
+
+        async def rolled() -> bool:
+            try:
+                await c.get(Secret, f"{name}-pki", namespace=NS)
+            except ApiError:
+                return False
+            now = (await c.get(Deployment, name, namespace=NS)).spec.template.metadata
+            return now.annotations["checksum.haku.dev/pki"] != \
+                before.annotations["checksum.haku.dev/pki"]
+
+        await wait_for(rolled, 60, "new certificates rolled into the pod template")
+        await wait_ready(c, name)
+        # Changed extraArgs roll the pods with the new flag.
+        doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION, replicas=2)
+        doc["spec"]["controlPlane"]["deployment"]["extraArgs"] = {"apiServer": ["--v=3"]}
+        await c.apply(from_dict(doc), force=True)
+
+        async def flag_running() -> bool:
+            pods = [p async for p in c.list(Pod, namespace=NS,
+                                            labels={"haku.dev/tenant-control-plane": name})]
+            live = [p for p in pods if p.metadata.deletionTimestamp is None]
+            return bool(live) and all(
+                "--v=3" in (p.spec.containers[0].args or []) for p in live)
+
+        await wait_for(flag_running, 120, "pods running with --v=3")
+        await wait_ready(c, name)
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+        await c.close()
+
+
+async def test_delete_removes_objects_and_the_datastore_tenant(
+    running_operator: DevCluster,
+) -> None:
+    c = client(running_operator)
+    name = "goner"
+    await apply_tcp(c, name, "dev-postgres")
+    await wait_ready(c, name)
+    status = await tcp_status(c, name)
+    schema = status["storage"]["setup"]["schema"]
+    pg = running_operator.layout.datastores_dir / "postgres"
+    settings = Settings("pg", "PostgreSQL", ("127.0.0.1:15432",), username="postgres",
+                        password=(pg / "password").read_text().strip(),
+                        ca_cert=(running_operator.layout.datastores_dir / "sql-tls" /
+                                 "ca.crt").read_bytes())
+    driver = open_driver(settings)
+    try:
+        assert schema in await driver.list_tenants()
+        await c.delete(TenantControlPlane, name, namespace=NS)
+
+        async def gone() -> bool:
+            try:
+                await c.get(TenantControlPlane, name, namespace=NS)
+            except ApiError as e:
+                return e.status.code == 404
+            return False
+
+        await wait_for(gone, 60, "the TenantControlPlane to be finalized")
+        assert schema not in await driver.list_tenants()
+        with pytest.raises(DataStoreError, match="does not exist"):
+            await driver.usage(Tenant(schema, schema, "x"))
+
+        async def owned_gone() -> bool:
+            left = [s.metadata.name async for s in c.list(
+                Secret, namespace=NS, labels={"haku.dev/tenant-control-plane": name})]
+            left += [d.metadata.name async for d in c.list(
+                Deployment, namespace=NS, labels={"haku.dev/tenant-control-plane": name})]
+            return not left
+
+        await wait_for(owned_gone, 60, "owned Secrets and Deployment to be collected")
+    finally:
+        await driver.close()
+        await c.close()
+
+
+async def test_an_unknown_datastore_is_reported_and_recovers_once_created(
+    running_operator: DevCluster,
+) -> None:
+    c = client(running_operator)
+    name = "waits"
+    try:
+        await apply_tcp(c, name, "arrives-later")
+
+        async def reported() -> bool:
+            found = await condition(c, name, "DataStoreReady")
+            return bool(found and found["reason"] == "DataStoreNotFound")
+
+        await wait_for(reported, 30, "DataStoreNotFound")
+        ready = await condition(c, name, "Ready")
+        assert ready and ready["status"] == "False"
+        assert "DataStore arrives-later does not exist" in ready["message"]
+        later = next(o for o in samples.datastore_objects(running_operator.layout)
+                     if o["kind"] == "DataStore" and o["metadata"]["name"] == "dev-etcd")
+        later["metadata"]["name"] = "arrives-later"
+        await c.apply(from_dict(later), force=True)
+        await wait_ready(c, name)
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+        await c.close()
