@@ -149,7 +149,8 @@ def cmd_operator_run(args: argparse.Namespace) -> int:
     options = operator.RunOptions(
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         namespace=args.namespace, leader_elect=not args.no_leader_elect,
-        workers=args.workers, install_crds=not args.no_install_crds)
+        workers=args.workers, install_crds=not args.no_install_crds,
+        lease_duration=args.lease_duration)
     config = OperatorConfig(default_datastore=args.default_datastore,
                             key_algorithm=KeyAlgorithm(args.key_algorithm),
                             node_address=args.node_address)
@@ -243,6 +244,8 @@ def parser() -> argparse.ArgumentParser:
                      choices=["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "ECDSA-P384"])
     run.add_argument("--node-address", help="NodePort endpoint address (default: a node's IP)")
     run.add_argument("--no-leader-elect", action="store_true")
+    run.add_argument("--lease-duration", type=float, default=15.0,
+                     help="seconds a silent leader keeps the Lease")
     run.add_argument("--no-install-crds", action="store_true")
     run.set_defaults(fn=cmd_operator_run)
 

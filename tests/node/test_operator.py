@@ -14,6 +14,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event, Pod, Secret, Service
+from lightkube.types import PatchType
 
 from haku.api import conditions
 from haku.controller import operator
@@ -285,3 +286,76 @@ async def test_an_unknown_datastore_is_reported_and_recovers_once_created(
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
         await c.close()
+
+
+async def test_an_unreachable_datastore_is_reported_and_recovers_when_fixed(
+    running_operator: DevCluster,
+) -> None:
+    c = client(running_operator)
+    name = "moved"
+    good = next(o for o in samples.datastore_objects(running_operator.layout)
+                if o["kind"] == "DataStore" and o["metadata"]["name"] == "dev-etcd")
+    broken = yaml.safe_load(yaml.safe_dump(good))
+    broken["metadata"]["name"] = "moved-etcd"
+    broken["spec"]["endpoints"] = ["127.0.0.1:9"]
+    try:
+        await c.apply(from_dict(broken), force=True)
+        await apply_tcp(c, name, "moved-etcd")
+
+        async def unreachable() -> bool:
+            found = await condition(c, name, "DataStoreReady")
+            return bool(found and found["reason"] == "Unreachable")
+
+        await wait_for(unreachable, 60, "DataStoreReady=False/Unreachable")
+        broken["spec"]["endpoints"] = good["spec"]["endpoints"]
+        await c.apply(from_dict(broken), force=True)
+        await wait_ready(c, name)
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+
+
+async def test_node_port_exposure_uses_the_port_as_node_port(
+    running_operator: DevCluster, tmp_path: Path
+) -> None:
+    c = client(running_operator)
+    name = "np"
+    try:
+        doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION,
+                                           service_type="NodePort", port=31443)
+        await c.apply(from_dict(doc), force=True)
+        await wait_ready(c, name)
+        svc = await c.get(Service, name, namespace=NS)
+        assert svc.spec.ports[0].nodePort == 31443
+        status = await tcp_status(c, name)
+        assert status["controlPlaneEndpoint"] == f"{running_operator.layout.node_ip}:31443"
+        kc = await admin_kubeconfig(c, name, tmp_path / "np.conf")
+        assert "namespace/default" in kubectl(running_operator, "get", "ns", "-o", "name",
+                                              kubeconfig=kc).stdout.split()
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+
+
+async def test_load_balancer_waits_for_an_address_then_uses_it(
+    running_operator: DevCluster,
+) -> None:
+    c = client(running_operator)
+    name = "lb"
+    try:
+        await apply_tcp(c, name, "dev-etcd", controlPlane={
+            "deployment": {"replicas": 1}, "service": {"serviceType": "LoadBalancer"}})
+
+        async def waiting() -> bool:
+            found = await condition(c, name, "ControlPlaneAvailable")
+            return bool(found and found["reason"] == "WaitingForLoadBalancer")
+
+        await wait_for(waiting, 30, "WaitingForLoadBalancer")
+        # Act as a cloud controller: give the Service an address (its own ClusterIP, which
+        # kube-proxy serves here, so the address really leads to the tenant).
+        svc = await c.get(Service, name, namespace=NS)
+        await c.patch(Service.Status, name, {"status": {"loadBalancer": {"ingress": [
+            {"ip": svc.spec.clusterIP}]}}}, namespace=NS, patch_type=PatchType.MERGE)
+        await wait_ready(c, name)
+        status = await tcp_status(c, name)
+        assert status["controlPlaneEndpoint"] == f"{svc.spec.clusterIP}:6443"
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)

@@ -40,6 +40,7 @@ class RunOptions:
     workers: int = 4
     resync: float = 300.0
     install_crds: bool = True
+    lease_duration: float = 15.0
     identity: str = f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -73,7 +74,10 @@ async def run(options: RunOptions, config: OperatorConfig,
     """Reconcile until ``stop`` is set (or leadership is lost, which raises)."""
     client = client_for(options.kubeconfig)
     stop = stop or asyncio.Event()
-    elector = LeaseElector(client, options.namespace, LEASE_NAME, options.identity)
+    elector = LeaseElector(client, options.namespace, LEASE_NAME, options.identity,
+                           lease_duration=options.lease_duration,
+                           renew_deadline=options.lease_duration * 2 / 3,
+                           retry_period=max(options.lease_duration / 7.5, 0.2))
     tenants = TenantReconciler(client, config, EventRecorder(client))
     try:
         if options.install_crds:
