@@ -56,6 +56,7 @@ test-node: deps
 bench: deps
 	$(VENV)/bin/python bench/dev_cluster.py
 	$(VENV)/bin/python bench/datastores.py
+	$(VENV)/bin/python bench/operator_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -184,8 +184,12 @@ class TenantReconciler:
         ready = await self._write_status(obj, spec, found, status)
         if retry_after is not None:
             return Result(requeue_after=retry_after)
-        # Not ready yet: pods are starting; look again soon rather than at the next resync.
-        return Result(requeue_after=self.config.ready_resync if ready else 2.0)
+        if ready:
+            return Result(requeue_after=self.config.ready_resync)
+        if found["ControlPlaneAvailable"].status == "True":
+            return Result(requeue_after=2.0)  # pods serve; the API probe is worth retrying
+        # Waiting for pods: the Deployment's status changes wake us; this is only a backstop.
+        return Result(requeue_after=30.0)
 
     async def _steps(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
                      found: dict[str, Condition], status: dict[str, Any]) -> None:
