@@ -116,7 +116,7 @@ async def bench_ready(count: int, algorithm: str) -> dict[str, Any]:
 
 
 async def bench_scale(steps: list[int], algorithm: str, workers: int,
-                      idle: float) -> dict[str, Any]:
+                      idle: float, settle: float) -> dict[str, Any]:
     api = DevCluster(Layout.api_only(Path("/var/lib/haku/bench-api")), printer=log)
     stores = DevCluster(Layout.datastores_only(Path("/var/lib/haku/bench-ds")), printer=log)
     for c in (api, stores):
@@ -153,7 +153,7 @@ async def bench_scale(steps: list[int], algorithm: str, workers: int,
                 await asyncio.sleep(1)
             reconciled_s = time.perf_counter() - started
             log(f"  {total} TCPs reconciled {reconciled_s:.1f}s after the first apply")
-            await asyncio.sleep(5)  # let the last writes settle before measuring idle
+            await asyncio.sleep(settle)  # the queue drains follow-up passes before "idle"
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             await asyncio.sleep(idle)
             cpu = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
@@ -169,8 +169,8 @@ async def bench_scale(steps: list[int], algorithm: str, workers: int,
         stop(proc)
         for c in (api, stores):
             c.down(purge=True)
-    return {"key_algorithm": algorithm, "workers": workers, "idle_window_s": idle,
-            "steps": results}
+    return {"key_algorithm": algorithm, "workers": workers, "settle_s": settle,
+            "idle_window_s": idle, "steps": results}
 
 
 def main() -> int:
@@ -181,6 +181,8 @@ def main() -> int:
     parser.add_argument("--scale-algorithm", default="ECDSA-P256")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--settle", type=float, default=60.0,
+                        help="seconds after the last reconcile before the idle window")
     args = parser.parse_args()
     result: dict[str, Any] = {"benchmark": "operator", "cpus": os.cpu_count()}
     if args.ready:
@@ -188,7 +190,7 @@ def main() -> int:
     steps = [int(s) for s in args.scale.split(",") if s]
     if steps:
         result["scale"] = asyncio.run(bench_scale(steps, args.scale_algorithm, args.workers,
-                                                  args.idle))
+                                                  args.idle, args.settle))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -14,9 +14,8 @@ import yaml
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
-from haku.api import crds
+from haku.controller.operator import install_crds
 from haku.dev.cluster import DevCluster
 
 TCP = create_namespaced_resource("haku.dev", "v1alpha1", "TenantControlPlane",
@@ -68,14 +67,7 @@ spec:
 async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
     c = AsyncClient(KubeConfig.from_file(api_cluster.layout.admin_kubeconfig),
                     field_manager="haku-test")
-    for crd in crds.all_crds():
-        await c.apply(from_dict(crd), force=True)
-    for _ in range(100):
-        got = await c.get(CustomResourceDefinition, "tenantcontrolplanes.haku.dev")
-        if any(x.type == "Established" and x.status == "True"
-               for x in (got.status.conditions if got.status else None) or []):
-            break
-        await asyncio.sleep(0.1)
+    await install_crds(c, "haku-system")
     yield c
     async for tcp in c.list(TCP, namespace="default"):
         await c.delete(TCP, tcp.metadata.name, namespace="default")

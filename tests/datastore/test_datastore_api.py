@@ -3,7 +3,6 @@ reflects a real connection check."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,10 +11,9 @@ from typing import Any
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
-from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
-from haku.api import crds
 from haku.controller.datastore_status import check_datastore
+from haku.controller.operator import install_crds
 from haku.controller.resources import DataStore
 from haku.dev.cluster import DevCluster
 
@@ -32,16 +30,7 @@ def b64(data: bytes | str) -> str:
 async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
     c = AsyncClient(KubeConfig.from_file(api_cluster.layout.admin_kubeconfig),
                     field_manager="haku-test")
-    for crd in crds.all_crds():
-        await c.apply(from_dict(crd), force=True)
-    for _ in range(100):
-        got = await c.get(CustomResourceDefinition, "datastores.haku.dev")
-        if any(x.type == "Established" and x.status == "True"
-               for x in (got.status.conditions if got.status else None) or []):
-            break
-        await asyncio.sleep(0.1)
-    await c.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
-                             "metadata": {"name": NS}}))
+    await install_crds(c, NS)  # the CRDs, and NS for the Secrets
     yield c
     async for ds in c.list(DataStore):
         await c.delete(DataStore, ds.metadata.name)

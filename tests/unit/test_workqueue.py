@@ -62,3 +62,22 @@ async def test_controller_retries_failures_and_honours_requeue() -> None:
     assert c.known == {("ns", "flaky"), ("ns", "again"), ("ns", "ok")}
     c.observe("DELETED", [("ns", "ok")], parent=True)
     assert ("ns", "ok") not in c.known
+
+
+def test_status_only_updates_do_not_requeue() -> None:
+    from types import SimpleNamespace
+
+    from haku.controller.runtime import SpecChanges
+
+    def obj(generation: int, deleting: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(metadata=SimpleNamespace(
+            namespace="ns", name="t", generation=generation, finalizers=["f"],
+            deletionTimestamp="now" if deleting else None))
+
+    changes = SpecChanges()
+    assert changes("ADDED", obj(1)) == [("ns", "t")]
+    assert changes("MODIFIED", obj(1)) == []  # e.g. the controller's own status write
+    assert changes("MODIFIED", obj(2)) == [("ns", "t")]  # the spec changed
+    assert changes("MODIFIED", obj(2, deleting=True)) == [("ns", "t")]
+    assert changes("DELETED", obj(2, deleting=True)) == [("ns", "t")]
+    assert changes("ADDED", obj(2)) == [("ns", "t")]  # after a watch restart: always

@@ -23,7 +23,7 @@ from haku.controller.datastore_status import check_datastore
 from haku.controller.events import EventRecorder
 from haku.controller.lease import LeaseElector, LostLeadership
 from haku.controller.resources import FIELD_MANAGER, DataStore
-from haku.controller.runtime import Controller, Key, Result, Watcher, key_of
+from haku.controller.runtime import Controller, Key, Result, SpecChanges, Watcher, key_of
 from haku.controller.tenant import OperatorConfig, TenantControlPlane, TenantReconciler
 from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
 
@@ -100,8 +100,7 @@ async def run(options: RunOptions, config: OperatorConfig,
                 client,
                 # Namespaced kinds are watched in every namespace (lightkube's default is the
                 # kubeconfig's namespace).
-                parents=[Watcher(TenantControlPlane, lambda e, o: [key_of(o)],
-                                 namespace=ALL_NS)],
+                parents=[Watcher(TenantControlPlane, SpecChanges(), namespace=ALL_NS)],
                 children=[Watcher(kind, _owned_by_tenant, labels=owned, namespace=ALL_NS)
                           for kind in (Secret, Deployment, Service, Ingress)]
                 + [Watcher(DataStore, lambda e, o: sorted(tcp.known))])),

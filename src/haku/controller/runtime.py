@@ -148,6 +148,27 @@ def key_of(obj: Any) -> Key:
     return (meta.namespace or "", meta.name)
 
 
+class SpecChanges:
+    """Maps parent events to keys, skipping updates that changed neither the spec (generation)
+    nor the deletion state, such as the controller's own status writes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[Key, tuple[int | None, bool, tuple[str, ...]]] = {}
+
+    def __call__(self, event: str, obj: Any) -> list[Key]:
+        key = key_of(obj)
+        meta = obj.metadata
+        state = (meta.generation, meta.deletionTimestamp is not None,
+                 tuple(meta.finalizers or ()))
+        if event == "DELETED":
+            self.seen.pop(key, None)
+            return [key]
+        if event == "MODIFIED" and self.seen.get(key) == state:
+            return []
+        self.seen[key] = state
+        return [key]
+
+
 class Controller:
     def __init__(
         self,

@@ -181,6 +181,9 @@ class TenantReconciler:
         except DataStoreError as e:
             found["DataStoreReady"] = Condition("DataStoreReady", "False", e.reason, str(e))
             retry_after = 10.0
+        except Exception as e:  # unexpected: say so on the object, then back off and retry
+            self.events.emit(obj, "Warning", "ReconcileError", f"{type(e).__name__}: {e}")
+            raise
         ready = await self._write_status(obj, spec, found, status)
         if retry_after is not None:
             return Result(requeue_after=retry_after)
@@ -188,8 +191,8 @@ class TenantReconciler:
             return Result(requeue_after=self.config.ready_resync)
         if found["ControlPlaneAvailable"].status == "True":
             return Result(requeue_after=2.0)  # pods serve; the API probe is worth retrying
-        # Waiting for pods: the Deployment's status changes wake us; this is only a backstop.
-        return Result(requeue_after=30.0)
+        # Waiting for pods: the Deployment's status changes wake us; the resync is a backstop.
+        return Result(requeue_after=self.config.ready_resync)
 
     async def _steps(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
                      found: dict[str, Condition], status: dict[str, Any]) -> None:

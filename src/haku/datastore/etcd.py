@@ -154,9 +154,26 @@ class EtcdDriver:
                          rpc.AuthUserListRequest())
         return f"etcd {status.version}"
 
+    async def _provisioned(self, schema: str, user: str, prefix: bytes) -> bool:
+        """Reads only: whether user, role, grant and permission are all in place."""
+        got_user = await self._call(f"reading etcd user {user!r}", self.auth.UserGet,
+                                    rpc.AuthUserGetRequest(name=user),
+                                    tolerate=("user name not found",))
+        if got_user is None or schema not in got_user.roles:
+            return False
+        got_role = await self._call(f"reading etcd role {schema!r}", self.auth.RoleGet,
+                                    rpc.AuthRoleGetRequest(role=schema),
+                                    tolerate=("role name not found",))
+        return got_role is not None and any(
+            p.key == prefix and p.range_end == range_end(prefix)
+            and p.permType == rpc.Permission.READWRITE for p in got_role.perm)
+
     async def ensure_tenant(self, tenant: Tenant) -> None:
         schema, user = self.physical_names(tenant)
         prefix = prefix_of(schema)
+        # Every reconcile ensures; writes to etcd's auth store are global, so read first.
+        if await self._provisioned(schema, user, prefix):
+            return
         await self._call(f"adding etcd user {user!r}", self.auth.UserAdd,
                          rpc.AuthUserAddRequest(name=user,
                                                 options=rpc.UserAddOptions(no_password=True)),
