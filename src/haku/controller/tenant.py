@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +118,24 @@ class DriverCache:
         self.drivers.clear()
 
 
+class StepTimer:
+    """Wall time per pipeline step, for the log (and later, metrics)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.last = self.started
+        self.steps: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        now = time.perf_counter()
+        self.steps[step] = now - self.last
+        self.last = now
+
+    def summary(self) -> str:
+        total = time.perf_counter() - self.started
+        return f"{total:.2f}s (" + ", ".join(f"{k} {v:.2f}" for k, v in self.steps.items()) + ")"
+
+
 class TenantReconciler:
     def __init__(self, client: AsyncClient, config: OperatorConfig,
                  recorder: EventRecorder) -> None:
@@ -173,8 +192,9 @@ class TenantReconciler:
         found: dict[str, Condition] = {}
         status: dict[str, Any] = {}
         retry_after = None
+        timer = StepTimer()
         try:
-            await self._steps(obj, spec, found, status)
+            await self._steps(obj, spec, found, status, timer)
         except Waiting as w:
             found[w.condition.type] = w.condition
             retry_after = w.retry_after
@@ -185,6 +205,9 @@ class TenantReconciler:
             self.events.emit(obj, "Warning", "ReconcileError", f"{type(e).__name__}: {e}")
             raise
         ready = await self._write_status(obj, spec, found, status)
+        timer.mark("status")
+        log.info("%s/%s reconciled in %s: Ready=%s", namespace, name, timer.summary(),
+                 found["Ready"].status)
         if retry_after is not None:
             return Result(requeue_after=retry_after)
         if ready:
@@ -195,7 +218,8 @@ class TenantReconciler:
         return Result(requeue_after=self.config.ready_resync)
 
     async def _steps(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
-                     found: dict[str, Condition], status: dict[str, Any]) -> None:
+                     found: dict[str, Condition], status: dict[str, Any],
+                     timer: StepTimer) -> None:
         owner = self._owner(obj)
         n = controlplane.names(spec.name)
 
@@ -208,6 +232,7 @@ class TenantReconciler:
         found["DataStoreReady"] = Condition(
             "DataStoreReady", "True", "TenantProvisioned",
             f"{driver.driver} DataStore {ds_name} holds this tenant in {schema!r} as {user!r}")
+        timer.mark("datastore")
 
         # 2. service and endpoint
         svc = await self._apply(controlplane.service(spec), owner)
@@ -216,6 +241,7 @@ class TenantReconciler:
         status["kubernetesResources"] = {"service": {"name": n["service"],
                                                      "namespace": spec.namespace,
                                                      "port": spec.port}}
+        timer.mark("service")
 
         # 3. certificates and kubeconfigs (key generation runs off the event loop)
         existing = await self._secret_data(spec.namespace, n["pki"])
@@ -225,6 +251,7 @@ class TenantReconciler:
             await self._apply_secret(spec, n["pki"], plan.data, owner)
             self.events.emit(obj, "Normal", "CertificatesIssued",
                              "; ".join(f"{k}: {v}" for k, v in sorted(plan.issued.items())))
+        timer.mark("certificates")
         ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
         endpoint = f"https://{_host(address)}:{spec.port}"
         local = f"https://127.0.0.1:{spec.port}"
@@ -242,6 +269,7 @@ class TenantReconciler:
         found["CertificatesReady"] = Condition(
             "CertificatesReady", "True", "Issued",
             "certificates and kubeconfigs valid for " + ", ".join([address, spec.name]))
+        timer.mark("kubeconfigs")
 
         # 4. deployment and ingress
         storage_data = dict(storage.files)
@@ -256,6 +284,7 @@ class TenantReconciler:
             await self._apply(ingress, owner)
         else:
             await self._delete_owned(Ingress, spec, n["ingress"])
+        timer.mark("deployment")
 
         # 5. status from what runs
         self._deployment_status(spec, dep, found, status)
@@ -264,6 +293,7 @@ class TenantReconciler:
         else:
             found["APIServerReady"] = Condition("APIServerReady", "False", "NoControlPlane",
                                                 "no control-plane pod is ready yet")
+        timer.mark("probe")
 
     # ------------------------------------------------------------------ datastore
 

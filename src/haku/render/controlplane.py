@@ -151,7 +151,8 @@ def _container(name: str, image: str, args: list[str], mounts: list[dict[str, An
         "args": args,
         "volumeMounts": mounts,
         "livenessProbe": _probe(probe_path.replace("readyz", "livez"), port, failure=8),
-        "readinessProbe": _probe(probe_path, port, period=2),
+        # Readiness every second: it gates the Deployment status, and with it Ready.
+        "readinessProbe": _probe(probe_path, port, period=1),
         "startupProbe": _probe(probe_path.replace("readyz", "livez"), port, failure=60,
                                period=1),
     }
