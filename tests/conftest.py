@@ -33,12 +33,21 @@ def _needs_root() -> None:
         pytest.fail("the api and node tiers run real daemons and need root")
 
 
+def _up(cluster: DevCluster) -> None:
+    """Start ``cluster``; if that fails, stop what did start before reporting the failure."""
+    try:
+        cluster.up()
+    except BaseException:
+        cluster.down()
+        raise
+
+
 @pytest.fixture(scope="session")
 def api_cluster() -> Iterator[DevCluster]:
     _needs_root()
     cluster = DevCluster(Layout.api_only(TEST_ROOT / "api"), printer=lambda _: None)
     cluster.down(purge=True)
-    cluster.up()
+    _up(cluster)
     yield cluster
     cluster.down(purge=True)
 
@@ -48,7 +57,7 @@ def datastores_cluster() -> Iterator[DevCluster]:
     _needs_root()
     cluster = DevCluster(Layout.datastores_only(TEST_ROOT / "datastores"), printer=lambda _: None)
     cluster.down(purge=True)
-    cluster.up()
+    _up(cluster)
     yield cluster
     cluster.down()
 
@@ -62,7 +71,7 @@ class NodeClusterHandle:
         self.up_count = 0
 
     def ensure_up(self) -> DevCluster:
-        self.cluster.up()
+        _up(self.cluster)
         self.up_count += 1
         return self.cluster
 

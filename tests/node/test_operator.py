@@ -18,6 +18,7 @@ from lightkube.types import PatchType
 
 from haku.api import conditions
 from haku.controller import operator
+from haku.controller.resources import DataStore
 from haku.controller.tenant import OperatorConfig, TenantControlPlane
 from haku.datastore import DataStoreError, Tenant, open_driver
 from haku.datastore.settings import Settings
@@ -126,6 +127,12 @@ async def test_a_tenant_on_each_datastore_becomes_ready_and_serves(
         events = [e async for e in c.list(Event, namespace=NS,
                                           fields={"involvedObject.name": name})]
         assert {"TenantProvisioned", "Serving", "Ready"} <= {e.reason for e in events}
+
+        async def used_by() -> bool:
+            ds = (await c.get(DataStore, datastore)).to_dict().get("status") or {}
+            return f"{NS}/{name}" in (ds.get("usedBy") or [])
+
+        await wait_for(used_by, 30, f"DataStore {datastore} to list {name} in usedBy")
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
         await c.close()

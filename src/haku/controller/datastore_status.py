@@ -49,9 +49,10 @@ async def probe(obj: dict[str, Any], client: AsyncClient) -> tuple[conditions.Co
             version, tenants)
 
 
-async def check_datastore(client: AsyncClient, name: str,
-                          now: datetime | None = None) -> dict[str, Any]:
-    """Probe the DataStore ``name`` and server-side-apply its status; return that status."""
+async def check_datastore(client: AsyncClient, name: str, now: datetime | None = None,
+                          used_by: list[str] | None = None) -> dict[str, Any]:
+    """Probe the DataStore ``name`` and server-side-apply its status; return that status.
+    ``used_by`` (namespace/name of its TenantControlPlanes) is recorded when given."""
     current = await client.get(DataStore, name)
     obj: dict[str, Any] = current.to_dict()  # type: ignore[no-untyped-call]
     ready, version, tenants = await probe(obj, client)
@@ -66,6 +67,8 @@ async def check_datastore(client: AsyncClient, name: str,
         status["serverVersion"] = version
     if tenants is not None:
         status["tenantCount"] = tenants
+    if used_by is not None:
+        status["usedBy"] = sorted(used_by)
     patch = DataStore.Status(metadata=ObjectMeta(name=name), status=status)
     # lightkube types generic status subresources outside apply()'s overloads.
     await client.apply(patch, field_manager=FIELD_MANAGER, force=True)  # type: ignore[call-overload]

@@ -64,6 +64,14 @@ async def install_crds(client: AsyncClient, namespace: str) -> None:
             await asyncio.sleep(0.1)
 
 
+def _datastore_of(tcp: Any, default: str | None) -> str | None:
+    """The DataStore a TenantControlPlane uses: the one it was set up on, else its spec's."""
+    obj = tcp.to_dict()
+    setup = ((obj.get("status") or {}).get("storage") or {}).get("dataStoreName")
+    name: str | None = setup or (obj.get("spec") or {}).get("dataStore") or default
+    return name
+
+
 def _owned_by_tenant(event: str, obj: Any) -> list[Key]:
     labels = obj.metadata.labels or {}
     return [(obj.metadata.namespace, labels[TENANT_LABEL])] if TENANT_LABEL in labels else []
@@ -88,8 +96,22 @@ async def run(options: RunOptions, config: OperatorConfig,
             await elector.acquire()
 
         async def datastore_reconcile(key: Key) -> Result:
-            await check_datastore(client, key[1])
+            used_by = []
+            async for t in client.list(TenantControlPlane, namespace=ALL_NS):
+                if _datastore_of(t, config.default_datastore) == key[1]:
+                    ns, name = key_of(t)
+                    used_by.append(f"{ns}/{name}")
+            await check_datastore(client, key[1], used_by=used_by)
             return Result(requeue_after=60.0)
+
+        tenant_changes = SpecChanges()
+
+        def datastore_of_tenant(event: str, obj: Any) -> list[Key]:
+            # Adds, deletes and spec changes only: status writes would re-check needlessly.
+            if not tenant_changes(event, obj):
+                return []
+            name = _datastore_of(obj, config.default_datastore)
+            return [("", name)] if name else []
 
         tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
                          options.resync)
@@ -105,7 +127,8 @@ async def run(options: RunOptions, config: OperatorConfig,
                           for kind in (Secret, Deployment, Service, Ingress)]
                 + [Watcher(DataStore, lambda e, o: sorted(tcp.known))])),
             asyncio.create_task(stores.run(
-                client, parents=[Watcher(DataStore, lambda e, o: [key_of(o)])], children=[])),
+                client, parents=[Watcher(DataStore, lambda e, o: [key_of(o)])],
+                children=[Watcher(TenantControlPlane, datastore_of_tenant, namespace=ALL_NS)])),
             asyncio.create_task(stop.wait()),
         ]
         if options.leader_elect:
