@@ -115,6 +115,12 @@ async def run(options: RunOptions, config: OperatorConfig,
 
         tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
                          options.resync)
+        datastore_changes = SpecChanges()
+
+        def tenants_of_datastore(event: str, obj: Any) -> list[Key]:
+            # A DataStore that appears or whose spec changes may unblock its tenants; its own
+            # status writes (every check) need not requeue them.
+            return sorted(tcp.known) if datastore_changes(event, obj) else []
         stores = Controller("datastore", datastore_reconcile, 1, 60.0)
         owned = {"app.kubernetes.io/managed-by": MANAGED_BY, TENANT_LABEL: operators.exists()}
         runs = [
@@ -125,7 +131,7 @@ async def run(options: RunOptions, config: OperatorConfig,
                 parents=[Watcher(TenantControlPlane, SpecChanges(), namespace=ALL_NS)],
                 children=[Watcher(kind, _owned_by_tenant, labels=owned, namespace=ALL_NS)
                           for kind in (Secret, Deployment, Service, Ingress)]
-                + [Watcher(DataStore, lambda e, o: sorted(tcp.known))])),
+                + [Watcher(DataStore, tenants_of_datastore)])),
             asyncio.create_task(stores.run(
                 client, parents=[Watcher(DataStore, lambda e, o: [key_of(o)])],
                 children=[Watcher(TenantControlPlane, datastore_of_tenant, namespace=ALL_NS)])),
