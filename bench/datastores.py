@@ -24,22 +24,11 @@ from haku.datastore import Driver, Tenant, open_driver
 from haku.datastore.etcd import EtcdDriver
 from haku.datastore.mysql import MySQLDriver
 from haku.datastore.postgres import PostgresDriver
-from haku.datastore.settings import Settings
 from haku.dev.cluster import DevCluster
+from haku.dev.datastores import driver_settings
 from haku.dev.layout import Layout
 
 ROWS, ROW_BYTES, SAMPLED = 100, 1024, 20
-
-
-def settings_for(cluster: DevCluster, store: str) -> Settings:
-    c = json.loads((cluster.layout.datastores_dir / "connections.json").read_text())[store]
-    read = lambda key: Path(c[key]).read_bytes()  # noqa: E731
-    if c["driver"] == "etcd":
-        return Settings(store, "etcd", tuple(c["local_endpoints"]), ca_cert=read("ca_cert"),
-                        ca_key=read("ca_key"), client_cert=read("client_cert"),
-                        client_key=read("client_key"))
-    return Settings(store, c["driver"], tuple(c["local_endpoints"]), username=c["user"],
-                    password=read("password_file").decode().strip(), ca_cert=read("ca_cert"))
 
 
 async def fill(driver: Driver, tenant: Tenant) -> None:
@@ -117,7 +106,7 @@ async def measure(driver: Driver, tenants: int, concurrency: int) -> dict[str, A
 async def run(cluster: DevCluster, tenants: int, concurrency: int) -> dict[str, Any]:
     results = {}
     for store in ("etcd", "postgres", "mariadb"):
-        driver = open_driver(settings_for(cluster, store))
+        driver = open_driver(driver_settings(cluster.layout, store))
         try:
             results[store] = {"server": await driver.check(),
                               **await measure(driver, tenants, concurrency)}

@@ -10,6 +10,7 @@ from pathlib import Path
 from haku import __version__
 from haku.dev import packages, toolchain
 from haku.dev.cluster import DevCluster, DevClusterError, Report
+from haku.dev.datastores import read_connections
 from haku.dev.layout import Layout, default_state_dir
 from haku.dev.processes import ComponentFailed
 from haku.dev.versions import VersionError, Versions
@@ -44,7 +45,7 @@ def _print_up_summary(cluster: DevCluster, report: Report) -> None:
               f"API {lay.apiserver_url}" + (f", node {lay.node_name} Ready" if lay.node else ""))
         print(f"admin kubeconfig: {lay.admin_kubeconfig}")
     if lay.datastores:
-        conns = json.loads((lay.datastores_dir / "connections.json").read_text())
+        conns = read_connections(lay)
         print("datastores for tenants:")
         for name, c in conns.items():
             print(f"  {name:<9} pods: {', '.join(c['endpoints'])}  "

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
+from haku.controller.operator import wait_established
 from haku.dev.cluster import DevCluster
 
 CRD = {
@@ -49,14 +48,7 @@ async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
     config = KubeConfig.from_file(api_cluster.layout.admin_kubeconfig)
     c = AsyncClient(config, field_manager="haku-test")
     await c.apply(from_dict(CRD), force=True)
-    for _ in range(100):  # wait until the CRD is Established
-        crd = await c.get(CustomResourceDefinition, "widgets.test.haku.dev")
-        conditions = crd.status.conditions if crd.status else None
-        if any(x.type == "Established" and x.status == "True" for x in conditions or []):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail("CRD never became Established")
+    await wait_established(c, "widgets.test.haku.dev")
     yield c
     await c.close()
 

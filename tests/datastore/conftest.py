@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,29 +14,17 @@ import pytest
 from haku.datastore import Driver, Tenant, open_driver
 from haku.datastore.settings import Settings
 from haku.dev.cluster import DevCluster
+from haku.dev.datastores import driver_settings, read_connections
 
 DRIVERS = ("etcd", "postgres", "mariadb")
 
 
 def connections(cluster: DevCluster) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(
-        (cluster.layout.datastores_dir / "connections.json").read_text())
-    return data
+    return read_connections(cluster.layout)
 
 
 def settings_for(cluster: DevCluster, store: str, **override: Any) -> Settings:
-    c = connections(cluster)[store]
-    read = lambda key: Path(c[key]).read_bytes()  # noqa: E731
-    base: dict[str, Any]
-    if c["driver"] == "etcd":
-        base = {"ca_cert": read("ca_cert"), "ca_key": read("ca_key"),
-                "client_cert": read("client_cert"), "client_key": read("client_key")}
-    else:
-        base = {"username": c["user"], "password": read("password_file").decode().strip(),
-                "ca_cert": read("ca_cert")}
-    base |= override
-    endpoints = base.pop("endpoints", tuple(c["local_endpoints"]))
-    return Settings(name=f"test-{store}", driver=c["driver"], endpoints=endpoints, **base)
+    return driver_settings(cluster.layout, store, **override)
 
 
 @pytest.fixture(params=DRIVERS)

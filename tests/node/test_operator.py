@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ from haku.controller import operator
 from haku.controller.resources import DataStore
 from haku.controller.tenant import OperatorConfig, TenantControlPlane
 from haku.datastore import DataStoreError, Tenant, open_driver
-from haku.datastore.settings import Settings
 from haku.dev import samples
 from haku.dev.cluster import DevCluster
+from haku.dev.datastores import driver_settings
 from haku.render.pki import KeyAlgorithm
 
-from .helpers import client, kubectl
+from .helpers import client, eventually, kubectl
 
 NS = "tenants"
 VERSION = "v1.37.2"
@@ -59,15 +59,7 @@ async def running_operator(node_handle: Any) -> AsyncIterator[DevCluster]:
         await asyncio.sleep(0.5)
     await c.close()
     stop.set()
-    await asyncio.wait_for(task, 60)
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s: {what}")
-        await asyncio.sleep(0.5)
+    await asyncio.eventually(task, 60)
 
 
 async def tcp_status(c: AsyncClient, name: str) -> dict[str, Any]:
@@ -92,7 +84,7 @@ async def wait_ready(c: AsyncClient, name: str, timeout: float = 120) -> None:
         return bool(ready_condition and ready_condition["status"] == "True")
 
     try:
-        await wait_for(ready, timeout, f"{name} Ready")
+        await eventually(ready, timeout, f"{name} Ready")
     except AssertionError:
         raise AssertionError(f"{name} not Ready: {await tcp_status(c, name)}") from None
 
@@ -132,7 +124,7 @@ async def test_a_tenant_on_each_datastore_becomes_ready_and_serves(
             ds = (await c.get(DataStore, datastore)).to_dict().get("status") or {}
             return f"{NS}/{name}" in (ds.get("usedBy") or [])
 
-        await wait_for(used_by, 30, f"DataStore {datastore} to list {name} in usedBy")
+        await eventually(used_by, 30, f"DataStore {datastore} to list {name} in usedBy")
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
         await c.close()
@@ -177,7 +169,7 @@ async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
             d = await c.get(Deployment, name, namespace=NS)
             return d.spec.replicas == 2 and (d.status.readyReplicas or 0) == 2
 
-        await wait_for(two, 90, "2 ready replicas")
+        await eventually(two, 90, "2 ready replicas")
         await wait_ready(c, name)
         # A deleted Deployment comes back.
         await c.delete(Deployment, name, namespace=NS)
@@ -189,7 +181,7 @@ async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
                 return False
             return d.metadata.deletionTimestamp is None
 
-        await wait_for(back, 60, "the Deployment to be recreated")
+        await eventually(back, 60, "the Deployment to be recreated")
         await wait_ready(c, name)
         # A deleted certificate Secret comes back, and the pods roll onto it.
         before = (await c.get(Deployment, name, namespace=NS)).spec.template.metadata
@@ -204,7 +196,7 @@ async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
             return now.annotations["checksum.haku.dev/pki"] != \
                 before.annotations["checksum.haku.dev/pki"]
 
-        await wait_for(rolled, 60, "new certificates rolled into the pod template")
+        await eventually(rolled, 60, "new certificates rolled into the pod template")
         await wait_ready(c, name)
         # Changed extraArgs roll the pods with the new flag.
         doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION, replicas=2)
@@ -218,7 +210,7 @@ async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
             return bool(live) and all(
                 "--v=3" in (p.spec.containers[0].args or []) for p in live)
 
-        await wait_for(flag_running, 120, "pods running with --v=3")
+        await eventually(flag_running, 120, "pods running with --v=3")
         await wait_ready(c, name)
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
@@ -234,11 +226,7 @@ async def test_delete_removes_objects_and_the_datastore_tenant(
     await wait_ready(c, name)
     status = await tcp_status(c, name)
     schema = status["storage"]["setup"]["schema"]
-    pg = running_operator.layout.datastores_dir / "postgres"
-    settings = Settings("pg", "PostgreSQL", ("127.0.0.1:15432",), username="postgres",
-                        password=(pg / "password").read_text().strip(),
-                        ca_cert=(running_operator.layout.datastores_dir / "sql-tls" /
-                                 "ca.crt").read_bytes())
+    settings = driver_settings(running_operator.layout, "postgres")
     driver = open_driver(settings)
     try:
         assert schema in await driver.list_tenants()
@@ -251,7 +239,7 @@ async def test_delete_removes_objects_and_the_datastore_tenant(
                 return e.status.code == 404
             return False
 
-        await wait_for(gone, 60, "the TenantControlPlane to be finalized")
+        await eventually(gone, 60, "the TenantControlPlane to be finalized")
         assert schema not in await driver.list_tenants()
         with pytest.raises(DataStoreError, match="does not exist"):
             await driver.usage(Tenant(schema, schema, "x"))
@@ -263,7 +251,7 @@ async def test_delete_removes_objects_and_the_datastore_tenant(
                 Deployment, namespace=NS, labels={"haku.dev/tenant-control-plane": name})]
             return not left
 
-        await wait_for(owned_gone, 60, "owned Secrets and Deployment to be collected")
+        await eventually(owned_gone, 60, "owned Secrets and Deployment to be collected")
     finally:
         await driver.close()
         await c.close()
@@ -281,7 +269,7 @@ async def test_an_unknown_datastore_is_reported_and_recovers_once_created(
             found = await condition(c, name, "DataStoreReady")
             return bool(found and found["reason"] == "DataStoreNotFound")
 
-        await wait_for(reported, 30, "DataStoreNotFound")
+        await eventually(reported, 30, "DataStoreNotFound")
         ready = await condition(c, name, "Ready")
         assert ready and ready["status"] == "False"
         assert "DataStore arrives-later does not exist" in ready["message"]
@@ -313,7 +301,7 @@ async def test_an_unreachable_datastore_is_reported_and_recovers_when_fixed(
             found = await condition(c, name, "DataStoreReady")
             return bool(found and found["reason"] == "Unreachable")
 
-        await wait_for(unreachable, 60, "DataStoreReady=False/Unreachable")
+        await eventually(unreachable, 60, "DataStoreReady=False/Unreachable")
         broken["spec"]["endpoints"] = good["spec"]["endpoints"]
         await c.apply(from_dict(broken), force=True)
         await wait_ready(c, name)
@@ -355,7 +343,7 @@ async def test_load_balancer_waits_for_an_address_then_uses_it(
             found = await condition(c, name, "ControlPlaneAvailable")
             return bool(found and found["reason"] == "WaitingForLoadBalancer")
 
-        await wait_for(waiting, 30, "WaitingForLoadBalancer")
+        await eventually(waiting, 30, "WaitingForLoadBalancer")
         # Act as a cloud controller: give the Service an address (its own ClusterIP, which
         # kube-proxy serves here, so the address really leads to the tenant).
         svc = await c.get(Service, name, namespace=NS)

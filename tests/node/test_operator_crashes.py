@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import signal
 import subprocess
@@ -22,9 +21,9 @@ from haku.api import conditions
 from haku.controller.operator import install_crds
 from haku.controller.tenant import TenantControlPlane
 from haku.datastore import Tenant, open_driver
-from haku.datastore.settings import Settings
 from haku.dev import samples
 from haku.dev.cluster import DevCluster
+from haku.dev.datastores import driver_settings
 
 from .helpers import client
 
@@ -40,14 +39,6 @@ def start_operator(cluster: DevCluster, log: Path) -> subprocess.Popen[bytes]:
         stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def etcd_driver(cluster: DevCluster):  # type: ignore[no-untyped-def]
-    c = json.loads((cluster.layout.datastores_dir / "connections.json").read_text())["etcd"]
-    r = lambda k: Path(c[k]).read_bytes()  # noqa: E731
-    return open_driver(Settings("etcd", "etcd", tuple(c["local_endpoints"]), ca_cert=r("ca_cert"),
-                                ca_key=r("ca_key"), client_cert=r("client_cert"),
-                                client_key=r("client_key")))
-
-
 async def test_operator_killed_at_random_points_converges_without_leaks(
     node_cluster: DevCluster, tmp_path: Path
 ) -> None:
@@ -61,7 +52,7 @@ async def test_operator_killed_at_random_points_converges_without_leaks(
     log = tmp_path / "operator.log"
     keep = [f"keep-{i}" for i in range(3)]
     drop = [f"drop-{i}" for i in range(3)]
-    driver = etcd_driver(node_cluster)
+    driver = open_driver(driver_settings(node_cluster.layout, "etcd"))
     before = set(await driver.list_tenants())
     op = start_operator(node_cluster, log)
     try:

@@ -56,12 +56,21 @@ async def install_crds(client: AsyncClient, namespace: str) -> None:
     await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
                                   "metadata": {"name": namespace}}), force=True)
     for crd in crds.all_crds():
-        for _ in range(100):
-            got = await client.get(CustomResourceDefinition, crd["metadata"]["name"])
-            if any(c.type == "Established" and c.status == "True"
-                   for c in (got.status.conditions if got.status else None) or []):
-                break
-            await asyncio.sleep(0.1)
+        await wait_established(client, crd["metadata"]["name"])
+
+
+async def wait_established(client: AsyncClient, name: str, timeout: float = 10.0) -> None:
+    """Wait until the CRD ``name`` serves (its Established condition is True)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await client.get(CustomResourceDefinition, name)
+        if any(c.type == "Established" and c.status == "True"
+               for c in (got.status.conditions if got.status else None) or []):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"CustomResourceDefinition {name} not Established "
+                               f"after {timeout:.0f}s")
+        await asyncio.sleep(0.1)
 
 
 def _datastore_of(tcp: Any, default: str | None) -> str | None:

@@ -329,7 +329,7 @@ class TenantReconciler:
             if existing.get("tls.crt") and existing.get("tls.key"):
                 why = tenant_pki.why_reissue(existing, "tls", driver.ca, datetime.now(UTC))
                 candidate = pki.KeyPair(existing["tls.crt"], existing["tls.key"])
-                if why is None and _cn(candidate) == driver.physical_names(tenant)[1]:
+                if why is None and pki.common_name(candidate) == driver.physical_names(tenant)[1]:
                     pair = candidate
             storage = driver.tenant_connection(tenant, pair)
             data = dict(storage.files)
@@ -514,10 +514,4 @@ def _is_ip(value: str) -> bool:
 
 def _host(address: str) -> str:
     return f"[{address}]" if ":" in address and _is_ip(address) else address
-
-
-def _cn(pair: pki.KeyPair) -> str:
-    from cryptography.x509.oid import NameOID
-
-    return str(pair.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 from aetcd import rpc  # generated etcd v3 stubs only; the connection is ours
-from cryptography.x509.oid import NameOID
 
 from haku.datastore.base import (
     AuthenticationFailed,
@@ -244,7 +243,7 @@ class EtcdDriver:
                           certificate: pki.KeyPair | None = None) -> TenantConnection:
         schema, user = self.physical_names(tenant)
         pair = certificate or self.issue_client_certificate(tenant)
-        cn = pair.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        cn = pki.common_name(pair)
         if cn != user:
             raise DataStoreError(f"the certificate is for {cn!r}, not the tenant user {user!r}")
         return TenantConnection(

@@ -485,7 +485,7 @@ class DevCluster:
             info["node_ready"] = info["apiserver_ready"] and self.node_ready()
         if lay.datastores:
             conns = lay.datastores_dir / "connections.json"
-            info["datastores"] = json.loads(conns.read_text()) if conns.exists() else {}
+            info["datastores"] = datastores.read_connections(lay) if conns.exists() else {}
         return info
 
 

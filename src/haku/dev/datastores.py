@@ -21,13 +21,13 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from haku.datastore.settings import Settings
 from haku.dev import packages
 from haku.dev.layout import Layout
 from haku.dev.processes import ComponentFailed, ProcessSpec, Supervisor
@@ -59,14 +59,6 @@ def _empty_data_dir(path: Path, owner: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(mode=0o700)
     _chown_tree(path, owner)
-
-
-def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -436,6 +428,30 @@ def start(store: Datastore, supervisor: Supervisor, timeout: float = 60.0) -> bo
     supervisor.wait_ready(spec.name, store.ready, timeout, "accepting connections")
     store.configure()
     return started
+
+
+def read_connections(layout: Layout) -> dict[str, Any]:
+    """``connections.json``: store name (etcd, postgres, mariadb) -> how to reach it."""
+    data: dict[str, Any] = json.loads((layout.datastores_dir / "connections.json").read_text())
+    return data
+
+
+def driver_settings(layout: Layout, store: str, **override: Any) -> Settings:
+    """Driver settings for one of these datastores, as Haku itself reaches it (loopback).
+    ``override`` replaces fields, e.g. ``endpoints`` or ``password`` to test failures."""
+    c = read_connections(layout)[store]
+
+    def read(key: str) -> bytes:
+        return Path(c[key]).read_bytes()
+
+    fields: dict[str, Any] = {"endpoints": tuple(c["local_endpoints"])}
+    if c["driver"] == "etcd":
+        fields |= {"ca_cert": read("ca_cert"), "ca_key": read("ca_key"),
+                   "client_cert": read("client_cert"), "client_key": read("client_key")}
+    else:
+        fields |= {"username": c["user"], "password": read("password_file").decode().strip(),
+                   "ca_cert": read("ca_cert")}
+    return Settings(name=f"dev-{store}", driver=c["driver"], **(fields | override))
 
 
 def write_connections(layout: Layout, stores: list[Datastore]) -> Path:

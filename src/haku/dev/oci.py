@@ -17,7 +17,6 @@ import json
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -239,6 +238,3 @@ def read_archive(path: Path) -> ArchiveSummary:
             layer_members=members,
         )
 
-
-def files_from(pairs: Iterable[tuple[Path, str]], mode: int = 0o755) -> tuple[LayerFile, ...]:
-    return tuple(LayerFile(path=dst, source=src, mode=mode) for src, dst in pairs)

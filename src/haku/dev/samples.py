@@ -4,10 +4,10 @@ TenantControlPlane: what `make demo` and the tests apply."""
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import Any
 
+from haku.dev.datastores import read_connections
 from haku.dev.layout import Layout
 
 SECRETS_NAMESPACE = "haku-system"
@@ -26,7 +26,7 @@ def _secret(name: str, files: dict[str, bytes]) -> dict[str, Any]:
 
 def datastore_objects(layout: Layout) -> list[dict[str, Any]]:
     """Namespace, Secrets and DataStores for each datastore in ``connections.json``."""
-    conns = json.loads((layout.datastores_dir / "connections.json").read_text())
+    conns = read_connections(layout)
 
     def read(path: str) -> bytes:
         return Path(path).read_bytes()

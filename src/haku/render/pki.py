@@ -174,6 +174,10 @@ def issue(
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
 
+def common_name(pair: KeyPair) -> str:
+    return str(pair.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
 def matches(pair: KeyPair) -> bool:
     """Whether the private key belongs to the certificate."""
     try:
