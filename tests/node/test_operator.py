@@ -59,7 +59,7 @@ async def running_operator(node_handle: Any) -> AsyncIterator[DevCluster]:
         await asyncio.sleep(0.5)
     await c.close()
     stop.set()
-    await asyncio.eventually(task, 60)
+    await asyncio.wait_for(task, 60)
 
 
 async def tcp_status(c: AsyncClient, name: str) -> dict[str, Any]:
