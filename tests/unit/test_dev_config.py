@@ -1,6 +1,10 @@
 import json
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from haku.dev import config
 from haku.dev.layout import Layout
@@ -44,3 +48,15 @@ def test_tier_layouts_can_run_side_by_side() -> None:
     assert full.datastore_listen_addresses == ["127.0.0.1", full.node_ip]
     assert "--disable-admission-plugins=ServiceAccount" in config.apiserver_argv(Path("x"), api)
     assert "--kubelet-preferred-address-types=InternalIP" in config.apiserver_argv(Path("x"), full)
+
+
+@pytest.mark.parametrize("make", [Layout, Layout.api_only, Layout.datastores_only],
+                         ids=["full", "api-only", "datastores-only"])
+def test_listeners_stay_out_of_the_ephemeral_port_range(make: Any, tmp_path: Path) -> None:
+    # An outgoing connection may hold any port in 32768-60999 (Linux's default range); a
+    # listener there fails to bind now and then, which broke CI once.
+    ports = asdict(make(tmp_path).ports)
+    assert ports
+    for name, port in ports.items():
+        assert not 32768 <= port <= 60999, f"{name} listens on ephemeral port {port}"
+    assert len(set(ports.values())) == len(ports), "two listeners share a port"

@@ -44,6 +44,43 @@ class Components:
 
 
 @dataclass(frozen=True)
+class Addon:
+    """An addon Haku installs in the tenant (Kamaji's shape). ``None`` on the spec = absent."""
+
+    image_repository: str
+    image_tag: str
+
+    def image(self, name: str) -> str:
+        return f"{self.image_repository}/{name}:{self.image_tag}"
+
+
+COREDNS_REPOSITORY = "registry.k8s.io/coredns"
+KUBE_PROXY_REPOSITORY = "registry.k8s.io"
+
+
+# The CoreDNS release kubeadm v1.37 installs (`kubeadm config images list`).
+COREDNS_TAG = "v1.14.6"
+
+
+@dataclass(frozen=True)
+class Addons:
+    core_dns: Addon | None = None
+    kube_proxy: Addon | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None, version: str) -> Addons:
+        data = data or {}
+        dns, proxy = data.get("coreDNS"), data.get("kubeProxy")
+        return cls(
+            core_dns=None if dns is None else Addon(
+                dns.get("imageRepository") or COREDNS_REPOSITORY,
+                dns.get("imageTag") or COREDNS_TAG),
+            kube_proxy=None if proxy is None else Addon(
+                proxy.get("imageRepository") or KUBE_PROXY_REPOSITORY,
+                proxy.get("imageTag") or version))
+
+
+@dataclass(frozen=True)
 class TenantControlPlaneSpec:
     name: str
     namespace: str
@@ -82,6 +119,7 @@ class TenantControlPlaneSpec:
     cluster_domain: str
     admission_plugins: tuple[str, ...]
     preferred_address_types: tuple[str, ...]
+    addons: Addons = field(default_factory=Addons)
 
     @classmethod
     def parse(cls, obj: dict[str, Any]) -> TenantControlPlaneSpec:
@@ -141,6 +179,7 @@ class TenantControlPlaneSpec:
                                     or DEFAULT_ADMISSION_PLUGINS),
             preferred_address_types=tuple((k8s.get("kubelet") or {}).get("preferredAddressTypes")
                                           or ("InternalIP", "ExternalIP", "Hostname")),
+            addons=Addons.parse(spec.get("addons"), k8s["version"]),
         )
 
     def image(self, component: str) -> str:

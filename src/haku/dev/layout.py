@@ -67,13 +67,17 @@ class Layout:
 
     @classmethod
     def datastores_only(cls, state_dir: Path) -> Layout:
-        """The tenant datastores alone, on loopback and ports of their own."""
+        """The tenant datastores alone, on loopback and ports of their own.
+
+        Every port stays below Linux's ephemeral range (32768-60999): a listener there can
+        find its port taken by some unrelated outgoing connection and fail to bind.
+        """
         return cls(
             state_dir=state_dir,
             control_plane=False,
             node=False,
-            ports=replace(Ports(), datastore_etcd_client=32379, datastore_etcd_peer=32380,
-                          postgres=35432, mariadb=33306),
+            ports=replace(Ports(), datastore_etcd_client=24379, datastore_etcd_peer=24380,
+                          postgres=25432, mariadb=23306),
         )
 
     # ---- paths
