@@ -23,7 +23,7 @@ venv: $(VENV)/.installed
 ## deps: Debian packages + upstream binaries (a cold build takes ~10 min; cached afterwards)
 deps: venv
 	$(HAKU) dev deps
-	$(HAKU) dev build kubernetes etcd kine
+	$(HAKU) dev build kubernetes etcd kine coredns
 
 ## demo: the local admin cluster, the operator, and a Ready tenant, with how to use them
 demo: deps

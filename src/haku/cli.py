@@ -98,6 +98,8 @@ def cmd_down(args: argparse.Namespace) -> int:
                   f"{', …' if len(items) > 4 else ''})")
     if result.chains:
         print(f"removed iptables chains: {len(result.chains)}")
+    if result.workers:
+        print(f"removed workers: {', '.join(result.workers)}")
     if args.purge:
         print(f"deleted {cluster.layout.state_dir}")
     return 0
@@ -117,7 +119,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"API ready: {info['apiserver_ready']}" +
                   (f"   node Ready: {info['node_ready']}" if "node_ready" in info else ""))
             print(f"admin kubeconfig: {info['admin_kubeconfig']}")
-    running = all(c["running"] for c in info["components"].values())
+        for w in info.get("workers", []):
+            procs = ", ".join(f"{k} " + (f"running (pid {v['pid']})" if v["running"]
+                                         else "stopped") for k, v in w["processes"].items())
+            print(f"  worker {w['name']}: node {w['node']} of {w['tenant']}, {w['address']}, "
+                  f"{w['state']}; {procs}")
+    running = all(c["running"] for c in info["components"].values()) and all(
+        p["running"] for w in info.get("workers", []) for p in w["processes"].values())
     return 0 if running and info.get("apiserver_ready", True) else 3
 
 
@@ -195,6 +203,139 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``15m``, ``24h``, ``1h30m`` (kubeadm's --ttl style) or plain seconds."""
+    import re
+
+    units = {"h": 3600, "m": 60, "s": 1}
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif re.fullmatch(r"(\d+(\.\d+)?[hms])+", text):
+        seconds = sum(float(n) * units[u]
+                      for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", text))
+    else:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 24h or 1h30m")
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return seconds
+
+
+def cmd_join_command(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import timedelta
+
+    from haku.controller import operator
+    from haku.tenant import access
+
+    namespace, _, name = args.tenant.rpartition("/")
+
+    async def main() -> str:
+        client = operator.client_for(Path(args.kubeconfig) if args.kubeconfig else None)
+        try:
+            tenant = await access.load(client, namespace or "default", name)
+        finally:
+            await client.close()
+        bootstrapped = tenant.condition("TenantBootstrapped")
+        if not bootstrapped or bootstrapped.get("status") != "True":
+            why = bootstrapped.get("message") if bootstrapped else "no TenantBootstrapped yet"
+            print(f"haku: warning: {args.tenant} is not bootstrapped ({why}); a join may fail "
+                  "until it is", file=sys.stderr)
+        return str(await access.create_join_command(tenant, timedelta(seconds=args.ttl)))
+
+    print(asyncio.run(main()))
+    return 0
+
+
+def _worker_layout(args: argparse.Namespace) -> Layout:
+    return Layout(state_dir=Path(args.state_dir) if args.state_dir else default_state_dir())
+
+
+def cmd_worker_add(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import yaml
+
+    from haku.dev import worker
+
+    lay = _worker_layout(args)
+    admin = Path(args.kubeconfig) if args.kubeconfig else lay.admin_kubeconfig
+    try:
+        tenant = asyncio.run(worker.tenant_join(admin, args.tenant))
+        result = worker.add(lay, args.tenant, tenant.join, versions=_versions(args),
+                            keep_on_failure=args.keep_on_failure, avoid_nodes=tenant.nodes)
+    except worker.WorkerError as e:
+        print(f"haku: {e}", file=sys.stderr)
+        return 1
+    w = result.worker
+    _, name = worker.split_tenant(w.tenant)
+    kubeconfig = lay.state_dir / "tenants" / f"{name}.kubeconfig"
+    kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    kubeconfig.touch(mode=0o600)
+    kubeconfig.write_text(yaml.safe_dump(tenant.kubeconfig))
+    total = sum(seconds for _, seconds in result.steps)
+    print(f"kubeadm: {result.joined_line}   (log: {result.log})")
+    print(f"worker {w.name} joined {w.tenant} as node {w.node_name} (Ready) in {total:.1f}s")
+    print(f"tenant admin kubeconfig: {kubeconfig}")
+    print(f"see it: {lay.bin / 'kubectl'} --kubeconfig {kubeconfig} get nodes -o wide")
+    print(f"remove it: haku dev worker remove {w.name}")
+    return 0
+
+
+def cmd_worker_remove(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from haku.dev import worker
+
+    lay = _worker_layout(args)
+    admin = Path(args.kubeconfig) if args.kubeconfig else lay.admin_kubeconfig
+    kubectl = lay.bin / "kubectl"
+    try:
+        if args.all:
+            refs = [w.name for w in worker.list_workers(lay)]
+        elif args.worker:
+            refs = [args.worker]
+        else:
+            print("haku: name a worker (w1, or its node name) or give --all", file=sys.stderr)
+            return 2
+        for ref in refs:
+            record = worker.load(lay, worker.resolve(lay, ref))
+            tenant_conf = None
+            if record and not args.keep_node:
+                try:  # best effort: the tenant may be gone or down
+                    tenant_conf = asyncio.run(asyncio.wait_for(
+                        worker.tenant_kubeconfig(admin, record.tenant), 15))
+                except Exception as e:  # any failure only skips the delete
+                    print(f"  node {record.node_name} not deleted in {record.tenant}: "
+                          f"the tenant is not reachable ({e or type(e).__name__})")
+            worker.remove(lay, ref, tenant_kubeconfig=tenant_conf,
+                          kubectl=kubectl if kubectl.exists() else None)
+        if args.all:  # and whatever a failed or interrupted add left behind
+            refs += [r.name for r in worker.remove_all(lay, printer=print, guard=False)
+                     if r.name != "(host)"]
+    except worker.WorkerError as e:
+        print(f"haku: {e}", file=sys.stderr)
+        return 1
+    print(f"removed: {', '.join(refs) or 'no workers were there'}")
+    return 0
+
+
+def cmd_worker_list(args: argparse.Namespace) -> int:
+    from haku.dev import worker
+
+    workers = worker.status(_worker_layout(args))
+    if args.json:
+        print(json.dumps(workers, indent=2))
+        return 0
+    for w in workers:
+        procs = ", ".join(f"{k} {'pid ' + str(v['pid']) if v['running'] else 'stopped'}"
+                          for k, v in w["processes"].items())
+        print(f"{w['name']:<5} node {w['node']:<24} tenant {w['tenant']:<20} {w['address']:<12} "
+              f"pods {w['pod_cidr']:<15} {w['state']:<8} {procs}")
+    if not workers:
+        print("no workers")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="haku", description="Hosted Kubernetes control planes.")
     p.add_argument("--version", action="version", version=f"haku {__version__}")
@@ -234,6 +375,26 @@ def parser() -> argparse.ArgumentParser:
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
 
+    worker = dev_sub.add_parser("worker", help="worker nodes of tenants, on this machine")
+    worker_sub = worker.add_subparsers(dest="worker_command", required=True)
+    wadd = worker_sub.add_parser("add", help="a worker joined to a NodePort tenant with kubeadm")
+    wadd.add_argument("tenant", help="NAMESPACE/NAME of a Ready TenantControlPlane")
+    wadd.add_argument("--keep-on-failure", action="store_true",
+                      help="leave a worker that failed to join in place, to inspect it")
+    wremove = worker_sub.add_parser("remove", help="delete its node in the tenant (best "
+                                    "effort) and remove all it made on the host")
+    wremove.add_argument("worker", nargs="?", help="w1, 1, or its node name")
+    wremove.add_argument("--all", action="store_true", help="every worker")
+    wremove.add_argument("--keep-node", action="store_true",
+                         help="do not delete the Node in the tenant")
+    wlist = worker_sub.add_parser("list", help="the workers and their processes")
+    wlist.add_argument("--json", action="store_true")
+    for sp, fn in ((wadd, cmd_worker_add), (wremove, cmd_worker_remove),
+                   (wlist, cmd_worker_list)):
+        sp.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+        sp.add_argument("--kubeconfig", help="of the admin cluster (default: the dev cluster's)")
+        sp.set_defaults(fn=fn)
+
     op = sub.add_parser("operator", help="the TenantControlPlane operator")
     op_sub = op.add_subparsers(dest="operator_command", required=True)
     run = op_sub.add_parser("run", help="reconcile against a cluster until stopped")
@@ -255,6 +416,14 @@ def parser() -> argparse.ArgumentParser:
     kc.add_argument("--kubeconfig", help="of the admin cluster")
     kc.add_argument("--key", default="admin.conf", choices=["admin.conf", "super-admin.conf"])
     kc.set_defaults(fn=cmd_kubeconfig)
+
+    join = sub.add_parser("join-command",
+                          help="create a bootstrap token in a tenant; print its kubeadm join line")
+    join.add_argument("tenant", help="NAMESPACE/NAME")
+    join.add_argument("--kubeconfig", help="of the admin cluster")
+    join.add_argument("--ttl", type=parse_duration, default=24 * 3600.0,
+                      help="how long the token is valid, e.g. 30m, 24h (default 24h)")
+    join.set_defaults(fn=cmd_join_command)
     return p
 
 

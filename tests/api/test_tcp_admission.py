@@ -21,7 +21,7 @@ from haku.dev.cluster import DevCluster
 TCP = create_namespaced_resource("haku.dev", "v1alpha1", "TenantControlPlane",
                                  "tenantcontrolplanes")
 
-# Kamaji's getting-started manifest, minus its addons, with only apiVersion changed.
+# Kamaji's getting-started manifest, minus its konnectivity addon, with only apiVersion changed.
 KAMAJI_SAMPLE = yaml.safe_load("""
 apiVersion: haku.dev/v1alpha1
 kind: TenantControlPlane
@@ -60,6 +60,9 @@ spec:
       - LimitRanger
   networkProfile:
     port: 6443
+  addons:
+    coreDNS: {}
+    kubeProxy: {}
 """)
 
 
@@ -96,6 +99,7 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
         "registry": "registry.k8s.io", "apiServerImage": "kube-apiserver",
         "controllerManagerImage": "kube-controller-manager", "schedulerImage": "kube-scheduler"}
     assert spec["networkProfile"]["clusterDomain"] == "cluster.local"
+    assert spec["addons"] == {"coreDNS": {}, "kubeProxy": {}}
     assert spec["networkProfile"]["serviceCidr"] == "10.96.0.0/16"
     assert spec["kubernetes"]["kubelet"]["preferredAddressTypes"] == [
         "InternalIP", "ExternalIP", "Hostname"]
@@ -109,7 +113,12 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"spec__addons": {"coreDNS": {}}}, "spec.addons (coreDNS, kubeProxy, konnectivity) is not"),
+    ({"spec__addons__konnectivity": {"server": {"port": 8132}}},
+     "spec.addons.konnectivity is not supported by Haku yet"),
+    ({"spec__addons__kubeProxy": {"imageTag": "v1.37.2; rm -rf /"}},
+     "spec.addons.kubeProxy.imageTag"),
+    ({"spec__addons__coreDNS": {"imageRepository": "Registry.example/UPPER"}},
+     "spec.addons.coreDNS.imageRepository"),
     ({"spec__controlPlane__gateway": {"hostname": "x"}},
      "spec.controlPlane.gateway is not supported by Haku yet"),
     ({"spec__controlPlane__deployment__additionalContainers": [{"name": "x"}]},

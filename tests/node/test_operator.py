@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +16,17 @@ from lightkube.resources.core_v1 import Event, Pod, Secret, Service
 from lightkube.types import PatchType
 
 from haku.api import conditions
-from haku.controller import operator
 from haku.controller.resources import DataStore
-from haku.controller.tenant import OperatorConfig, TenantControlPlane
+from haku.controller.tenant import TenantControlPlane
 from haku.datastore import DataStoreError, Tenant, open_driver
 from haku.dev import samples
 from haku.dev.cluster import DevCluster
 from haku.dev.datastores import driver_settings
-from haku.render.pki import KeyAlgorithm
 
 from .helpers import client, eventually, kubectl
 
 NS = "tenants"
 VERSION = "v1.37.2"
-
-
-@pytest.fixture(scope="module")
-async def running_operator(node_handle: Any) -> AsyncIterator[DevCluster]:
-    """The cluster with the operator running in-process; stopped before the module ends, so
-    nothing talks to the cluster's addresses once a later test takes it down."""
-    cluster = node_handle.ensure_up()
-    stop = asyncio.Event()
-    options = operator.RunOptions(kubeconfig=cluster.layout.admin_kubeconfig, workers=4,
-                                  resync=30.0)
-    config = OperatorConfig(key_algorithm=KeyAlgorithm.ECDSA_P256)
-    c = client(cluster)
-    await operator.install_crds(c, options.namespace)  # as the operator does, idempotent
-    task = asyncio.create_task(operator.run(options, config, stop))
-    for obj in samples.datastore_objects(cluster.layout):
-        await c.apply(from_dict(obj), force=True)
-    await c.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
-                             "metadata": {"name": NS}}))
-    await c.close()
-    yield cluster
-    c = client(cluster)
-    async for tcp in c.list(TenantControlPlane, namespace=NS):
-        await c.delete(TenantControlPlane, tcp.metadata.name, namespace=NS)
-    for _ in range(60):  # let the operator finalize them while it still runs
-        if not [t async for t in c.list(TenantControlPlane, namespace=NS)]:
-            break
-        await asyncio.sleep(0.5)
-    await c.close()
-    stop.set()
-    await asyncio.wait_for(task, 60)
 
 
 async def tcp_status(c: AsyncClient, name: str) -> dict[str, Any]:

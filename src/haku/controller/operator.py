@@ -26,6 +26,7 @@ from haku.controller.resources import FIELD_MANAGER, DataStore
 from haku.controller.runtime import Controller, Key, Result, SpecChanges, Watcher, key_of
 from haku.controller.tenant import OperatorConfig, TenantControlPlane, TenantReconciler
 from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
+from haku.tenant.watch import TenantWatches
 
 log = logging.getLogger("haku.operator")
 
@@ -124,6 +125,7 @@ async def run(options: RunOptions, config: OperatorConfig,
 
         tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
                          options.resync)
+        tenants.watches = TenantWatches(tcp.queue.add)
         datastore_changes = SpecChanges()
 
         def tenants_of_datastore(event: str, obj: Any) -> list[Key]:

@@ -7,8 +7,12 @@ Ordered, idempotent steps, each a server-side apply with field manager ``haku``:
 3. Service, and from it the control-plane endpoint (waits, saying so, for a load balancer);
 4. certificates (kubeadm's set) and kubeconfigs, kept unless missing or due;
 5. Deployment (pod template checksums roll the pods when a Secret changes), Ingress;
-6. status: Kamaji's ``kubernetesResources.version.status`` and standard Conditions,
-   ``APIServerReady`` meaning the tenant's /readyz answered through the exposed endpoint.
+6. inside the tenant, once its /readyz answers through the exposed endpoint: kubeadm's
+   bootstrap objects (kubeadm-config, kubelet-config, bootstrap-token RBAC, cluster-info,
+   ``kubeadm:cluster-admins``) and the addons in ``spec.addons`` (``haku.tenant.bootstrap``);
+7. status: Kamaji's ``kubernetesResources.version.status`` and standard Conditions,
+   ``APIServerReady`` meaning the tenant's /readyz answered through the exposed endpoint and
+   ``TenantBootstrapped`` that a node can ``kubeadm join`` now; ``Ready`` needs all of them.
 
 Owned objects carry an owner reference, so deleting the TenantControlPlane removes them.
 """
@@ -32,10 +36,8 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.models.rbac_v1 import RoleRef, Subject
 from lightkube.resources.core_v1 import Node, Secret
 from lightkube.resources.networking_v1 import Ingress
-from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
 
 from haku.api import conditions
 from haku.api.conditions import Condition
@@ -50,7 +52,9 @@ from haku.datastore.base import PrivateFiles
 from haku.datastore.etcd import EtcdDriver
 from haku.datastore.kine import ENDPOINT_KEY
 from haku.datastore.settings import resolve
-from haku.render import controlplane, pki, tenant_kubeconfigs, tenant_pki
+from haku.render import controlplane, pki, tenant_bootstrap, tenant_kubeconfigs, tenant_pki
+from haku.tenant import bootstrap
+from haku.tenant.watch import TenantWatches
 
 log = logging.getLogger("haku.tenant")
 
@@ -58,7 +62,7 @@ TenantControlPlane = create_namespaced_resource(GROUP, VERSION, "TenantControlPl
                                                 "tenantcontrolplanes")
 FINALIZER = "haku.dev/finalizer"
 CONDITION_TYPES = ("DataStoreReady", "CertificatesReady", "ControlPlaneAvailable",
-                   "APIServerReady", "Ready")
+                   "APIServerReady", "TenantBootstrapped", "Ready")
 
 
 class Waiting(Exception):
@@ -77,6 +81,7 @@ class OperatorConfig:
     key_algorithm: pki.KeyAlgorithm = pki.KeyAlgorithm.RSA_2048
     node_address: str | None = None  # NodePort endpoint; default: a node's InternalIP
     ready_resync: float = 300.0
+    watch_tenants: bool = True  # repair Haku's objects in a tenant as soon as they drift
 
 
 def sha(data: dict[str, bytes]) -> str:
@@ -141,6 +146,8 @@ class TenantReconciler:
                  recorder: EventRecorder) -> None:
         self.client, self.config, self.events = client, config, recorder
         self.drivers = DriverCache(client)
+        # Set by the operator once its work queue exists: drift inside a tenant requeues it.
+        self.watches: TenantWatches | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -295,6 +302,20 @@ class TenantReconciler:
                                                 "no control-plane pod is ready yet")
         timer.mark("probe")
 
+        # 6. inside the tenant
+        installed = bootstrap.installed_from_status(obj.get("status") or {})
+        status["addons"] = bootstrap.status_from_installed(installed)
+        if found["APIServerReady"].status != "True":
+            if self.watches is not None:
+                await self.watches.stop((spec.namespace, spec.name))
+            found["TenantBootstrapped"] = Condition(
+                "TenantBootstrapped", "False", "WaitingForAPIServer",
+                "the tenant API does not answer yet")
+            return
+        found["TenantBootstrapped"] = await self._bootstrap(
+            obj, spec, plan.data["ca.crt"], endpoint, admin, installed, status)
+        timer.mark("bootstrap")
+
     # ------------------------------------------------------------------ datastore
 
     async def _driver(self, spec: TenantControlPlaneSpec) -> tuple[Driver, str]:
@@ -399,8 +420,7 @@ class TenantReconciler:
 
     async def _probe_api(self, spec: TenantControlPlaneSpec, endpoint: str,
                          admin: dict[str, bytes]) -> Condition:
-        """/readyz through the exposed endpoint with the super-admin identity, then the
-        cluster-admins binding kubeadm makes so that admin.conf has its rights."""
+        """/readyz through the exposed endpoint with the super-admin identity."""
         doc = yaml.safe_load(admin["super-admin.conf"])
         user = doc["users"][0]["user"]
         files = PrivateFiles("haku-probe-")
@@ -415,23 +435,41 @@ class TenantReconciler:
             if response.status_code != 200:
                 return Condition("APIServerReady", "False", "NotReady",
                                  f"{endpoint}/readyz answered {response.status_code}")
-            tenant = AsyncClient(KubeConfig.from_dict(doc), field_manager=FIELD_MANAGER,
-                                 timeout=httpx2.Timeout(5.0), trust_env=False)
-            try:
-                await tenant.apply(ClusterRoleBinding(
-                    metadata=ObjectMeta(name="kubeadm:cluster-admins"),
-                    roleRef=RoleRef(apiGroup="rbac.authorization.k8s.io", kind="ClusterRole",
-                                    name="cluster-admin"),
-                    subjects=[Subject(apiGroup="rbac.authorization.k8s.io", kind="Group",
-                                      name="kubeadm:cluster-admins")]), force=True)
-            finally:
-                await tenant.close()
         except (httpx2.HTTPError, ApiError, ssl.SSLError, OSError) as e:
             return Condition("APIServerReady", "False", "Unreachable",
                              f"{endpoint}/readyz: {e}")
         finally:
             files.cleanup()
         return Condition("APIServerReady", "True", "Serving", f"{endpoint}/readyz answered ok")
+
+    async def _bootstrap(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
+                         ca_crt: bytes, endpoint: str, admin: dict[str, bytes],
+                         installed: dict[str, bool], status: dict[str, Any]) -> Condition:
+        """kubeadm's bootstrap objects and the addons, applied inside the tenant."""
+        groups = tenant_bootstrap.bootstrap_objects(spec, ca_crt, endpoint)
+        doc = yaml.safe_load(admin["super-admin.conf"])
+        tenant = AsyncClient(KubeConfig.from_dict(doc), field_manager=FIELD_MANAGER,
+                             timeout=httpx2.Timeout(10.0), trust_env=False)
+        try:
+            now, pruned = await bootstrap.reconcile(tenant, groups, installed)
+        except bootstrap.BootstrapFailed as e:
+            return Condition("TenantBootstrapped", "False", e.reason, e.message)
+        except (httpx2.HTTPError, ApiError, OSError) as e:
+            return Condition("TenantBootstrapped", "False", "Unreachable",
+                             f"applying inside the tenant: {e}")
+        finally:
+            await tenant.close()
+        status["addons"] = bootstrap.status_from_installed(now)
+        if pruned:
+            self.events.emit(obj, "Normal", "AddonRemoved",
+                             "removed from the tenant: " + ", ".join(pruned))
+        if self.watches is not None and self.config.watch_tenants:
+            self.watches.ensure((spec.namespace, spec.name), doc)
+        addons = [a for a in bootstrap.ADDONS if now.get(a)]
+        return Condition("TenantBootstrapped", "True", "Bootstrapped",
+                         "kubeadm's bootstrap objects" +
+                         (" and " + ", ".join(addons) if addons else "") +
+                         " applied; nodes can join")
 
     async def _write_status(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
                             found: dict[str, Condition], status: dict[str, Any]) -> bool:
@@ -472,6 +510,8 @@ class TenantReconciler:
         await self.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
 
     async def _finalize(self, obj: dict[str, Any], spec: TenantControlPlaneSpec) -> Result:
+        if self.watches is not None:
+            await self.watches.stop((spec.namespace, spec.name))
         if FINALIZER not in (obj["metadata"].get("finalizers") or []):
             return Result()
         try:
@@ -501,6 +541,8 @@ class TenantReconciler:
             await self.client.delete(resource, name, namespace=spec.namespace)
 
     async def close(self) -> None:
+        if self.watches is not None:
+            await self.watches.close()
         await self.drivers.close()
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from haku import __version__
-from haku.dev import config, datastores, host, https, images, packages, toolchain
+from haku.dev import config, datastores, host, https, images, packages, toolchain, worker
 from haku.dev.layout import STATE_FORMAT, Layout
 from haku.dev.processes import ProcessSpec, Supervisor
 from haku.dev.versions import Versions
@@ -75,6 +75,7 @@ class DownReport:
     links: list[str] = field(default_factory=list)
     chains: list[host.Chain] = field(default_factory=list)
     cgroups: int = 0
+    workers: list[str] = field(default_factory=list)
 
 
 class DevCluster:
@@ -207,7 +208,8 @@ class DevCluster:
         if lay.node or lay.datastores:
             packages.check()
         self.print(f"haku dev up: state in {lay.state_dir}")
-        wanted = ["kubernetes", "etcd"] + (["kine"] if lay.node or lay.datastores else [])
+        wanted = ["kubernetes", "etcd"] + (["kine"] if lay.node or lay.datastores else []) \
+            + (["coredns"] if lay.node else [])
         self.bins = self._timed(report, "upstream binaries (cached per version)",
                                 lambda: toolchain.ensure(wanted, self.versions, self.cache))
         self._check_ports()
@@ -395,6 +397,11 @@ class DevCluster:
                 state = json.loads(lay.state_file.read_text())
             except ValueError:
                 state = {}
+        if lay.node:  # workers first: their traffic goes through the admin node
+            result.workers = [
+                r.name + (f" ({r.node_name})" if r.node_name else "")
+                + (f" FAILED: {'; '.join(r.errors)}" if r.errors else "")
+                for r in worker.remove_all(lay) if r.name != "(host)"]
         recorded = {r.name for r in self.supervisor.records()}
         netns = host.pod_netns(lay.cni_bridge) if lay.node else []
         kube_proxy = self.supervisor.record(KUBE_PROXY)
@@ -483,6 +490,7 @@ class DevCluster:
             info["admin_kubeconfig"] = str(lay.admin_kubeconfig)
         if lay.node:
             info["node_ready"] = info["apiserver_ready"] and self.node_ready()
+            info["workers"] = worker.status(lay)
         if lay.datastores:
             conns = lay.datastores_dir / "connections.json"
             info["datastores"] = datastores.read_connections(lay) if conns.exists() else {}

@@ -115,6 +115,7 @@ def apiserver_argv(binary: Path, layout: Layout) -> list[str]:
         f"--service-cluster-ip-range={layout.service_cidr}",
         "--allow-privileged=true",
         "--authorization-mode=Node,RBAC",
+        "--enable-bootstrap-token-auth=true",  # as kubeadm; the token tests use it
         "--enable-admission-plugins=NodeRestriction",
         f"--client-ca-file={pki / 'ca.crt'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",

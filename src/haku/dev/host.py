@@ -143,16 +143,97 @@ def netns_attached_to(bridge: str, links_json: str, netns_json: str) -> list[str
     return sorted(names)
 
 
-def pod_netns(bridge: str) -> list[str]:
-    if not link_exists(bridge):
+def pod_netns(bridge: str, netns: str | None = None) -> list[str]:
+    """Network namespaces whose veth peers hang on ``bridge`` (in namespace ``netns``, if
+    given: netns ids are relative to the namespace that reports them)."""
+    ip = ["ip", "-n", netns] if netns else ["ip"]
+    if netns is None and not link_exists(bridge):
         return []
-    links = run(["ip", "-j", "link", "show", "master", bridge], check=False).stdout
-    namespaces = run(["ip", "-j", "netns", "list"], check=False).stdout
-    return netns_attached_to(bridge, links, namespaces)
+    links = run([*ip, "-j", "link", "show", "master", bridge], check=False)
+    if links.returncode != 0:
+        return []
+    namespaces = run([*ip, "-j", "netns", "list"], check=False).stdout
+    return netns_attached_to(bridge, links.stdout, namespaces)
+
+
+NETNS_DIR = Path("/run/netns")
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def netns_names() -> list[str]:
+    """The named network namespaces (``ip netns list``)."""
+    try:
+        return sorted(p.name for p in NETNS_DIR.iterdir())
+    except OSError:
+        return []
 
 
 def delete_netns(name: str) -> None:
     run(["ip", "netns", "del", name], check=False)
+
+
+def link_names() -> list[str]:
+    try:
+        return sorted(p.name for p in Path("/sys/class/net").iterdir())
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# sysctls (of the host's network namespace when under net.)
+
+
+def sysctl_path(name: str) -> Path:
+    """/proc/sys path of ``name`` (dotted; interface names here hold no dots)."""
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def read_sysctl(name: str) -> str | None:
+    try:
+        return sysctl_path(name).read_text().strip()
+    except OSError:
+        return None
+
+
+def write_sysctl(name: str, value: str) -> None:
+    try:
+        sysctl_path(name).write_text(value + "\n")
+    except OSError as e:
+        raise HostError(f"cannot set {name}={value}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def processes_matching(*needles: str) -> list[int]:
+    """PIDs whose command line holds every one of ``needles`` (this process excluded)."""
+    found = []
+    wanted = [n.encode() for n in needles]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if cmdline and all(n in cmdline for n in wanted):
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def kill_all(pids: Iterable[int], sig: int = 9) -> list[int]:
+    killed = []
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            killed.append(pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return killed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,12 +353,35 @@ def cgroup_pids(name: str) -> set[int]:
         top = root / name
         if not top.is_dir():
             continue
-        for procs in top.rglob("cgroup.procs"):
+        # os.walk, not rglob: cgroups vanish while we look (runc removes a killed
+        # container's), and os.walk skips what it can no longer list.
+        for dirpath, _, files in os.walk(top):
+            if "cgroup.procs" not in files:
+                continue
             try:
-                pids.update(int(p) for p in procs.read_text().split())
+                pids.update(int(p) for p in (Path(dirpath) / "cgroup.procs").read_text().split())
             except OSError:
                 continue
     return pids
+
+
+def ensure_cgroup(name: str) -> list[Path]:
+    """Create cgroup ``name`` (one level, e.g. ``haku-w1``) in every hierarchy; the ones made.
+
+    A v1 cpuset cgroup starts with no CPUs and memory nodes: they are copied from the parent.
+    """
+    made = []
+    for root in cgroup_roots():
+        d = root / name
+        if d.is_dir():
+            continue
+        d.mkdir()
+        made.append(d)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            parent, child = root / knob, d / knob
+            if parent.exists() and child.exists() and not child.read_text().strip():
+                child.write_text(parent.read_text())
+    return made
 
 
 def remove_cgroups(name: str) -> int:
@@ -287,8 +391,8 @@ def remove_cgroups(name: str) -> int:
         top = root / name
         if not top.is_dir():
             continue
-        dirs = sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
-        for d in [*dirs, top]:
+        dirs = [Path(dirpath) for dirpath, _, _ in os.walk(top, topdown=False)]  # deepest first
+        for d in dirs:
             try:
                 d.rmdir()
                 removed += 1

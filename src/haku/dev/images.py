@@ -3,20 +3,33 @@
 Each image carries its upstream name (``registry.k8s.io/kube-apiserver:v1.37.2``,
 ``docker.io/rancher/kine:v0.17.5``, ``registry.k8s.io/pause:3.10.2``), so the manifests Haku
 renders for production run here unchanged with ``imagePullPolicy: IfNotPresent``.
+
+Most images hold one static Go binary. kube-proxy's also holds what it execs: the host's Debian
+iptables (``xtables-*-multi`` with its extension modules) and nft, copied with every shared
+library ``ldd`` names and the dynamic loader, laid out as on the host (``/lib -> usr/lib``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import subprocess
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from haku.dev import oci
-from haku.dev.versions import BUSYBOX_IMAGE, Versions, etcd_image_tag
+from haku.dev import oci, packages
+from haku.dev.versions import (
+    BUSYBOX_IMAGE,
+    Versions,
+    coredns_image_name,
+    etcd_image_tag,
+    kube_proxy_image_name,
+)
 
 BUSYBOX_APPLETS = (
     "sh", "ls", "cat", "echo", "sleep", "ps", "id", "hostname", "ip", "wget", "nslookup",
@@ -33,15 +46,233 @@ def control_plane_image(name: str, binary: Path, tag: str) -> oci.ImageSpec:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# kube-proxy: the binary plus the host's iptables and nft, with their shared libraries
+
+KUBE_PROXY_PATH = "/usr/local/bin/kube-proxy"
+# What kube-proxy's iptables mode execs (k8s.io/kubernetes/pkg/util/iptables). Conntrack
+# cleanup goes over netlink, so no conntrack binary; nft is exec'd by knftables (nftables mode,
+# and the cleanup of nftables rules the iptables mode runs at start).
+IPTABLES_TOOLS = (
+    "iptables", "iptables-save", "iptables-restore",
+    "ip6tables", "ip6tables-save", "ip6tables-restore",
+)
+SBIN = "/usr/sbin"
+XTABLES_MULTI = {"nft": "xtables-nft-multi", "legacy": "xtables-legacy-multi"}
+XTABLES_MODULES = "/usr/lib/x86_64-linux-gnu/xtables"
+NFT = "/usr/sbin/nft"
+# Protocol names (-p tcp) fall back to getprotobyname(); glibc's built-in files NSS reads these.
+KUBE_PROXY_ETC = ("/etc/protocols",)
+# The lock legacy iptables takes; kubeadm's DaemonSet mounts the host's over it. Shipping the
+# (empty) file also gives the image its /run directory.
+XTABLES_LOCK = "/run/xtables.lock"
+
+
+class ImageBuildError(RuntimeError):
+    """An image whose inputs are missing or broken on this host."""
+
+
+def parse_ldd(text: str) -> list[str]:
+    """The library paths in ``ldd`` output (one file or several), loader included, in order.
+
+    Raises for a library ldd reports as ``not found``: the image would not run.
+    """
+    paths: list[str] = []
+    missing: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or (line.endswith(":") and not raw[:1].isspace()):
+            continue  # blank, or the "/path/to/file:" header of a multi-file listing
+        if "=>" in line:
+            name, _, where = line.partition("=>")
+            where = where.strip()
+            if where.startswith("not found"):
+                missing.append(name.strip())
+                continue
+            path = where.split(" (", 1)[0].strip()
+        else:
+            # the loader: "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            path = line.split(" (", 1)[0].strip()
+        if path.startswith("/") and path not in paths:
+            paths.append(path)
+    if missing:
+        raise ImageBuildError(f"ldd: shared libraries not found: {', '.join(sorted(set(missing)))}")
+    return paths
+
+
+def shared_libraries(binaries: Sequence[Path]) -> list[str]:
+    """Every shared library (and the loader) ``binaries`` need, by one ``ldd`` run."""
+    if not binaries:
+        return []
+    result = subprocess.run(
+        ["ldd", *map(str, binaries)], capture_output=True, text=True, check=False,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+    )
+    libraries = parse_ldd(result.stdout)
+    if result.returncode != 0 and not libraries:
+        raise ImageBuildError(f"ldd {' '.join(map(str, binaries))} failed: "
+                              f"{(result.stderr or result.stdout).strip()}")
+    return libraries
+
+
+def host_tree(
+    paths: Iterable[str], root: Path = Path("/")
+) -> tuple[tuple[oci.LayerFile, ...], tuple[tuple[str, str], ...]]:
+    """Copy host files into an image at the same paths, as the loader will look them up.
+
+    Each file's content is that of its final target, stored under its own name in its
+    directory's real location (``/lib/x86_64-linux-gnu/libc.so.6`` is stored at
+    ``/usr/lib/x86_64-linux-gnu/libc.so.6`` on a merged-/usr host), and the symlinked
+    directories on the way (``/lib -> usr/lib``, ``/lib64 -> usr/lib64``) become symlinks in
+    the image, so every path the host uses resolves the same way inside it. ``root`` is where
+    the host's ``/`` is (tests point it at a fake tree).
+    """
+    root_real = Path(os.path.realpath(root))
+
+    def inside(p: str) -> PurePosixPath:
+        real = Path(os.path.realpath(root / p.lstrip("/")))
+        try:
+            return PurePosixPath("/") / real.relative_to(root_real)
+        except ValueError:
+            raise ImageBuildError(f"{p} resolves outside {root}: {real}") from None
+
+    files: dict[str, oci.LayerFile] = {}
+    links: dict[str, str] = {}
+    for path in paths:
+        posix = PurePosixPath(path)
+        if not posix.is_absolute():
+            raise ImageBuildError(f"{path}: host paths must be absolute")
+        host = root / path.lstrip("/")
+        if not host.is_file():
+            raise ImageBuildError(f"{path} is not a file on this host")
+        for ancestor in list(reversed(posix.parents))[1:]:  # top-down, / itself excluded
+            host_ancestor = root / str(ancestor).lstrip("/")
+            if host_ancestor.is_symlink():
+                links[str(ancestor)] = os.readlink(host_ancestor)
+                break
+        target = str(inside(str(posix.parent)) / posix.name)
+        source = Path(os.path.realpath(host))
+        files[target] = oci.LayerFile(target, source=source,
+                                      mode=stat.S_IMODE(source.stat().st_mode))
+    clashes = [link for link in links if link in files]
+    if clashes:
+        raise ImageBuildError(f"paths are both a file and a symlink in the image: {clashes}")
+    return (
+        tuple(files[k] for k in sorted(files)),
+        tuple(sorted(links.items())),
+    )
+
+
+def backend_command(tool: str, backend: str) -> str:
+    """Backend-specific names: ``iptables-save`` -> ``iptables-nft-save``, ``iptables`` ->
+    ``iptables-nft``."""
+    family, _, rest = tool.partition("-")
+    return f"{family}-{backend}" + (f"-{rest}" if rest else "")
+
+
+def xtables_symlinks(default: str, backends: Iterable[str]) -> list[tuple[str, str]]:
+    """``/usr/sbin`` symlinks: the plain names to ``default``'s multi-binary, and each
+    backend's explicit names (``iptables-nft-save``, ``iptables-legacy``, ...) to its own."""
+    available = sorted(set(backends))
+    if default not in available:
+        raise ImageBuildError(f"iptables backend {default!r} is not among {available}")
+    links = [(f"{SBIN}/{tool}", XTABLES_MULTI[default]) for tool in IPTABLES_TOOLS]
+    for backend in available:
+        links += [(f"{SBIN}/{backend_command(tool, backend)}", XTABLES_MULTI[backend])
+                  for tool in IPTABLES_TOOLS]
+    return sorted(links)
+
+
+def iptables_backend(root: Path = Path("/")) -> str:
+    """The backend the host's ``iptables`` alternative points at, so kube-proxy in the image
+    writes rules where the host's kubelet and tools look (Debian 12 defaults to nft)."""
+    real = os.path.basename(os.path.realpath(root / SBIN.lstrip("/") / "iptables"))
+    for backend, multi in XTABLES_MULTI.items():
+        if real == multi:
+            return backend
+    return "nft"
+
+
+def kube_proxy_image(binary: Path, tag: str, root: Path = Path("/")) -> oci.ImageSpec:
+    """``registry.k8s.io/kube-proxy:<tag>``: the binary, iptables (both backends when the host
+    has them, the plain names on the host's choice), the xtables modules, nft, their libraries."""
+    if not binary.is_file():
+        raise ImageBuildError(f"{binary} is missing: build it with `haku dev build kubernetes`")
+    sbin = root / SBIN.lstrip("/")
+    backends = [b for b, multi in XTABLES_MULTI.items() if (sbin / multi).is_file()]
+    if "nft" not in backends:
+        raise packages.MissingPackages(
+            [r for r in packages.REQUIREMENTS if r.package == "iptables"])
+    modules_dir = root / XTABLES_MODULES.lstrip("/")
+    modules = sorted(f"{XTABLES_MODULES}/{p.name}" for p in modules_dir.glob("*.so"))
+    executables = [f"{SBIN}/{XTABLES_MULTI[b]}" for b in backends]
+    if (root / NFT.lstrip("/")).is_file():
+        executables.append(NFT)
+    elf = executables + modules
+    libraries = shared_libraries([root / p.lstrip("/") for p in elf])
+    etc = [p for p in KUBE_PROXY_ETC if (root / p.lstrip("/")).is_file()]
+    host_files, dir_links = host_tree([*elf, *libraries, *etc], root)
+    files = (
+        oci.LayerFile(KUBE_PROXY_PATH, source=binary),
+        oci.LayerFile(XTABLES_LOCK, data=b"", mode=0o600),
+        *host_files,
+    )
+    return oci.ImageSpec(
+        name=kube_proxy_image_name(tag),
+        # Upstream's image sets no entrypoint (kubeadm's DaemonSet gives `command:`); naming the
+        # binary as the other control-plane images do changes nothing for such manifests.
+        entrypoint=(KUBE_PROXY_PATH,),
+        files=files,
+        symlinks=(*dir_links, *xtables_symlinks(iptables_backend(root), backends)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CoreDNS
+
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Upstream's image runs as 65532 and gives /coredns the file capability cap_net_bind_service so
+# that, with the NET_BIND_SERVICE kubeadm's Deployment adds, a non-root process can bind :53.
+# These archives carry no xattrs, and without the file capability (or containerd's
+# enable_unprivileged_ports) a non-root CoreDNS fails with "listen tcp :53: bind: permission
+# denied". As root it binds :53 with nothing but the capability the Deployment adds (it drops
+# ALL and adds NET_BIND_SERVICE), so the image runs as root until one of those exists.
+COREDNS_USER = ""
+
+
+def coredns_image(binary: Path, tag: str, user: str = COREDNS_USER) -> oci.ImageSpec:
+    """``registry.k8s.io/coredns/coredns:<tag>``: /coredns, entrypoint ["/coredns"], plus the
+    host's CA bundle as upstream ships one (for forward over TLS)."""
+    if not binary.is_file():
+        raise ImageBuildError(f"{binary} is missing: build it with `haku dev build coredns`")
+    files = [oci.LayerFile("/coredns", source=binary)]
+    if Path(CA_BUNDLE).is_file():
+        files.append(oci.LayerFile(CA_BUNDLE, source=Path(os.path.realpath(CA_BUNDLE)),
+                                   mode=0o644))
+    return oci.ImageSpec(
+        name=coredns_image_name(tag),
+        entrypoint=("/coredns",),
+        files=tuple(files),
+        user=user,
+    )
+
+
 def image_specs(
     bins: dict[str, Path], versions: Versions, pause_binary: Path
 ) -> list[oci.ImageSpec]:
-    """Every image the local cluster imports. ``bins`` maps component -> cache directory."""
+    """Every image the local cluster imports. ``bins`` maps component -> cache directory.
+
+    ``bins["kubernetes"]``, ``["etcd"]`` and ``["kine"]`` are required; the CoreDNS image is
+    included when ``bins`` has ``"coredns"`` (``toolchain.ensure([..., "coredns"])``).
+    """
     k8s = bins["kubernetes"]
     specs = [
         control_plane_image(name, k8s / name, versions.kubernetes)
         for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
     ]
+    specs.append(kube_proxy_image(k8s / "kube-proxy", versions.kubernetes))
+    if "coredns" in bins:
+        specs.append(coredns_image(bins["coredns"] / "coredns", versions.coredns))
     specs.append(
         oci.ImageSpec(
             name=f"registry.k8s.io/etcd:{etcd_image_tag(versions.etcd)}",

@@ -22,6 +22,7 @@ REQUIREMENTS = (
     Requirement("runc", ("/usr/sbin/runc", "/usr/bin/runc"), "the OCI runtime under containerd"),
     Requirement("containernetworking-plugins", ("/usr/lib/cni/bridge",), "pod networking"),
     Requirement("iptables", ("/usr/sbin/iptables",), "kube-proxy and the kubelet"),
+    Requirement("nftables", ("/usr/sbin/nft",), "kube-proxy's image (nftables mode, cleanup)"),
     Requirement("iproute2", ("/usr/sbin/ip", "/usr/bin/ip", "/bin/ip"), "bridges and netns"),
     Requirement("busybox-static", ("/bin/busybox",), "the test workload image"),
     Requirement("postgresql", ("/usr/lib/postgresql/*/bin/postgres",), "the PostgreSQL datastore"),

@@ -60,8 +60,9 @@ def datastore_objects(layout: Layout) -> list[dict[str, Any]]:
 
 def tenant_control_plane(name: str, namespace: str, datastore: str, version: str,
                          replicas: int = 1, service_type: str = "ClusterIP",
-                         port: int = 6443) -> dict[str, Any]:
-    return {
+                         port: int = 6443, addons: bool = False) -> dict[str, Any]:
+    """A sample tenant; ``addons`` installs CoreDNS and kube-proxy for nodes to join."""
+    tcp: dict[str, Any] = {
         "apiVersion": "haku.dev/v1alpha1", "kind": "TenantControlPlane",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
@@ -72,3 +73,6 @@ def tenant_control_plane(name: str, namespace: str, datastore: str, version: str
             "networkProfile": {"port": port},
         },
     }
+    if addons:
+        tcp["spec"]["addons"] = {"coreDNS": {}, "kubeProxy": {}}
+    return tcp

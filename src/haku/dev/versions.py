@@ -73,3 +73,15 @@ def etcd_image_tag(etcd_version: str) -> str:
     """registry.k8s.io/etcd tags drop the v and add a build suffix: v3.7.3 -> 3.7.3-0."""
     parse_semver(etcd_version, what="etcd")
     return etcd_version.removeprefix("v") + "-0"
+
+
+def kube_proxy_image_name(kubernetes_version: str) -> str:
+    """registry.k8s.io/kube-proxy is tagged with the Kubernetes version: ...:v1.37.2."""
+    parse_semver(kubernetes_version, what="kubernetes")
+    return f"registry.k8s.io/kube-proxy:{kubernetes_version}"
+
+
+def coredns_image_name(coredns_version: str) -> str:
+    """registry.k8s.io/coredns/coredns keeps the v in its tags: v1.14.6 -> ...:v1.14.6."""
+    parse_semver(coredns_version, what="coredns")
+    return f"registry.k8s.io/coredns/coredns:{coredns_version}"

@@ -1,0 +1,1 @@
+"""What Haku does inside each tenant cluster: kubeadm's bootstrap objects, addons, tokens."""
