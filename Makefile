@@ -57,6 +57,7 @@ bench: deps
 	$(VENV)/bin/python bench/dev_cluster.py
 	$(VENV)/bin/python bench/datastores.py
 	$(VENV)/bin/python bench/operator_bench.py
+	$(VENV)/bin/python bench/join.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from haku.dev.datastores import read_connections
 from haku.dev.layout import Layout, default_state_dir
 from haku.dev.processes import ComponentFailed
 from haku.dev.versions import VersionError, Versions
+from haku.dev.worker_config import WorkerError
 
 
 def _layout(args: argparse.Namespace) -> Layout:
@@ -70,16 +71,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from haku.dev import demo
 
     cluster = DevCluster(_layout(args), _versions(args))
-    kubeconfig = demo.run(cluster)
+    try:
+        kubeconfig, node = demo.run(cluster)
+    except WorkerError as e:
+        print(f"haku: {e}", file=sys.stderr)
+        return 1
     lay = cluster.layout
     print()
-    print(f"tenant {demo.NAMESPACE}/{demo.TENANT} is Ready: its API serves through its Service.")
+    print(f"tenant {demo.NAMESPACE}/{demo.TENANT} is Ready: its API serves through NodePort "
+          f"{demo.PORT}, and node {node} (a worker on this machine, joined with kubeadm) "
+          "is Ready in it.")
     print(f"tenant admin kubeconfig: {kubeconfig}")
     print("try it:")
-    print(f"  {lay.bin}/kubectl --kubeconfig {kubeconfig} get ns")
+    print(f"  {lay.bin}/kubectl --kubeconfig {kubeconfig} get nodes,pods -A -o wide")
     print(f"  {lay.bin}/kubectl --kubeconfig {lay.admin_kubeconfig} get tcp,datastores -A")
     print(f"  .venv/bin/haku kubeconfig {demo.NAMESPACE}/{demo.TENANT} "
           f"--kubeconfig {lay.admin_kubeconfig}")
+    print(f"  .venv/bin/haku join-command {demo.NAMESPACE}/{demo.TENANT} "
+          f"--kubeconfig {lay.admin_kubeconfig}   (a kubeadm join line for another machine)")
     print(f"operator log: {lay.logs / 'haku-operator.log'}   stop everything: haku dev down")
     return 0
 

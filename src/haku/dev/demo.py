@@ -16,11 +16,12 @@ from lightkube.resources.core_v1 import Secret
 from haku.api import conditions
 from haku.controller.operator import install_crds
 from haku.controller.tenant import TenantControlPlane
-from haku.dev import samples
+from haku.dev import samples, worker
 from haku.dev.cluster import OPERATOR, DevCluster
 from haku.dev.processes import ProcessSpec
 
 TENANT, NAMESPACE = "demo", "tenants"
+PORT = 31443  # the demo tenant's NodePort, where its worker joins it
 
 
 def start_operator(cluster: DevCluster) -> bool:
@@ -43,8 +44,8 @@ async def _apply_and_wait(cluster: DevCluster, out: Any, timeout: float) -> Path
         await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
                                       "metadata": {"name": NAMESPACE}}), force=True)
         await client.apply(from_dict(samples.tenant_control_plane(
-            TENANT, NAMESPACE, samples.DATASTORE_NAMES["etcd"], cluster.versions.kubernetes)),
-            force=True)
+            TENANT, NAMESPACE, samples.DATASTORE_NAMES["etcd"], cluster.versions.kubernetes,
+            service_type="NodePort", port=PORT, addons=True)), force=True)
         started, last = time.monotonic(), ""
         while True:
             try:
@@ -76,10 +77,25 @@ async def _apply_and_wait(cluster: DevCluster, out: Any, timeout: float) -> Path
         await client.close()
 
 
-def run(cluster: DevCluster, out: Any = print, timeout: float = 180.0) -> Path:
-    """Cluster up, operator running, sample DataStores and a TenantControlPlane Ready;
-    returns the tenant's admin kubeconfig path."""
+def join_worker(cluster: DevCluster, out: Any = print) -> str:
+    """A worker joined to the demo tenant (the one there already, if Ready); its Node name."""
+    tenant = f"{NAMESPACE}/{TENANT}"
+    for w in worker.list_workers(cluster.layout):
+        if w.tenant == tenant and w.state == "ready":
+            out(f"worker {w.name} (node {w.node_name}) already joined {tenant}")
+            return w.node_name
+    join = asyncio.run(worker.tenant_join(cluster.layout.admin_kubeconfig, tenant))
+    result = worker.add(cluster.layout, tenant, join.join, versions=cluster.versions,
+                        printer=out, avoid_nodes=join.nodes)
+    return result.worker.node_name
+
+
+def run(cluster: DevCluster, out: Any = print, timeout: float = 180.0) -> tuple[Path, str]:
+    """Cluster up, operator running, sample DataStores, a TenantControlPlane Ready and a
+    worker joined to it; returns the tenant's admin kubeconfig path and the worker's Node."""
     cluster.up()
     out("operator: " + ("started" if start_operator(cluster) else "already running"))
-    out(f"TenantControlPlane {NAMESPACE}/{TENANT} on DataStore dev-etcd:")
-    return asyncio.run(_apply_and_wait(cluster, out, timeout))
+    out(f"TenantControlPlane {NAMESPACE}/{TENANT} on DataStore dev-etcd, NodePort {PORT}, "
+        "with CoreDNS and kube-proxy:")
+    kubeconfig = asyncio.run(_apply_and_wait(cluster, out, timeout))
+    return kubeconfig, join_worker(cluster, out)
