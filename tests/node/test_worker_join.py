@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
+from lightkube.resources.apps_v1 import DaemonSet, Deployment
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Secret
+from lightkube.types import PatchType
 
 from haku.controller.tenant import TenantControlPlane
 from haku.dev import samples
@@ -297,6 +299,51 @@ async def test_deleted_coredns_and_cluster_info_config_maps_are_put_back(joined:
         assert signed, "the recreated cluster-info is not signed for a new token"
     finally:
         await t.close()
+
+
+async def test_removing_an_addon_from_the_spec_removes_only_its_objects(joined: Joined) -> None:
+    name = joined.tenant.name
+    c = client(joined.cluster)
+    t = joined.tenant.client()
+
+    async def addons_status() -> dict[str, Any]:
+        obj = (await c.get(TenantControlPlane, name, namespace=NS)).to_dict()
+        return dict((obj.get("status") or {}).get("addons") or {})
+
+    async def coredns_present() -> bool:
+        return bool([d async for d in t.list(Deployment, namespace="kube-system",
+                                             labels={"k8s-app": "kube-dns"})])
+    try:
+        await t.apply(from_dict({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "mine", "namespace": "kube-system"},
+                                 "data": {"k": "v"}}))
+        await c.patch(TenantControlPlane, name, [{"op": "remove", "path": "/spec/addons/coreDNS"}],
+                      namespace=NS, patch_type=PatchType.JSON)
+
+        async def removed() -> bool:
+            status = await addons_status()
+            return status.get("coreDNS") == {"enabled": False} and not await coredns_present()
+
+        await eventually(removed, 60, "CoreDNS removed from the tenant")
+        assert (await addons_status())["kubeProxy"] == {"enabled": True}
+        await t.get(DaemonSet, "kube-proxy", namespace="kube-system")  # still there
+        await t.get(ConfigMap, "mine", namespace="kube-system")  # not Haku's: left alone
+        with pytest.raises(ApiError):
+            await t.get(ConfigMap, "coredns", namespace="kube-system")
+
+        await c.patch(TenantControlPlane, name, {"spec": {"addons": {"coreDNS": {}}}},
+                      namespace=NS, patch_type=PatchType.MERGE)
+
+        async def back() -> bool:
+            return (await addons_status()).get("coreDNS") == {"enabled": True} and \
+                await coredns_present()
+
+        await eventually(back, 60, "CoreDNS installed again")
+    finally:
+        with contextlib.suppress(ApiError):
+            await t.delete(ConfigMap, "mine", namespace="kube-system")
+        await t.close()
+        await c.close()
 
 
 async def test_a_postgres_tenant_joins_and_tenants_get_nothing_from_each_other(
