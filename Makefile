@@ -58,6 +58,8 @@ bench: deps
 	$(VENV)/bin/python bench/datastores.py
 	$(VENV)/bin/python bench/operator_bench.py
 	$(VENV)/bin/python bench/join.py
+	$(VENV)/bin/python bench/operator_image.py
+	$(VENV)/bin/python bench/operator_in_cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -89,7 +89,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"--kubeconfig {lay.admin_kubeconfig}")
     print(f"  .venv/bin/haku join-command {demo.NAMESPACE}/{demo.TENANT} "
           f"--kubeconfig {lay.admin_kubeconfig}   (a kubeadm join line for another machine)")
-    print(f"operator log: {lay.logs / 'haku-operator.log'}   stop everything: haku dev down")
+    print(f"  {lay.bin}/kubectl --kubeconfig {lay.admin_kubeconfig} -n haku-system logs "
+          "deploy/haku-operator   (the in-cluster operator, JSON lines)")
+    print("stop everything: haku dev down")
     return 0
 
 
@@ -140,6 +142,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     names = args.components or ["kubernetes", "etcd", "kine"]
+    if "operator-image" in names:
+        from haku.dev import operator_image
+
+        archive, image = operator_image.build_operator_image()
+        print(f"operator-image: {image} {archive}")
+        names = [n for n in names if n != "operator-image"]
+        if not names:
+            return 0
     built = toolchain.ensure(names, _versions(args))
     for name, path in built.items():
         print(f"{name}: {path}")
@@ -154,21 +164,20 @@ def cmd_deps(args: argparse.Namespace) -> int:
 
 def cmd_operator_run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
     import signal
 
-    from haku.controller import operator
+    from haku.controller import logs, operator
     from haku.controller.tenant import OperatorConfig
     from haku.render.pki import KeyAlgorithm
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request otherwise
+    logs.configure(args.log_format)
     options = operator.RunOptions(
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         namespace=args.namespace, leader_elect=not args.no_leader_elect,
         workers=args.workers, install_crds=not args.no_install_crds,
-        lease_duration=args.lease_duration)
+        lease_duration=args.lease_duration,
+        metrics_bind_address=args.metrics_bind_address,
+        health_probe_bind_address=args.health_probe_bind_address)
     config = OperatorConfig(default_datastore=args.default_datastore,
                             key_algorithm=KeyAlgorithm(args.key_algorithm),
                             node_address=args.node_address)
@@ -182,6 +191,16 @@ def cmd_operator_run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _bind_address(text: str) -> str:
+    from haku.controller.probes import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
 
 
 def cmd_kubeconfig(args: argparse.Namespace) -> int:
@@ -378,7 +397,8 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(fn=cmd_status)
     build = dev_sub.add_parser("build", help="build and cache the upstream binaries")
     build.add_argument("components", nargs="*",
-                       help="kubernetes, etcd, kine, coredns (default: the first three)")
+                       help="kubernetes, etcd, kine, coredns, operator-image "
+                       "(default: the first three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
@@ -418,6 +438,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--lease-duration", type=float, default=15.0,
                      help="seconds a silent leader keeps the Lease")
     run.add_argument("--no-install-crds", action="store_true")
+    run.add_argument("--metrics-bind-address", default=":8080", type=_bind_address,
+                     help="HOST:PORT or :PORT serving /metrics; 0 disables (default :8080)")
+    run.add_argument("--health-probe-bind-address", default=":8081", type=_bind_address,
+                     help="HOST:PORT or :PORT serving /healthz and /readyz; 0 disables "
+                          "(default :8081)")
+    run.add_argument("--log-format", choices=["json", "text"],
+                     help="default: text on a terminal, JSON lines otherwise")
     run.set_defaults(fn=cmd_operator_run)
 
     kc = sub.add_parser("kubeconfig", help="print a tenant's admin kubeconfig")

@@ -28,7 +28,8 @@ async def running_operator(node_handle: Any, request: pytest.FixtureRequest,
     cluster = node_handle.ensure_up()
     stop = asyncio.Event()
     options = operator.RunOptions(kubeconfig=cluster.layout.admin_kubeconfig, workers=4,
-                                  resync=30.0)
+                                  resync=30.0, metrics_bind_address="0",
+                                  health_probe_bind_address="0")
     config = OperatorConfig(key_algorithm=KeyAlgorithm.ECDSA_P256)
     c = client(cluster)
     await operator.install_crds(c, options.namespace)  # as the operator does, idempotent

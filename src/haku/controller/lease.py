@@ -31,6 +31,7 @@ class LeaseElector:
         self.identity = identity
         self.lease_duration, self.renew_deadline = lease_duration, renew_deadline
         self.retry_period = retry_period
+        self.reachable = True  # the last attempt at the Lease got an answer (for /readyz)
 
     async def _try(self) -> bool:
         now = datetime.now(UTC)
@@ -75,11 +76,14 @@ class LeaseElector:
         """Wait until this candidate holds the Lease."""
         while True:
             try:
-                if await self._try():
+                won = await self._try()
+                self.reachable = True
+                if won:
                     log.info("leader election: %s now leads %s/%s", self.identity,
                              self.namespace, self.name)
                     return
             except ApiError as e:
+                self.reachable = False
                 log.warning("leader election: %s", e)
             await asyncio.sleep(self.retry_period)
 

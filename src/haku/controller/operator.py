@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightkube import ALL_NS, AsyncClient, KubeConfig, operators
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig, operators
 from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
@@ -24,6 +24,7 @@ from haku.controller.events import EventRecorder
 from haku.controller.lease import LeaseElector, LostLeadership
 from haku.controller.resources import FIELD_MANAGER, DataStore
 from haku.controller.runtime import Controller, Key, Result, SpecChanges, Watcher, key_of
+from haku.controller.telemetry import Telemetry
 from haku.controller.tenant import OperatorConfig, TenantControlPlane, TenantReconciler
 from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
 from haku.tenant.watch import TenantWatches
@@ -43,6 +44,10 @@ class RunOptions:
     install_crds: bool = True
     lease_duration: float = 15.0
     identity: str = f"{socket.gethostname()}-{os.getpid()}"
+    # controller-runtime's flags: HOST:PORT, :PORT for every interface, 0 to disable; port 0
+    # binds a free port (Telemetry.port tells which).
+    metrics_bind_address: str = ":8080"
+    health_probe_bind_address: str = ":8081"
 
 
 def client_for(kubeconfig: Path | None) -> AsyncClient:
@@ -87,23 +92,43 @@ def _owned_by_tenant(event: str, obj: Any) -> list[Key]:
     return [(obj.metadata.namespace, labels[TENANT_LABEL])] if TENANT_LABEL in labels else []
 
 
+async def _crds_present(client: AsyncClient) -> bool:
+    try:
+        for crd in crds.all_crds():
+            await wait_established(client, crd["metadata"]["name"])
+    except (ApiError, TimeoutError) as e:
+        log.warning("Haku's CRDs are not installed or not served: %s", e)
+        return False
+    return True
+
+
 async def run(options: RunOptions, config: OperatorConfig,
-              stop: asyncio.Event | None = None) -> None:
-    """Reconcile until ``stop`` is set (or leadership is lost, which raises)."""
+              stop: asyncio.Event | None = None, telemetry: Telemetry | None = None) -> None:
+    """Reconcile until ``stop`` is set (or leadership is lost, which raises). ``telemetry``
+    holds the metrics and probe state, and the servers once they listen."""
+    telemetry = telemetry or Telemetry()
+    health = telemetry.health
     client = client_for(options.kubeconfig)
     stop = stop or asyncio.Event()
     elector = LeaseElector(client, options.namespace, LEASE_NAME, options.identity,
                            lease_duration=options.lease_duration,
                            renew_deadline=options.lease_duration * 2 / 3,
                            retry_period=max(options.lease_duration / 7.5, 0.2))
-    tenants = TenantReconciler(client, config, EventRecorder(client))
+    tenants = TenantReconciler(client, config, EventRecorder(client), telemetry.metrics)
     try:
+        await telemetry.start(options.metrics_bind_address, options.health_probe_bind_address)
         if options.install_crds:
             await install_crds(client, options.namespace)
+            health.crds_installed = True
+        else:
+            health.crds_installed = await _crds_present(client)
         if options.leader_elect:
             log.info("waiting to lead (Lease %s/%s as %s)", options.namespace, LEASE_NAME,
                      options.identity)
+            health.lease_reachable = lambda: elector.reachable
+            health.phase = "standby"
             await elector.acquire()
+        health.phase = "leading"
 
         async def datastore_reconcile(key: Key) -> Result:
             used_by = []
@@ -124,7 +149,7 @@ async def run(options: RunOptions, config: OperatorConfig,
             return [("", name)] if name else []
 
         tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
-                         options.resync)
+                         options.resync, telemetry.metrics, key_field="tenant")
         tenants.watches = TenantWatches(tcp.queue.add)
         datastore_changes = SpecChanges()
 
@@ -132,7 +157,9 @@ async def run(options: RunOptions, config: OperatorConfig,
             # A DataStore that appears or whose spec changes may unblock its tenants; its own
             # status writes (every check) need not requeue them.
             return sorted(tcp.known) if datastore_changes(event, obj) else []
-        stores = Controller("datastore", datastore_reconcile, 1, 60.0)
+        stores = Controller("datastore", datastore_reconcile, 1, 60.0, telemetry.metrics,
+                            key_field="datastore")
+        health.informers_started = lambda: tcp.started and stores.started
         owned = {"app.kubernetes.io/managed-by": MANAGED_BY, TENANT_LABEL: operators.exists()}
         runs = [
             asyncio.create_task(tcp.run(
@@ -158,10 +185,13 @@ async def run(options: RunOptions, config: OperatorConfig,
             await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             if isinstance(task.exception(), LostLeadership):
+                health.failed = "lost the Lease"
                 raise LostLeadership("lost the Lease; stopping so a standby can lead")
     finally:
+        health.phase = "stopping"
         await tenants.events.flush()
         await tenants.close()
         if options.leader_elect:
             await elector.release()
         await client.close()
+        await telemetry.stop()

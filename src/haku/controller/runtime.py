@@ -17,11 +17,15 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from lightkube import AsyncClient
+
+from haku.controller import logs
+from haku.controller.metrics import Metrics
 
 log = logging.getLogger("haku.controller")
 
@@ -170,12 +174,17 @@ class SpecChanges:
 
 
 class Controller:
+    """``key_field`` names the key in log lines (``tenant="ns/name"``); ``metrics`` gets the
+    queue depth, each reconcile's total duration and failures by exception class."""
+
     def __init__(
         self,
         name: str,
         reconcile: Callable[[Key], Awaitable[Result]],
         workers: int = 4,
         resync_every: float = 300.0,
+        metrics: Metrics | None = None,
+        key_field: str = "key",
     ) -> None:
         self.name = name
         self.reconcile = reconcile
@@ -183,6 +192,15 @@ class Controller:
         self.resync_every = resync_every
         self.queue = WorkQueue()
         self.known: set[Key] = set()  # every parent key seen alive, for resync
+        self.metrics = metrics or Metrics()
+        self.metrics.add_queue(name, self.queue.__len__)
+        self.key_field = key_field
+        self._watching: list[asyncio.Event] = []
+
+    @property
+    def started(self) -> bool:
+        """True once every watch stream of :meth:`run` has been opened."""
+        return bool(self._watching) and all(e.is_set() for e in self._watching)
 
     def observe(self, event: str, keys: Iterable[Key], parent: bool = False) -> None:
         for key in keys:
@@ -198,11 +216,15 @@ class Controller:
             key = await self.queue.get()
             if key is None:
                 return
+            started = time.perf_counter()
+            token = logs.FIELDS.set({"controller": self.name,
+                                     self.key_field: "/".join(k for k in key if k)})
             try:
                 result = await self.reconcile(key)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
+                self.metrics.reconcile_errors.labels(self.name, type(e).__name__).inc()
                 delay = self.queue.add_rate_limited(key)
                 log.exception("%s %s/%s failed; retry in %.1fs", self.name, *key, delay)
             else:
@@ -210,6 +232,9 @@ class Controller:
                 if result.requeue_after is not None:
                     self.queue.add_after(key, result.requeue_after)
             finally:
+                self.metrics.reconcile_duration.labels(self.name, "total").observe(
+                    time.perf_counter() - started)
+                logs.FIELDS.reset(token)
                 self.queue.done(key)
 
     async def _resync(self) -> None:
@@ -221,9 +246,13 @@ class Controller:
     async def run(self, client: AsyncClient, parents: list[Watcher],
                   children: list[Watcher]) -> None:
         """Run until cancelled; on cancellation workers finish their current key first."""
-        tasks = [asyncio.create_task(w.run(client, lambda e, k: self.observe(e, k, True)))
+        self._watching = [asyncio.Event() for _ in (*parents, *children)]
+        ready = iter(self._watching)
+        tasks = [asyncio.create_task(w.run(client, lambda e, k: self.observe(e, k, True),
+                                           next(ready)))
                  for w in parents]
-        tasks += [asyncio.create_task(w.run(client, self.observe)) for w in children]
+        tasks += [asyncio.create_task(w.run(client, self.observe, next(ready)))
+                  for w in children]
         tasks.append(asyncio.create_task(self._resync()))
         workers = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
         try:

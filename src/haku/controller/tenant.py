@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,8 +44,10 @@ from haku.api import conditions
 from haku.api.conditions import Condition
 from haku.api.datastore import DataStoreSpec
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.controller import logs
 from haku.controller.credentials import ensure_password
 from haku.controller.events import EventRecorder
+from haku.controller.metrics import Metrics, certificate_expiries
 from haku.controller.resources import FIELD_MANAGER, GROUP, VERSION, DataStore, secret_reader
 from haku.controller.runtime import Key, Result
 from haku.datastore import DataStoreError, Driver, Tenant, TenantConnection, open_driver
@@ -63,6 +66,11 @@ TenantControlPlane = create_namespaced_resource(GROUP, VERSION, "TenantControlPl
 FINALIZER = "haku.dev/finalizer"
 CONDITION_TYPES = ("DataStoreReady", "CertificatesReady", "ControlPlaneAvailable",
                    "APIServerReady", "TenantBootstrapped", "Ready")
+# Reasons of a False Condition that mean "not there yet", not "something is wrong": every
+# other False reason counts in haku_reconcile_errors_total.
+PROGRESS_REASONS = frozenset({"Pending", "NoReadyPods", "NoControlPlane", "Sleeping",
+                              "WaitingForLoadBalancer", "WaitingForAPIServer"})
+CONTROLLER = "tenantcontrolplane"
 
 
 class Waiting(Exception):
@@ -124,17 +132,30 @@ class DriverCache:
 
 
 class StepTimer:
-    """Wall time per pipeline step, for the log (and later, metrics)."""
+    """Wall time per pipeline step, for the log line and ``haku_reconcile_duration_seconds``;
+    entering a step also binds ``step`` for the log lines logged during it."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[str, float], None] | None = None) -> None:
         self.started = time.perf_counter()
         self.last = self.started
+        self.current: str | None = None
         self.steps: dict[str, float] = {}
+        self.observe = observe
 
-    def mark(self, step: str) -> None:
+    def enter(self, step: str) -> None:
+        """End the current step (if any) and start ``step``."""
+        self.finish()
+        self.current = step
+        logs.bind(step=step)
+
+    def finish(self) -> None:
         now = time.perf_counter()
-        self.steps[step] = now - self.last
-        self.last = now
+        if self.current is not None:
+            took = now - self.last
+            self.steps[self.current] = self.steps.get(self.current, 0.0) + took
+            if self.observe is not None:
+                self.observe(self.current, took)
+        self.current, self.last = None, now
 
     def summary(self) -> str:
         total = time.perf_counter() - self.started
@@ -143,8 +164,9 @@ class StepTimer:
 
 class TenantReconciler:
     def __init__(self, client: AsyncClient, config: OperatorConfig,
-                 recorder: EventRecorder) -> None:
+                 recorder: EventRecorder, metrics: Metrics | None = None) -> None:
         self.client, self.config, self.events = client, config, recorder
+        self.metrics = metrics or Metrics()
         self.drivers = DriverCache(client)
         # Set by the operator once its work queue exists: drift inside a tenant requeues it.
         self.watches: TenantWatches | None = None
@@ -188,18 +210,25 @@ class TenantReconciler:
             current = await self.client.get(TenantControlPlane, name, namespace=namespace)
         except ApiError as e:
             if e.status.code == 404:
+                self.metrics.tenants.forget(key)
                 return Result()
             raise
         obj: dict[str, Any] = current.to_dict()  # type: ignore[no-untyped-call]
         spec = TenantControlPlaneSpec.parse(obj)
+        timer = StepTimer(self._observe_step)
         if obj["metadata"].get("deletionTimestamp"):
-            return await self._finalize(obj, spec)
+            self.metrics.tenants.forget(key)
+            timer.enter("finalize")
+            try:
+                return await self._finalize(obj, spec)
+            finally:
+                timer.finish()
+        timer.enter("finalizer")
         if FINALIZER not in (obj["metadata"].get("finalizers") or []):
             await self._set_finalizer(spec, present=True)
         found: dict[str, Condition] = {}
         status: dict[str, Any] = {}
         retry_after = None
-        timer = StepTimer()
         try:
             await self._steps(obj, spec, found, status, timer)
         except Waiting as w:
@@ -210,9 +239,12 @@ class TenantReconciler:
             retry_after = 10.0
         except Exception as e:  # unexpected: say so on the object, then back off and retry
             self.events.emit(obj, "Warning", "ReconcileError", f"{type(e).__name__}: {e}")
+            timer.finish()
             raise
+        timer.enter("status")
         ready = await self._write_status(obj, spec, found, status)
-        timer.mark("status")
+        timer.finish()
+        self._observe_outcome(key, spec, found, status)
         log.info("%s/%s reconciled in %s: Ready=%s", namespace, name, timer.summary(),
                  found["Ready"].status)
         if retry_after is not None:
@@ -231,26 +263,30 @@ class TenantReconciler:
         n = controlplane.names(spec.name)
 
         # 1. datastore
+        timer.enter("datastore")
         driver, ds_name = await self._driver(spec)
+        started = time.perf_counter()
         tenant, storage = await self._datastore(spec, driver, owner)
+        self.metrics.datastore_provision.labels(driver.driver).observe(
+            time.perf_counter() - started)
         schema, user = driver.physical_names(tenant)
         status["storage"] = {"driver": driver.driver, "dataStoreName": ds_name,
                              "setup": {"schema": schema, "user": user}}
         found["DataStoreReady"] = Condition(
             "DataStoreReady", "True", "TenantProvisioned",
             f"{driver.driver} DataStore {ds_name} holds this tenant in {schema!r} as {user!r}")
-        timer.mark("datastore")
 
         # 2. service and endpoint
+        timer.enter("service")
         svc = await self._apply(controlplane.service(spec), owner)
         address = await self._endpoint_address(spec, svc)
         status["controlPlaneEndpoint"] = f"{address}:{spec.port}"
         status["kubernetesResources"] = {"service": {"name": n["service"],
                                                      "namespace": spec.namespace,
                                                      "port": spec.port}}
-        timer.mark("service")
 
         # 3. certificates and kubeconfigs (key generation runs off the event loop)
+        timer.enter("certificates")
         existing = await self._secret_data(spec.namespace, n["pki"])
         plan = await asyncio.to_thread(tenant_pki.plan, spec, existing, (address,),
                                        self.config.key_algorithm)
@@ -258,7 +294,9 @@ class TenantReconciler:
             await self._apply_secret(spec, n["pki"], plan.data, owner)
             self.events.emit(obj, "Normal", "CertificatesIssued",
                              "; ".join(f"{k}: {v}" for k, v in sorted(plan.issued.items())))
-        timer.mark("certificates")
+        self.metrics.tenants.observe_certificates((spec.namespace, spec.name),
+                                                  certificate_expiries(plan.data))
+        timer.enter("kubeconfigs")
         ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
         endpoint = f"https://{_host(address)}:{spec.port}"
         local = f"https://127.0.0.1:{spec.port}"
@@ -276,9 +314,9 @@ class TenantReconciler:
         found["CertificatesReady"] = Condition(
             "CertificatesReady", "True", "Issued",
             "certificates and kubeconfigs valid for " + ", ".join([address, spec.name]))
-        timer.mark("kubeconfigs")
 
         # 4. deployment and ingress
+        timer.enter("deployment")
         storage_data = dict(storage.files)
         checksums = {"pki": sha(plan.data), "kubeconfigs": sha(internal),
                      "datastore": sha(storage_data | {"endpoint": storage.kine_endpoint.encode()})}
@@ -291,18 +329,18 @@ class TenantReconciler:
             await self._apply(ingress, owner)
         else:
             await self._delete_owned(Ingress, spec, n["ingress"])
-        timer.mark("deployment")
 
         # 5. status from what runs
+        timer.enter("probe")
         self._deployment_status(spec, dep, found, status)
         if found["ControlPlaneAvailable"].status == "True":
             found["APIServerReady"] = await self._probe_api(spec, endpoint, admin)
         else:
             found["APIServerReady"] = Condition("APIServerReady", "False", "NoControlPlane",
                                                 "no control-plane pod is ready yet")
-        timer.mark("probe")
 
         # 6. inside the tenant
+        timer.enter("bootstrap")
         installed = bootstrap.installed_from_status(obj.get("status") or {})
         status["addons"] = bootstrap.status_from_installed(installed)
         if found["APIServerReady"].status != "True":
@@ -314,7 +352,23 @@ class TenantReconciler:
             return
         found["TenantBootstrapped"] = await self._bootstrap(
             obj, spec, plan.data["ca.crt"], endpoint, admin, installed, status)
-        timer.mark("bootstrap")
+
+    # ------------------------------------------------------------------ metrics
+
+    def _observe_step(self, step: str, seconds: float) -> None:
+        self.metrics.reconcile_duration.labels(CONTROLLER, step).observe(seconds)
+
+    def _observe_outcome(self, key: Key, spec: TenantControlPlaneSpec,
+                         found: dict[str, Condition], status: dict[str, Any]) -> None:
+        """The tenant's status and DataStore for the gauge; Conditions False for an error."""
+        version = status["kubernetesResources"]["version"]["status"]
+        datastore = ((status.get("storage") or {}).get("dataStoreName") or spec.data_store
+                     or self.config.default_datastore or "")
+        self.metrics.tenants.observe(key, version, datastore)
+        for reason in sorted({c.reason for t, c in found.items()
+                              if t != "Ready" and c.status == "False"
+                              and c.reason not in PROGRESS_REASONS}):
+            self.metrics.reconcile_errors.labels(CONTROLLER, reason).inc()
 
     # ------------------------------------------------------------------ datastore
 

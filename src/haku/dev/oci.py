@@ -17,6 +17,7 @@ import json
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -133,70 +134,124 @@ def write_image(spec: ImageSpec, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".oci-") as tmp:
         layer_path = Path(tmp) / "layer.tar"
-        sha = hashlib.sha256()
         with layer_path.open("wb") as raw:
             write_layer(spec, raw)
-        with layer_path.open("rb") as layer_in:
-            for chunk in iter(lambda: layer_in.read(1 << 20), b""):
-                sha.update(chunk)
-        layer_digest = "sha256:" + sha.hexdigest()
-        layer_size = layer_path.stat().st_size
-        config = _json(image_config(spec, layer_digest))
-        manifest = _json(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": _digest(config),
-                    "size": len(config),
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": layer_digest,
-                        "size": layer_size,
-                    }
-                ],
-            }
-        )
-        manifest_digest = _digest(manifest)
-        tag = spec.name.rsplit(":", 1)[1]
-        index = _json(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": [
-                    {
-                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                        "digest": manifest_digest,
-                        "size": len(manifest),
-                        "platform": {"architecture": "amd64", "os": "linux"},
-                        "annotations": {
-                            "io.containerd.image.name": spec.name,
-                            "org.opencontainers.image.ref.name": tag,
-                        },
-                    }
-                ],
-            }
-        )
-        partial = Path(tmp) / "image.tar"
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        layer = layer_of(layer_path)
+        config = image_config(spec, layer.digest)
+        return _write_archive(spec.name, config, [layer], out, Path(tmp))
 
-            def add(name: str, data: bytes) -> None:
-                info = _tarinfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
-            add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-            add("index.json", index)
-            add("blobs/sha256/" + manifest_digest.split(":")[1], manifest)
-            add("blobs/sha256/" + _digest(config).split(":")[1], config)
-            info = _tarinfo("blobs/sha256/" + layer_digest.split(":")[1])
-            info.size = layer_size
-            with layer_path.open("rb") as layer_in:
+# ---------------------------------------------------------------------------------------------
+# Several layers, each an uncompressed tar already on disk (the operator image)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An uncompressed layer tar on disk; its digest is also its diff ID."""
+
+    path: Path
+    digest: str
+    size: int
+
+
+def layer_of(path: Path) -> Layer:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return Layer(path, "sha256:" + sha.hexdigest(), path.stat().st_size)
+
+
+def layered_config(config: dict[str, Any], layers: Sequence[Layer]) -> dict[str, Any]:
+    """The image configuration document for the runtime ``config`` over ``layers``."""
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
+    }
+
+
+def write_layered_image(
+    name: str, config: dict[str, Any], layers: Sequence[Layer], out: Path
+) -> str:
+    """Write an OCI archive of ``layers`` (bottom first) with the runtime ``config``
+    (``Entrypoint``, ``Env``, ``User``, ...) at ``out``; return the manifest digest."""
+    if ":" not in name.rsplit("/", 1)[-1]:
+        raise ValueError(f"image name {name!r} needs an explicit tag")
+    if not layers:
+        raise ValueError("an image needs at least one layer")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".oci-") as tmp:
+        return _write_archive(name, layered_config(config, layers), layers, out, Path(tmp))
+
+
+def _write_archive(
+    name: str, config_doc: dict[str, Any], layers: Sequence[Layer], out: Path, tmp: Path
+) -> str:
+    config = _json(config_doc)
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": _digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer.digest,
+                    "size": layer.size,
+                }
+                for layer in layers
+            ],
+        }
+    )
+    manifest_digest = _digest(manifest)
+    tag = name.rsplit(":", 1)[1]
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": manifest_digest,
+                    "size": len(manifest),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                    "annotations": {
+                        "io.containerd.image.name": name,
+                        "org.opencontainers.image.ref.name": tag,
+                    },
+                }
+            ],
+        }
+    )
+    partial = tmp / "image.tar"
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name: str, data: bytes) -> None:
+            info = _tarinfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add("index.json", index)
+        add("blobs/sha256/" + manifest_digest.split(":")[1], manifest)
+        add("blobs/sha256/" + _digest(config).split(":")[1], config)
+        written: set[str] = set()
+        for layer in layers:
+            if layer.digest in written:  # the same layer twice is one blob
+                continue
+            written.add(layer.digest)
+            info = _tarinfo("blobs/sha256/" + layer.digest.split(":")[1])
+            info.size = layer.size
+            with layer.path.open("rb") as layer_in:
                 tar.addfile(info, layer_in)
-        shutil.move(str(partial), str(out))
+    shutil.move(str(partial), str(out))
     return manifest_digest
 
 
@@ -238,3 +293,48 @@ def read_archive(path: Path) -> ArchiveSummary:
             layer_members=members,
         )
 
+
+
+@dataclass(frozen=True)
+class LayeredSummary:
+    name: str
+    manifest_digest: str
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    layers: tuple[str, ...]  # layer digests, bottom first
+
+
+def read_layered_archive(path: Path) -> LayeredSummary:
+    """Read an archive of any number of layers back, checking every blob's digest (layers
+    streamed, not held in memory)."""
+    with tarfile.open(path) as tar:
+
+        def verify(digest: str, keep: bool = True) -> bytes:
+            member = tar.extractfile("blobs/sha256/" + digest.split(":")[1])
+            assert member is not None
+            sha, kept = hashlib.sha256(), bytearray()
+            for chunk in iter(lambda: member.read(1 << 20), b""):
+                sha.update(chunk)
+                if keep:
+                    kept += chunk
+            if "sha256:" + sha.hexdigest() != digest:
+                raise ValueError(f"{path}: blob {digest} does not match its digest")
+            return bytes(kept)
+
+        index_file = tar.extractfile("index.json")
+        assert index_file is not None
+        entry = json.loads(index_file.read())["manifests"][0]
+        manifest = json.loads(verify(entry["digest"]))
+        config = json.loads(verify(manifest["config"]["digest"]))
+        layers = tuple(layer["digest"] for layer in manifest["layers"])
+        for digest in set(layers):
+            verify(digest, keep=False)
+        if config["rootfs"]["diff_ids"] != list(layers):
+            raise ValueError(f"{path}: diff IDs do not match the uncompressed layers")
+        return LayeredSummary(
+            name=entry["annotations"]["io.containerd.image.name"],
+            manifest_digest=entry["digest"],
+            manifest=manifest,
+            config=config,
+            layers=layers,
+        )

@@ -30,6 +30,7 @@ REQUIREMENTS = (
     Requirement("mariadb-client", ("/usr/bin/mariadb",), "sets up the MySQL datastore"),
     Requirement("gcc", ("/usr/bin/gcc",), "builds the pause image"),
     Requirement("libc6-dev", ("/usr/lib/x86_64-linux-gnu/libc.a",), "builds the pause image"),
+    Requirement("mmdebstrap", ("/usr/bin/mmdebstrap",), "builds the operator image's Debian base"),
 )
 
 

@@ -18,6 +18,8 @@ COREDNS_VERSION = "v1.14.6"
 PAUSE_VERSION = "3.10.2"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
 BUSYBOX_IMAGE = "docker.io/library/busybox:haku"
+# Haku's own image (the operator), tagged with Haku's version.
+OPERATOR_IMAGE_REPOSITORY = "ghcr.io/haku-dev/haku"
 
 _SEMVER = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 
@@ -85,3 +87,14 @@ def coredns_image_name(coredns_version: str) -> str:
     """registry.k8s.io/coredns/coredns keeps the v in its tags: v1.14.6 -> ...:v1.14.6."""
     parse_semver(coredns_version, what="coredns")
     return f"registry.k8s.io/coredns/coredns:{coredns_version}"
+
+
+def operator_image_name(haku_version: str | None = None) -> str:
+    """``ghcr.io/haku-dev/haku:<Haku's version>`` (``haku.__version__`` unless given)."""
+    if haku_version is None:
+        from haku import __version__
+
+        haku_version = __version__
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", haku_version):
+        raise VersionError(f"{haku_version!r} is not a valid image tag")
+    return f"{OPERATOR_IMAGE_REPOSITORY}:{haku_version}"
