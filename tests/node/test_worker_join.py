@@ -113,11 +113,9 @@ def pod_ready(pod: Pod) -> bool:
         c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
-async def test_the_node_is_ready_with_kube_proxy_and_coredns_on_it(joined: Joined) -> None:
+async def wait_addons(joined: Joined) -> None:
     t = joined.tenant.client()
     try:
-        assert await node_ready(t, joined.node)
-
         async def addons_running() -> bool:
             proxies = await pods_on(t, joined.node, {"k8s-app": "kube-proxy"})
             dns = await pods_on(t, joined.node, {"k8s-app": "kube-dns"})
@@ -127,6 +125,15 @@ async def test_the_node_is_ready_with_kube_proxy_and_coredns_on_it(joined: Joine
                          f"{joined.node}")
     finally:
         await t.close()
+
+
+async def test_the_node_is_ready_with_kube_proxy_and_coredns_on_it(joined: Joined) -> None:
+    t = joined.tenant.client()
+    try:
+        assert await node_ready(t, joined.node)
+    finally:
+        await t.close()
+    await wait_addons(joined)
 
 
 async def test_a_pod_resolves_kubernetes_default_and_reaches_the_api_by_cluster_ip(
@@ -213,6 +220,7 @@ async def test_the_tenant_and_its_worker_hold_no_admin_cluster_credential(
 
 
 async def test_the_worker_runs_only_tenant_pods(joined: Joined) -> None:
+    await wait_addons(joined)
     layout = joined.cluster.layout
     socket = worker_paths(layout, int(joined.worker.removeprefix("w"))).containerd_socket
     # Running tasks only: a container of a deleted pod waits for the kubelet's GC, stopped.
@@ -222,10 +230,16 @@ async def test_the_worker_runs_only_tenant_pods(joined: Joined) -> None:
            if line.split()[-1] == "RUNNING"]
     assert ids, "the worker's containerd runs no container"
     uids = set()
+    coredns_users = []
     for cid in ids:
-        info = subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", "containers",
-                               "info", cid], capture_output=True, text=True, check=True)
-        uids.add(json.loads(info.stdout)["Labels"]["io.kubernetes.pod.uid"])
+        info = json.loads(subprocess.run(
+            ["ctr", "--address", str(socket), "-n", "k8s.io", "containers", "info", cid],
+            capture_output=True, text=True, check=True).stdout)
+        uids.add(info["Labels"]["io.kubernetes.pod.uid"])
+        if info["Labels"].get("io.kubernetes.container.name") == "coredns":
+            coredns_users.append(info["Spec"]["process"]["user"]["uid"])
+    # CoreDNS runs as upstream's non-root user (binding :53 through unprivileged ports).
+    assert coredns_users and set(coredns_users) == {65532}
     t = joined.tenant.client()
     admin = client(joined.cluster)
     try:

@@ -46,6 +46,10 @@ oom_score = 0
   restrict_oom_score_adj = true
   enable_selinux = false
   max_container_log_line_size = 16384
+  # Pods (not host-network ones) may bind ports below 1024 without a capability, as with
+  # containerd 2.0's default: upstream's CoreDNS image runs as 65532 and binds :53 through a
+  # file capability, which Haku's image writer cannot set; this lets it run as 65532 too.
+  enable_unprivileged_ports = true
 
 [{cri}.containerd]
   snapshotter = "overlayfs"

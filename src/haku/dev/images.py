@@ -233,11 +233,9 @@ def kube_proxy_image(binary: Path, tag: str, root: Path = Path("/")) -> oci.Imag
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # Upstream's image runs as 65532 and gives /coredns the file capability cap_net_bind_service so
 # that, with the NET_BIND_SERVICE kubeadm's Deployment adds, a non-root process can bind :53.
-# These archives carry no xattrs, and without the file capability (or containerd's
-# enable_unprivileged_ports) a non-root CoreDNS fails with "listen tcp :53: bind: permission
-# denied". As root it binds :53 with nothing but the capability the Deployment adds (it drops
-# ALL and adds NET_BIND_SERVICE), so the image runs as root until one of those exists.
-COREDNS_USER = ""
+# These archives carry no xattrs; the dev containerd's enable_unprivileged_ports (config.py)
+# lets a pod bind :53 without it, so the image runs as upstream's user all the same.
+COREDNS_USER = "65532:65532"
 
 
 def coredns_image(binary: Path, tag: str, user: str = COREDNS_USER) -> oci.ImageSpec:
