@@ -870,7 +870,7 @@ async def tenant_join(admin_kubeconfig: Path, tenant: str,
         if not ready or ready.get("status") != "True":
             why = f"{ready['reason']}: {ready['message']}" if ready else "no status yet"
             raise WorkerError(f"{namespace}/{name} is not Ready ({why})")
-        tenant_access = await access.load(client, namespace, name)
+        tenant_access = await access.from_object(client, tcp)
     finally:
         await client.close()
     tenant_client = tenant_access.client()

@@ -49,7 +49,14 @@ async def load(admin: AsyncClient, namespace: str, name: str,
         if e.status.code == 404:
             raise LookupError(f"TenantControlPlane {namespace}/{name} does not exist") from e
         raise
-    status = (tcp.to_dict().get("status") or {})  # type: ignore[no-untyped-call]
+    return await from_object(admin, tcp.to_dict(), key)  # type: ignore[no-untyped-call]
+
+
+async def from_object(admin: AsyncClient, tcp: dict[str, Any],
+                      key: str = "admin.conf") -> TenantAccess:
+    """As :func:`load`, for a TenantControlPlane already read (as a dict)."""
+    namespace, name = tcp["metadata"]["namespace"], tcp["metadata"]["name"]
+    status = tcp.get("status") or {}
     secret_name = status.get("kubeconfig", {}).get("admin", {}).get("secretName")
     endpoint = status.get("controlPlaneEndpoint")
     if not secret_name or not endpoint:
