@@ -1,8 +1,12 @@
 """Benchmark of the local admin cluster; prints one JSON document.
 
-- build: the cold build of the upstream binaries. With ``--cold`` it really builds everything
-  into empty caches (Go module and build caches included: ~10 min on 2 cores); without it,
-  it reports the durations recorded when the cached binaries were built.
+- build: the build of the upstream binaries. With ``--cold`` (``make bench-cold``) it really
+  builds kubernetes, etcd and kine into empty caches (Go module and build caches included:
+  ~10 min on 2 cores; CoreDNS, not built here, adds ~2) and reports
+  ``"build_source": "measured-cold"``. Without it, it measures nothing and reports the
+  durations recorded in the cache's stamps when those binaries were built
+  (``"build_source": "cache-stamp"``: possibly with warm Go caches, possibly by another Haku;
+  ``"none"`` when no stamp is there).
 - up: ``haku dev up`` to node Ready with binaries cached, on a fresh state directory (images
   imported, databases initialised) and again on the kept state directory (a restart).
 - idle memory: RSS of every recorded component (its whole process group), after a settle time.
@@ -65,19 +69,30 @@ def cold_build(versions: Versions) -> dict[str, Any]:
         for root, dirs, _ in os.walk(tmp):
             for d in dirs:
                 os.chmod(os.path.join(root, d), 0o755)  # noqa: S103  (our temp dir)
-    return {"mode": "cold (empty Go module and build caches)", "total_s": round(seconds, 1)}
+    return {"build_source": "measured-cold",
+            "mode": "cold (empty Go module and build caches), measured by this run",
+            "total_s": round(seconds, 1)}
 
 
 def recorded_build(versions: Versions) -> dict[str, Any]:
     root = toolchain.cache_root()
     per: dict[str, Any] = {}
+    built_at: dict[str, Any] = {}
+    missing = []
     for name in ("kubernetes", "etcd", "kine"):
         c = toolchain.components(versions)[name]
         stamp = c.directory(root) / toolchain.STAMP
         if stamp.exists():
             data = json.loads(stamp.read_text())
             per[name] = float(data.get("seconds", "nan"))
-    return {"mode": "as recorded when the cache was filled (may have had warm Go caches)",
+            built_at[name] = data.get("built")
+        else:
+            missing.append(name)
+    return {"build_source": "cache-stamp" if per else "none",
+            "mode": "not measured by this run: the durations recorded in the cache stamps when "
+                    "the binaries were built (may have had warm Go caches); "
+                    "`make bench-cold` measures a cold build",
+            "stamps": str(root / "bin"), "built_at": built_at, "without_stamp": missing,
             "per_component_s": per, "total_s": round(sum(per.values()), 1)}
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 from haku import __version__
 from haku.dev import packages, toolchain
-from haku.dev.cluster import DevCluster, DevClusterError, Report
+from haku.dev.cluster import DevCluster, Report
 from haku.dev.datastores import read_connections
 from haku.dev.layout import Layout, default_state_dir
-from haku.dev.processes import ComponentFailed
-from haku.dev.versions import VersionError, Versions
+from haku.dev.versions import Versions
 from haku.dev.worker_config import WorkerError
+from haku.dev.worker_net import WorkerNetError
+from haku.errors import HakuError, command_line, describe_duration, output_tail
 
 
 def _layout(args: argparse.Namespace) -> Layout:
@@ -463,6 +465,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_error(e: subprocess.CalledProcessError | subprocess.TimeoutExpired) -> str:
+    """The one line for an external command that failed where no clearer error was raised."""
+    tail = output_tail(e.stderr or e.output)
+    detail = f": {tail}" if tail else ""
+    if isinstance(e, subprocess.TimeoutExpired):
+        what = f"did not finish within {describe_duration(e.timeout)}"
+    else:
+        what = f"failed (exit {e.returncode})"
+    return (f"`{command_line(e.cmd)}` {what}{detail}; fix what it reports (missing packages: "
+            "`make deps`), then run this again")
+
+
 def main(argv: list[str] | None = None) -> int:
     from lightkube import ApiError
 
@@ -470,9 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.fn(args)
         return code
-    except (DevClusterError, ComponentFailed, toolchain.ToolchainError, VersionError,
-            packages.MissingPackages, PermissionError, LookupError, TimeoutError) as e:
+    except (HakuError, WorkerError, WorkerNetError, PermissionError, LookupError,
+            TimeoutError) as e:
         print(f"haku: {e}", file=sys.stderr)
+        return 1
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        if args.command != "dev":
+            raise
+        print(f"haku: {_command_error(e)}", file=sys.stderr)
         return 1
     except ApiError as e:
         print(f"haku: {e.status.message}", file=sys.stderr)

@@ -84,10 +84,12 @@ def test_etcd_identity_is_the_client_certificates_cn(
         assert unknown.returncode != 0
         assert "user name not found" in unknown.stderr or "permission denied" in unknown.stderr
         # A certificate from another CA is refused at the TLS handshake, even with CN=root.
-        assert as_(forged, "get", "/tenant-a/registry/x").returncode != 0
-        # No certificate at all: refused.
-        anonymous = _etcdctl(node_cluster, endpoint, "get", "/tenant-a/registry/x", ca=ca)
-        assert anonymous.returncode != 0
+        forged_get = as_(forged, "get", "/tenant-a/registry/x", "--print-value-only")
+        assert forged_get.returncode != 0 and forged_get.stdout == "", forged_get.stdout
+        # No certificate at all: refused, nothing read.
+        anonymous = _etcdctl(node_cluster, endpoint, "get", "/tenant-a/registry/x",
+                             "--print-value-only", ca=ca)
+        assert anonymous.returncode != 0 and anonymous.stdout == "", anonymous.stdout
     finally:
         root("del", "--prefix", "/tenant-a/")
         root("user", "delete", "tenant-a")

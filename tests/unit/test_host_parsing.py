@@ -1,7 +1,10 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from haku.dev import host
+from haku.errors import HakuError
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -81,3 +84,12 @@ def test_netns_are_matched_to_the_bridge_by_netnsid() -> None:
     ])
     assert host.netns_attached_to("haku-cni0", links, namespaces) == ["cni-a", "cni-c"]
     assert host.netns_attached_to("haku-cni0", "", "") == []
+
+
+def test_a_host_command_that_hangs_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "RUN_TIMEOUT", 0.3)
+    with pytest.raises(HakuError, match=r"^sleep 30 did not finish within 0\.3 s and was "
+                       r"stopped: something on the host holds it"):
+        host.run(["sleep", "30"], check=False)
+    with pytest.raises(host.HostError, match=r"^sh -c echo nope >&2; exit 2 failed: nope$"):
+        host.run(["sh", "-c", "echo nope >&2; exit 2"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from haku.dev import config, datastores, host, https, images, packages, toolchai
 from haku.dev.layout import STATE_FORMAT, Layout
 from haku.dev.processes import ProcessSpec, Supervisor
 from haku.dev.versions import Versions
+from haku.errors import HakuError
 from haku.render import kubeconfig, pki
 
 OPERATOR = "haku-operator"
@@ -43,7 +45,7 @@ STOP_ORDER = (
 )
 
 
-class DevClusterError(RuntimeError):
+class DevClusterError(HakuError):
     """A problem the user must act on; the message says what to do."""
 
 
@@ -173,8 +175,9 @@ class DevCluster:
         if state.get("kubernetes") != self.versions.kubernetes:
             raise DevClusterError(
                 f"{d} holds a Kubernetes {state.get('kubernetes')} cluster and this is "
-                f"{self.versions.kubernetes}: run `haku dev down --purge --state-dir {d}` to "
-                "delete it, or choose another --state-dir"
+                f"{self.versions.kubernetes}: pass --kubernetes-version "
+                f"{state.get('kubernetes')} to keep using it, run `haku dev down --purge "
+                f"--state-dir {d}` to delete it, or choose another --state-dir"
             )
         return state
 
@@ -204,6 +207,9 @@ class DevCluster:
         lay = self.layout
         if os.geteuid() != 0:
             raise DevClusterError("haku dev up needs root: it creates bridges and runs a kubelet")
+        # Before the state directory's checks: a Kubernetes version that does not exist must be
+        # reported as such, not as "delete the cluster you have". Free when it is cached.
+        toolchain.check_available(["kubernetes"], self.versions, self.cache)
         state = self._check_state_dir()
         if lay.node or lay.datastores:
             packages.check()
@@ -217,9 +223,8 @@ class DevCluster:
         for d in (lay.state_dir, lay.logs, lay.pids):
             d.mkdir(parents=True, exist_ok=True)
         lay.state_dir.chmod(0o755)
-        baseline = (state or {}).get("baseline_chains")
-        if baseline is None or nothing_running:
-            baseline = sorted(host.kube_chains()) if lay.node else []
+        baseline = _chain_baseline((state or {}).get("baseline_chains"), nothing_running,
+                                   host.kube_chains() if lay.node else set())
         self._write_state(baseline)
         self._timed(report, "certificates and kubeconfigs", self._ensure_pki)
         if lay.node:
@@ -362,6 +367,7 @@ class DevCluster:
         k8s, lay = self.bins["kubernetes"], self.layout
         _write(lay.state_dir / "kubelet.yaml", config.dump_yaml(config.kubelet_config(lay)), 0o644)
         (lay.kubelet_dir / "pki").mkdir(parents=True, exist_ok=True)
+        host.ensure_cgroup(lay.pods_cgroup)
         # Heartbeats carry whole seconds: allow for the truncation.
         since = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
         _, started = self.supervisor.start(
@@ -404,6 +410,10 @@ class DevCluster:
                 for r in worker.remove_all(lay) if r.name != "(host)"]
         recorded = {r.name for r in self.supervisor.records()}
         netns = host.pod_netns(lay.cni_bridge) if lay.node else []
+        if lay.node and self.supervisor.running(CONTAINERD):
+            # Also the namespaces of sandboxes already torn down (veth gone, file left).
+            _, sandboxes = worker.sandbox_netns(lay.containerd_socket)
+            netns = sorted(set(netns) | {ns for ns in sandboxes if host.netns_exists(ns)})
         kube_proxy = self.supervisor.record(KUBE_PROXY)
         for name in STOP_ORDER:
             if name not in recorded:
@@ -418,20 +428,25 @@ class DevCluster:
                 result.stopped.append(name)
         if lay.node:
             result.killed_leftovers = self._kill_leftovers()
-            if kube_proxy and Path(kube_proxy.argv[0]).exists():
+            # kube-proxy --cleanup removes every kube-proxy rule on the host: only when no
+            # other kube-proxy runs here (ours are gone, workers' too).
+            if kube_proxy and Path(kube_proxy.argv[0]).exists() \
+                    and not _kube_proxy_running():
                 subprocess.run([kube_proxy.argv[0], "--cleanup"], capture_output=True,
-                               check=False)
+                               check=False, timeout=60)
             result.unmounted = host.unmount_under([lay.state_dir])
             for ns in netns:
-                host.delete_netns(ns)
-                result.netns.append(ns)
+                if host.netns_exists(ns):
+                    host.delete_netns(ns)
+                    result.netns.append(ns)
             for link in (lay.cni_bridge, lay.node_bridge):
                 if host.delete_link(link):
                     result.links.append(link)
             baseline = {tuple(c) for c in state.get("baseline_chains", [])}
-            ours = sorted(c for c in host.kube_chains() if c not in baseline)
+            ours = sorted(c for c in host.kube_chains()
+                          if c not in baseline and kubernetes_chain(c[2]))
             result.chains = host.remove_chains(ours)
-            result.cgroups = host.remove_cgroups("kubepods")
+            result.cgroups = host.remove_cgroups(lay.pods_cgroup)
             _remove_cni_cache(lay.cni_network)
         else:
             result.unmounted = host.unmount_under([lay.state_dir])
@@ -447,13 +462,13 @@ class DevCluster:
             subprocess.run([*ctr, "tasks", "kill", "-s", "SIGKILL", task], capture_output=True,
                            check=False, timeout=30)
         deadline = time.monotonic() + 10
-        while host.cgroup_pids("kubepods") and time.monotonic() < deadline:
+        while host.cgroup_pids(self.layout.pods_cgroup) and time.monotonic() < deadline:
             time.sleep(0.2)
 
     def _kill_leftovers(self) -> list[int]:
         """Container processes and shims that outlived containerd: ours by cgroup or socket."""
         socket = str(self.layout.containerd_socket)
-        victims = set(host.cgroup_pids("kubepods"))
+        victims = set(host.cgroup_pids(self.layout.pods_cgroup))
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -517,6 +532,55 @@ def _descends_from(pid: int, ancestors: set[int]) -> bool:
         if pid <= 1:
             return False
     return False
+
+
+# The chains kubelet and kube-proxy (iptables mode) create: fixed names, and per-Service ones
+# made of a prefix and a 16-character hash. ``down`` removes only these (and only those that
+# were not there before ``up``): a KUBE-* chain of some other tool is left alone.
+KUBERNETES_CHAINS = frozenset({
+    "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ", "KUBE-MARK-DROP", "KUBE-FORWARD", "KUBE-FIREWALL", "KUBE-PROXY-FIREWALL",
+    "KUBE-PROXY-CANARY", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT",
+})
+KUBERNETES_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-")
+
+
+def kubernetes_chain(name: str) -> bool:
+    """Whether ``name`` is a chain kubelet or kube-proxy makes."""
+    if name in KUBERNETES_CHAINS:
+        return True
+    return any(re.fullmatch(re.escape(prefix) + "[A-Z0-9]{16}", name)
+               for prefix in KUBERNETES_CHAIN_PREFIXES)
+
+
+def _kube_proxy_running() -> bool:
+    """Whether any kube-proxy process runs on this host."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if Path(argv0.decode(errors="replace")).name == "kube-proxy":
+            return True
+    return False
+
+
+def _chain_baseline(recorded: list[Any] | None, nothing_running: bool,
+                    now: set[host.Chain]) -> list[Any]:
+    """The chains that were on the host before Haku's first ``up``.
+
+    A recorded baseline is kept across restarts (chains an earlier, failed ``down`` left are
+    still Haku's, so the next ``down`` removes them); only chains gone since are dropped from
+    it. With no record, it is what is there now.
+    """
+    if recorded is None:
+        return sorted(now)
+    kept = {tuple(c) for c in recorded}
+    if nothing_running:
+        kept &= now
+    return sorted(kept)
 
 
 def _remove_cni_cache(network: str) -> None:

@@ -187,6 +187,7 @@ def kubelet_config(layout: Layout) -> dict[str, Any]:
         "kind": "KubeletConfiguration",
         # Hybrid cgroups and no systemd on these machines.
         "cgroupDriver": "cgroupfs",
+        "cgroupRoot": f"/{layout.pods_cgroup}",  # not the host's /kubepods: down removes it
         "failCgroupV1": False,
         "failSwapOn": False,
         "containerRuntimeEndpoint": f"unix://{layout.containerd_socket}",

@@ -13,16 +13,31 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from haku.errors import HakuError
+
 IPTABLES = ("iptables", "ip6tables")
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw")
 
 
-class HostError(RuntimeError):
-    pass
+class HostError(HakuError):
+    """A host command (ip, iptables, mount, sysctl) that failed."""
+
+
+# ip, iptables, mount and sysctl answer in well under a second; a minute means a hang (an
+# iptables lock held forever, a stuck mount).
+RUN_TIMEOUT = 60.0
 
 
 def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        raise HostError(
+            f"{' '.join(argv)} did not finish within {RUN_TIMEOUT:g} s and was stopped: "
+            "something on the host holds it (an iptables lock, a stuck mount); find it with "
+            "`ps -ef`, then run this again"
+        ) from e
     if check and result.returncode != 0:
         raise HostError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout}")
     return result

@@ -30,6 +30,15 @@ from haku.dev.versions import (
     etcd_image_tag,
     kube_proxy_image_name,
 )
+from haku.errors import CommandFailed, CommandTimedOut, HakuError, output_tail
+
+# Timeouts of the commands below. An import of the largest archive (kube-apiserver, ~90 MB)
+# takes about a second here; minutes mean containerd is stuck.
+CTR_IMPORT_TIMEOUT = 5 * 60.0
+CTR_LIST_TIMEOUT = 60.0
+GCC_TIMEOUT = 5 * 60.0
+CTR_HINT = ("containerd is not answering: see its log (<state>/logs/containerd.log), "
+            "then run `haku dev down` and `haku dev up`")
 
 BUSYBOX_APPLETS = (
     "sh", "ls", "cat", "echo", "sleep", "ps", "id", "hostname", "ip", "wget", "nslookup",
@@ -68,7 +77,7 @@ KUBE_PROXY_ETC = ("/etc/protocols",)
 XTABLES_LOCK = "/run/xtables.lock"
 
 
-class ImageBuildError(RuntimeError):
+class ImageBuildError(HakuError):
     """An image whose inputs are missing or broken on this host."""
 
 
@@ -318,10 +327,18 @@ def build_pause(cache: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     src = out.parent / "pause.c"
     src.write_bytes(source)
-    subprocess.run(
-        ["gcc", "-static", "-Os", "-s", "-o", str(out.with_suffix(".tmp")), str(src)],
-        check=True, capture_output=True,
-    )
+    argv = ["gcc", "-static", "-Os", "-s", "-o", str(out.with_suffix(".tmp")), str(src)]
+    hint = "gcc and libc6-dev (static libc) are needed: run `make deps`, then run this again"
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                timeout=GCC_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        raise CommandTimedOut("gcc (the pause image)", GCC_TIMEOUT, e.stderr, hint) from e
+    except FileNotFoundError as e:
+        raise ImageBuildError(f"gcc is not installed (it builds the pause image): {hint}") from e
+    if result.returncode != 0:
+        raise CommandFailed("gcc -static pause.c (the pause image)", result.returncode,
+                            result.stderr or result.stdout, hint)
     out.with_suffix(".tmp").rename(out)
     return out
 
@@ -385,17 +402,29 @@ def parse_ctr_images(text: str) -> dict[str, str]:
 def import_images(images: list[BuiltImage], socket: Path) -> list[str]:
     """Import each archive into containerd's k8s.io namespace unless it is there already."""
     ctr = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
-    listed = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True, check=True)
-    present = parse_ctr_images(listed.stdout)
+    listed = _ctr([*ctr, "images", "ls"], "ctr images ls", CTR_LIST_TIMEOUT)
+    present = parse_ctr_images(listed)
     imported = []
     for image in images:
         if present.get(image.name) == image.digest:
             continue
-        result = subprocess.run(
-            [*ctr, "images", "import", str(image.archive)],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"importing {image.name} failed: {result.stderr.strip()}")
+        _ctr([*ctr, "images", "import", str(image.archive)],
+             f"ctr images import {image.archive} ({image.name})", CTR_IMPORT_TIMEOUT)
         imported.append(image.name)
     return imported
+
+
+def _ctr(argv: list[str], what: str, timeout: float) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise CommandTimedOut(what, timeout, e.stderr, CTR_HINT) from e
+    except FileNotFoundError as e:
+        raise ImageBuildError(f"{what}: ctr is not installed (package containerd): "
+                              "run `make deps`, then run this again") from e
+    if result.returncode != 0:
+        raise ImageBuildError(
+            f"{what} failed (exit {result.returncode}): "
+            f"{output_tail(result.stderr or result.stdout) or 'no output'}; {CTR_HINT}")
+    return result.stdout

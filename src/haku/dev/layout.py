@@ -126,6 +126,12 @@ class Layout:
         return self.state_dir / "datastores"
 
     @property
+    def pods_cgroup(self) -> str:
+        """The admin kubelet's cgroup root: its pods live under ``/<this>/kubepods`` in every
+        hierarchy, so ``down`` kills and removes exactly those and never another kubelet's."""
+        return f"haku-admin-{self.cni_bridge.removeprefix('haku-')}"
+
+    @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
 

@@ -6,8 +6,20 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from haku.errors import CommandFailed, CommandTimedOut, HakuError
+
+# One apt-get run (update, or install of everything missing). Generous: a slow mirror and
+# PostgreSQL + MariaDB on 2 cores take a few minutes; a quarter of an hour means a hang.
+APT_TIMEOUT = 15 * 60.0
+# Keeps the packages' maintainer scripts from starting system-wide services (postgresql,
+# mariadb) while apt-get installs them; written only when absent, removed afterwards.
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+APT_HINT = "check the network and the apt sources (/etc/apt/sources.list*), then re-run `make deps`"
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,7 @@ REQUIREMENTS = (
 )
 
 
-class MissingPackages(RuntimeError):
+class MissingPackages(HakuError):
     def __init__(self, missing: list[Requirement]) -> None:
         self.missing = missing
         names = " ".join(r.package for r in missing)
@@ -59,35 +71,60 @@ def check() -> None:
         raise MissingPackages(gone)
 
 
-def install(log: Path | None = None) -> list[str]:
-    """apt-get install whatever is missing, without letting the packages start services."""
+def install(log: Path | None = None, progress: Callable[[str], None] | None = None) -> list[str]:
+    """apt-get install whatever is missing, without letting the packages start services.
+
+    apt-get's output is captured (and appended to ``log`` if given); a failure raises
+    :class:`CommandFailed` with its last lines, a run longer than :data:`APT_TIMEOUT`
+    :class:`CommandTimedOut`.
+    """
     gone = missing()
     if not gone:
         return []
     if os.geteuid() != 0:
-        raise PermissionError("installing Debian packages needs root")
+        raise PermissionError("installing Debian packages needs root: run it as root "
+                              "(sudo make deps)")
     names = sorted({r.package for r in gone})
-    policy = Path("/usr/sbin/policy-rc.d")
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    policy = POLICY_RC_D
     ours = not policy.exists()
     if ours:  # keep postgresql/mariadb from starting system-wide services on install
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
     try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        out = log.open("ab") if log else subprocess.DEVNULL
-        try:
-            subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=out,
-                           stderr=subprocess.STDOUT)
-            subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *names],
-                           check=True, env=env, stdout=out, stderr=subprocess.STDOUT)
-        finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
+        say(f"apt-get install {' '.join(names)} (up to {APT_TIMEOUT / 60:g} min)")
+        _apt(["update", "-q"], "apt-get update", log)
+        _apt(["install", "-y", "-q", "--no-install-recommends", *names],
+             f"apt-get install {' '.join(names)}", log)
     finally:
         if ours:
             policy.unlink(missing_ok=True)
     check()
     return names
+
+
+def _apt(args: list[str], what: str, log: Path | None) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        result = subprocess.run(["apt-get", *args], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                timeout=APT_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as e:
+        _append(log, e.output)
+        raise CommandTimedOut(what, APT_TIMEOUT, e.output, APT_HINT) from e
+    except FileNotFoundError as e:
+        raise HakuError(f"{what}: apt-get is not on PATH; this needs a Debian-like system "
+                        "with apt, or install the packages yourself") from e
+    _append(log, result.stdout)
+    if result.returncode != 0:
+        raise CommandFailed(what, result.returncode, result.stdout, APT_HINT)
+
+
+def _append(log: Path | None, output: str | bytes | None) -> None:
+    if log is None or not output:
+        return
+    with log.open("ab") as f:
+        f.write(output.encode() if isinstance(output, str) else output)
 
 
 def postgres_bin() -> Path:

@@ -18,8 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from haku.errors import HakuError
 
-class ComponentFailed(RuntimeError):
+
+class ComponentFailed(HakuError):
     """A component that died or did not become ready, with the tail of its log."""
 
     def __init__(self, name: str, reason: str, log: Path | None) -> None:

@@ -8,10 +8,12 @@ interrupted one is redone rather than trusted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from haku.dev.versions import Versions, parse_semver, staging_version
+from haku.errors import CommandTimedOut, HakuError
 
 KUBERNETES_COMMANDS = (
     "kube-apiserver",
@@ -35,10 +38,31 @@ KUBERNETES_COMMANDS = (
 )
 STAMP = ".haku-built"
 
+# Timeouts, generous: a cold Kubernetes build takes ~8 min on 2 cores, its module download 1-3.
+GO_BUILD_TIMEOUT = 40 * 60.0  # one `go build`
+GO_COMMAND_TIMEOUT = 20 * 60.0  # `go mod download`, `go get`
+GO_LIST_TIMEOUT = 2 * 60.0  # `go list -m -versions`: one request to the module proxy
+GO_HINT = ("check the network and the Go module proxy (GOPROXY, default proxy.golang.org), "
+           "then run it again: finished components stay cached")
+
+# The Go module each component is built from, and how a user picks another version of it.
+MODULES = {
+    "kubernetes": "k8s.io/kubernetes",
+    "etcd": "go.etcd.io/etcd/server/v3",
+    "kine": "github.com/k3s-io/kine",
+    "coredns": "github.com/coredns/coredns",
+}
+VERSION_SETTINGS = {
+    "k8s.io/kubernetes": "pass --kubernetes-version / set HAKU_KUBERNETES_VERSION",
+    "go.etcd.io/etcd/server/v3": "set HAKU_ETCD_VERSION",
+    "github.com/k3s-io/kine": "set HAKU_KINE_VERSION",
+    "github.com/coredns/coredns": "set HAKU_COREDNS_VERSION",
+}
+
 Progress = Callable[[str], None]
 
 
-class ToolchainError(RuntimeError):
+class ToolchainError(HakuError):
     """A build that cannot go on, with a message that says what to do."""
 
 
@@ -162,67 +186,70 @@ class GoBuilder:
             "GOFLAGS": "-mod=mod",
         }
 
+    def _run(self, args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [self.go, *args], cwd=cwd, env=self.env, capture_output=True, text=True,
+                check=False, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise CommandTimedOut(f"go {' '.join(args)}", timeout, e.stderr, GO_HINT) from e
+
     def output(self, args: list[str], cwd: Path) -> str:
-        result = subprocess.run(
-            [self.go, *args], cwd=cwd, env=self.env, capture_output=True, text=True, check=False
-        )
+        result = self._run(args, cwd, GO_COMMAND_TIMEOUT)
         if result.returncode != 0:
             raise ToolchainError(f"go {' '.join(args)} failed:\n{result.stderr.strip()[-3000:]}")
         return result.stdout
 
+    def list_versions(self, module: str, cwd: Path) -> list[str] | None:
+        """The versions the module proxy serves for ``module``; None if it cannot be asked."""
+        try:
+            listing = self._run(["list", "-m", "-versions", module], cwd, GO_LIST_TIMEOUT)
+        except CommandTimedOut:
+            return None
+        if listing.returncode != 0:
+            return None
+        return listing.stdout.split()[1:]
+
+    def unknown_version(self, module: str, version: str, reason: str, cwd: Path) -> ToolchainError:
+        """The error for a version that cannot be fetched: why, and which to pick instead."""
+        return ToolchainError(unknown_version_message(
+            module, version, reason, self.list_versions(module, cwd)))
+
+    def check_version(self, module: str, version: str, cwd: Path) -> None:
+        """``go list -m module@version``: asks the proxy for the version's metadata only."""
+        result = self._run(["list", "-m", "-json", f"{module}@{version}"], cwd, GO_LIST_TIMEOUT)
+        if result.returncode != 0:
+            raise self.unknown_version(module, version, _go_reason(result.stderr), cwd)
+
     def module_info(self, module: str, version: str, cwd: Path) -> dict[str, str]:
         """``go mod download -json``; raises a clear error for a version the proxy lacks."""
-        result = subprocess.run(
-            [self.go, "mod", "download", "-json", f"{module}@{version}"],
-            cwd=cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = self._run(["mod", "download", "-json", f"{module}@{version}"], cwd,
+                           GO_COMMAND_TIMEOUT)
         try:
             info: dict[str, str] = json.loads(result.stdout) if result.stdout.strip() else {}
         except json.JSONDecodeError:
             info = {}
         if result.returncode != 0 or "Error" in info or "GoMod" not in info:
-            reason = info.get("Error") or result.stderr.strip()
-            hint = ""
-            listing = subprocess.run(
-                [self.go, "list", "-m", "-versions", module],
-                cwd=cwd,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if listing.returncode == 0:
-                known = listing.stdout.split()[1:]
-                near = nearest_versions(known, version)
-                if near:
-                    hint = f"; versions the proxy serves include {', '.join(near)}"
-            raise ToolchainError(f"{module}@{version} cannot be fetched ({reason}){hint}")
+            reason = info.get("Error") or _go_reason(result.stderr)
+            raise self.unknown_version(module, version, reason, cwd)
         return info
 
-    def build(self, args: list[str], cwd: Path, label: str) -> None:
-        """``go build -v …`` with a progress line every ``report_every`` seconds."""
+    def build(self, args: list[str], cwd: Path, label: str,
+              timeout: float | None = None) -> None:
+        """``go build -v …`` with a progress line every ``report_every`` seconds.
+
+        Stopped (with go's whole process group) after ``timeout`` seconds (default
+        :data:`GO_BUILD_TIMEOUT`), raising :class:`CommandTimedOut`.
+        """
+        timeout = GO_BUILD_TIMEOUT if timeout is None else timeout
         started = time.monotonic()
         compiled = 0
         last = ""
         tail: list[str] = []
         lock = threading.Lock()
         done = threading.Event()
-
-        def reporter() -> None:
-            while not done.wait(self.report_every):
-                with lock:
-                    elapsed = int(time.monotonic() - started)
-                    self.progress(
-                        f"  {label}: {elapsed // 60}m{elapsed % 60:02d}s, "
-                        f"{compiled} packages compiled (now {last or 'resolving modules'})"
-                    )
-
-        thread = threading.Thread(target=reporter, daemon=True)
-        thread.start()
+        timed_out = threading.Event()
         proc = subprocess.Popen(
             [self.go, "build", "-v", *args],
             cwd=cwd,
@@ -230,23 +257,103 @@ class GoBuilder:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # so a timeout or an interrupt stops go's compilers too
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            with lock:
-                if line and " " not in line:
-                    compiled += 1
-                    last = line
-                tail.append(line)
-                del tail[:-40]
-        code = proc.wait()
-        done.set()
-        thread.join()
+
+        def reporter() -> None:
+            deadline = started + timeout
+            next_report = started + self.report_every
+            while not done.wait(max(0.0, min(next_report, deadline) - time.monotonic())):
+                now = time.monotonic()
+                if now >= deadline:
+                    timed_out.set()
+                    _kill_group(proc)
+                    return
+                if now >= next_report:
+                    next_report += self.report_every
+                    with lock:
+                        elapsed = int(now - started)
+                        self.progress(
+                            f"  {label}: {elapsed // 60}m{elapsed % 60:02d}s, "
+                            f"{compiled} packages compiled (now {last or 'resolving modules'})"
+                        )
+
+        thread = threading.Thread(target=reporter, daemon=True)
+        thread.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                with lock:
+                    if line and " " not in line:
+                        compiled += 1
+                        last = line
+                    tail.append(line)
+                    del tail[:-40]
+            code = proc.wait()
+        finally:
+            done.set()
+            if proc.poll() is None:  # interrupted: do not leave go compiling in the background
+                _kill_group(proc)
+                proc.wait()
+            thread.join()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if timed_out.is_set():
+            raise CommandTimedOut(f"go build of {label}", timeout, "\n".join(tail), GO_HINT)
         if code != 0:
             raise ToolchainError(f"building {label} failed:\n" + "\n".join(tail))
         elapsed = time.monotonic() - started
         self.progress(f"  {label}: built in {elapsed:.0f}s ({compiled} packages compiled)")
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _go_reason(stderr: str) -> str:
+    """go's error, on one line, without its ``go: `` prefix."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return " ".join(lines).removeprefix("go: ")[-600:] or "no output"
+
+
+def unknown_version_message(module: str, version: str, reason: str,
+                            known: list[str] | None) -> str:
+    """What failed, and what to do: the nearest versions the proxy serves and how to pick one."""
+    setting = VERSION_SETTINGS.get(module, "choose another version")
+    near = nearest_versions(known or [], version)
+    if near:
+        hint = (f"; versions the proxy serves include {', '.join(near)}: {setting} to one of "
+                "these")
+    elif known is None:
+        hint = f"; {GO_HINT}, or {setting} to a version the proxy serves"
+    else:
+        hint = f"; {setting} to a version the proxy serves (`go list -m -versions {module}`)"
+    return f"{module}@{version} cannot be fetched ({reason}){hint}"
+
+
+def check_available(
+    names: Iterable[str], versions: Versions | None = None, root: Path | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Fail fast for a version that is neither cached nor served by the module proxy.
+
+    Cached components cost nothing (no go, no network); for the others one small request per
+    component asks the proxy for the version's metadata. Raises :class:`ToolchainError`
+    naming the nearest versions it serves and how to choose one.
+    """
+    versions = versions or Versions.from_env()
+    root = root or cache_root()
+    table = components(versions)
+    builder: GoBuilder | None = None
+    for name in names:
+        c = table[name]
+        if c.is_built(root):
+            continue
+        builder = builder or GoBuilder(progress)
+        with tempfile.TemporaryDirectory(prefix="haku-version-check-") as tmp:
+            builder.check_version(MODULES[name], c.version, Path(tmp))
 
 
 def _finish(component: Component, staging: Path, root: Path, details: dict[str, str]) -> Path:

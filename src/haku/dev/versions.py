@@ -10,6 +10,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from haku.errors import HakuError
+
 KUBERNETES_VERSION = "v1.37.2"
 # The etcd kubeadm 1.37 pins is 3.7.0; kine v0.17.5 requires go.etcd.io/etcd v3.7.3.
 ETCD_VERSION = "v3.7.3"
@@ -24,7 +26,7 @@ OPERATOR_IMAGE_REPOSITORY = "ghcr.io/haku-dev/haku"
 _SEMVER = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 
 
-class VersionError(ValueError):
+class VersionError(HakuError, ValueError):
     """A version string that is not of the form vMAJOR.MINOR.PATCH."""
 
 

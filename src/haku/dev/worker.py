@@ -471,7 +471,7 @@ def _add(layout: Layout, worker: Worker, join: JoinCommand, bins: dict[str, Path
     pause = images.build_pause(cache)
     specs = [s for s in images.image_specs(bins, versions, pause) if s.name in wanted]
     built = images.build_archives(specs, cache)
-    pool = ThreadPoolExecutor(max_workers=1)  # ctr has no timeout of its own
+    pool = ThreadPoolExecutor(max_workers=1)  # a deadline tighter than ctr's own
     try:
         pool.submit(images.import_images, built, paths.containerd_socket).result(
             timeout=timeouts.images)
@@ -728,7 +728,7 @@ def _remove(layout: Layout, index: int, tenant_kubeconfig: dict[str, Any] | None
     pod_namespaces: set[str] = set()
     container_ids: set[str] = set()
     if supervisor.running(containerd_name):
-        container_ids, pod_namespaces = _sandbox_netns(paths.containerd_socket)
+        container_ids, pod_namespaces = sandbox_netns(paths.containerd_socket)
         _kill_tasks(paths.containerd_socket, net.netns)
     if supervisor.stop(containerd_name):
         report.stopped.append("containerd")
@@ -779,8 +779,9 @@ def _ctr(socket: Path, *args: str) -> str:
     return result.stdout if result.returncode == 0 else ""
 
 
-def _sandbox_netns(socket: Path) -> tuple[set[str], set[str]]:
-    """The container ids and pod network namespace names of the worker's containerd."""
+def sandbox_netns(socket: Path) -> tuple[set[str], set[str]]:
+    """The container ids and pod network namespace names a containerd (a worker's, or the
+    admin node's) knows, stopped sandboxes included."""
     found = set()
     ids = set(_ctr(socket, "containers", "ls", "-q").split())
     for cid in ids:

@@ -287,7 +287,7 @@ def kubelet_configuration(downloaded: dict[str, Any], layout: Layout, paths: Wor
     admin = config.kubelet_config(layout)
     conf.update({k: admin[k] for k in VM_KUBELET_KEYS if k in admin})
     conf.update({
-        "cgroupRoot": f"/{net.netns}",  # its pods never mix with the admin's /kubepods
+        "cgroupRoot": f"/{net.netns}",  # its pods never mix with the admin kubelet's
         "containerRuntimeEndpoint": f"unix://{paths.containerd_socket}",
         "resolvConf": str(paths.resolv_conf),
         "podLogsDir": str(paths.pod_logs),
