@@ -53,30 +53,56 @@ class TenantClient:
             return await self._postgres(space)
         return await self._mysql(space)
 
-    async def _etcd(self, key: str) -> str:
+    async def etcdctl(self, *args: str) -> tuple[int, str, str]:
+        """Run etcdctl with the tenant's own certificate: (exit code, stdout, stderr)."""
         import asyncio
 
         from haku.datastore.etcd import EtcdDriver
 
         assert isinstance(self.driver, EtcdDriver)
-        files = self.driver.tenant_connection(self.tenant).files
-        for name, data in files.items():
-            (self.workdir / name).write_bytes(data)
+        if not (self.workdir / "tls.crt").exists():
+            files = self.driver.tenant_connection(self.tenant).files
+            for name, data in files.items():
+                (self.workdir / name).write_bytes(data)
         etcdctl = str(self.cluster.layout.bin / "etcdctl")
         base = [etcdctl, f"--endpoints=https://{self.conn['local_endpoints'][0]}",
                 f"--cacert={self.workdir / 'ca.crt'}", f"--cert={self.workdir / 'tls.crt'}",
                 f"--key={self.workdir / 'tls.key'}", "--command-timeout=5s"]
         proc = await asyncio.create_subprocess_exec(
-            *base, "put", key, "v", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            return err.decode().strip()
-        proc = await asyncio.create_subprocess_exec(
-            *base, "get", key, "--print-value-only", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            *base, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()
-        return "ok" if out.decode().strip() == "v" else err.decode().strip() or "missing"
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode().strip()
+
+    async def _etcd(self, key: str) -> str:
+        rc, _, err = await self.etcdctl("put", key, "v")
+        if rc != 0:
+            return err
+        rc, out, err = await self.etcdctl("get", key, "--print-value-only")
+        return "ok" if out.strip() == "v" else err or "missing"
+
+    async def sql(self, database: str, statements: list[str]) -> None:
+        """Run ``statements`` in ``database`` as the tenant (errors propagate)."""
+        host, port = self.conn["local_endpoints"][0].split(":")
+        _, user = self.driver.physical_names(self.tenant)
+        if self.store == "postgres":
+            async with await psycopg.AsyncConnection.connect(
+                    host=host, port=int(port), user=user, password=self.tenant.password,
+                    dbname=database, sslmode="verify-full", sslrootcert=self.conn["ca_cert"],
+                    autocommit=True, connect_timeout=5) as pg:
+                for statement in statements:
+                    await pg.execute(statement.encode())
+            return
+        ctx = ssl.create_default_context(cafile=self.conn["ca_cert"])
+        my = await aiomysql.connect(host=host, port=int(port), user=user,
+                                    password=self.tenant.password, db=database, ssl=ctx,
+                                    autocommit=True, connect_timeout=5)
+        try:
+            async with my.cursor() as cur:
+                for statement in statements:
+                    await cur.execute(statement)
+        finally:
+            my.close()
 
     async def _postgres(self, database: str) -> str:
         _, role = self.driver.physical_names(self.tenant)

@@ -139,8 +139,25 @@ async def test_a_missing_secret_is_named(client: AsyncClient,
     ({"driver": "etcd", "endpoints": ["127.0.0.1:2379"],
       "tlsConfig": {"certificateAuthority": {"certificate": {"content": b64("x")}}}},
      "an etcd DataStore needs tlsConfig.certificateAuthority.privateKey"),
+    ({"driver": "etcd", "endpoints": ["127.0.0.1:2379"],
+      "tlsConfig": {"certificateAuthority": {"certificate": {"content": b64("x")},
+                                             "privateKey": {"content": b64("k")}}}},
+     "an etcd DataStore needs tlsConfig.clientCertificate"),
+    ({"driver": "etcd", "endpoints": ["127.0.0.1:2379"],
+      "tlsConfig": {"certificateAuthority": {"certificate": {"content": b64("x")}},
+                    "clientCertificate": {"certificate": {"content": b64("c")},
+                                          "privateKey": {"content": b64("k")}}}},
+     "an etcd DataStore needs tlsConfig.certificateAuthority.privateKey"),
     ({"driver": "PostgreSQL", "endpoints": ["127.0.0.1:5432"]},
-     "a MySQL or PostgreSQL DataStore needs basicAuth or tlsConfig"),
+     "MySQL and PostgreSQL DataStores need basicAuth (TLS client-certificate login"),
+    ({"driver": "MySQL", "endpoints": ["127.0.0.1:3306"],
+      "tlsConfig": {"certificateAuthority": {"certificate": {"content": b64("x")}},
+                    "clientCertificate": {"certificate": {"content": b64("c")},
+                                          "privateKey": {"content": b64("k")}}}},
+     "MySQL and PostgreSQL DataStores need basicAuth (TLS client-certificate login"),
+    ({"driver": "PostgreSQL", "endpoints": ["127.0.0.1:5432"],
+      "tlsConfig": {"certificateAuthority": {"certificate": {"content": b64("x")}}}},
+     "MySQL and PostgreSQL DataStores need basicAuth"),
     ({"driver": "NATS", "endpoints": ["127.0.0.1:4222"], "basicAuth": {
         "username": {"content": b64("u")}, "password": {"content": b64("p")}}},
      "the NATS driver is not supported by Haku"),
@@ -168,3 +185,101 @@ async def test_the_driver_is_immutable(client: AsyncClient,
     with pytest.raises(ApiError) as info:
         await client.apply(datastore("ds-imm", changed), force=True)
     assert "driver is immutable" in info.value.status.message
+
+
+@pytest.mark.parametrize("spec", [
+    {"driver": "PostgreSQL", "endpoints": ["127.0.0.1:5432"], "basicAuth": {
+        "username": {"content": b64("u")}, "password": {"content": b64("p")}}},
+    {"driver": "MySQL", "endpoints": ["127.0.0.1:3306"], "basicAuth": {
+        "username": {"content": b64("u")}, "password": {"content": b64("p")}},
+     "tlsConfig": {"certificateAuthority": {"certificate": {"content": b64("x")}}}},
+    {"driver": "etcd", "endpoints": ["127.0.0.1:2379"],
+     "tlsConfig": {"certificateAuthority": {"certificate": {"content": b64("x")},
+                                            "privateKey": {"content": b64("k")}},
+                   "clientCertificate": {"certificate": {"content": b64("c")},
+                                         "privateKey": {"content": b64("k")}}}},
+], ids=["postgres-basicauth", "mysql-basicauth-and-ca", "etcd-complete"])
+async def test_well_formed_datastores_are_admitted(client: AsyncClient,
+                                                   spec: dict[str, Any]) -> None:
+    await client.apply(datastore("ds-good", spec), force=True)
+    stored = (await client.get(DataStore, "ds-good")).to_dict()["spec"]
+    assert stored["driver"] == spec["driver"]
+    await client.delete(DataStore, "ds-good")
+
+
+async def test_a_malformed_ca_turns_ready_false_and_back(
+    client: AsyncClient, datastores_cluster: DevCluster
+) -> None:
+    """A CA that does not parse must not leave an earlier Ready=True standing."""
+    await put_secrets(client, datastores_cluster)
+    specs = {"ds-ca-etcd": etcd_spec(datastores_cluster),
+             "ds-ca-postgres": sql_spec(datastores_cluster, "postgres"),
+             "ds-ca-mariadb": sql_spec(datastores_cluster, "mariadb")}
+    garbage = b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n"
+    for name, spec in specs.items():
+        await client.apply(datastore(name, spec), force=True)
+        assert (await check_datastore(client, name))["ready"] is True, name
+        if spec["driver"] == "etcd":  # the CA comes from the Secret
+            await secret(client, "etcd-ds-bad", {
+                "ca.crt": garbage, "ca.key": b"garbage key"})
+            bad = etcd_spec(datastores_cluster)
+            bad["tlsConfig"]["certificateAuthority"] = {
+                "certificate": ref("etcd-ds-bad", "ca.crt"),
+                "privateKey": ref("etcd-ds-bad", "ca.key")}
+        else:
+            bad = sql_spec(datastores_cluster, name.removeprefix("ds-ca-"))
+            bad["tlsConfig"]["certificateAuthority"]["certificate"] = {
+                "content": b64(garbage)}
+        await client.apply(datastore(name, bad), force=True)
+        status = await check_datastore(client, name)
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidTLSConfig"), (name, ready)
+        assert "certificateAuthority" in ready["message"], ready
+        assert status["ready"] is False
+        stored = (await client.get(DataStore, name)).to_dict()["status"]
+        assert stored["ready"] is False
+        await client.apply(datastore(name, spec), force=True)
+        status = await check_datastore(client, name)
+        assert status["ready"] is True, (name, status["conditions"])
+
+
+async def test_an_unreachable_sql_datastore_is_not_ready_and_recovers(
+    client: AsyncClient, datastores_cluster: DevCluster
+) -> None:
+    await put_secrets(client, datastores_cluster)
+    for store in ("postgres", "mariadb"):
+        name = f"ds-moved-{store}"
+        moved = sql_spec(datastores_cluster, store) | {"endpoints": ["127.0.0.1:9"]}
+        await client.apply(datastore(name, moved), force=True)
+        status = await check_datastore(client, name)
+        ready = status["conditions"][0]
+        assert (ready["status"], ready["reason"]) == ("False", "Unreachable"), ready
+        assert "127.0.0.1" in ready["message"] or "connect" in ready["message"].lower()
+        assert status["ready"] is False
+        await client.apply(datastore(name, sql_spec(datastores_cluster, store)), force=True)
+        status = await check_datastore(client, name)
+        assert status["conditions"][0]["status"] == "True", status["conditions"]
+        assert status["observedGeneration"] == 2
+
+
+async def test_printer_columns_show_driver_ready_tenants_age(
+    client: AsyncClient, datastores_cluster: DevCluster, api_cluster: DevCluster
+) -> None:
+    import asyncio
+
+    await put_secrets(client, datastores_cluster)
+    await client.apply(datastore("ds-cols", sql_spec(datastores_cluster, "mariadb")), force=True)
+    status = await check_datastore(client, "ds-cols")
+    assert status["ready"] is True
+    proc = await asyncio.create_subprocess_exec(
+        str(datastores_cluster.layout.bin / "kubectl"),
+        f"--kubeconfig={api_cluster.layout.admin_kubeconfig}", "get", "datastores", "ds-cols",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    header, row = out.decode().splitlines()
+    assert header.split() == ["NAME", "DRIVER", "READY", "TENANTS", "AGE"]
+    name, driver, ready, tenants, age = row.split()
+    assert (name, driver, ready) == ("ds-cols", "MySQL", "True")
+    assert tenants == str(status["tenantCount"])
+    assert age.endswith(("s", "m")), age  # just created: seconds (or a minute) old

@@ -41,6 +41,23 @@ async def test_each_tenant_reaches_only_its_own_space(
             for key in ("/iso-b/registry/x", "/iso-a0", "/iso-aa/x", "/iso-", "/", "/iso-a"):
                 assert "permission denied" in await as_a.write_read(key), key
             assert "permission denied" in await as_b.write_read("/iso-a/registry/x")
+            # Reads: B's key exists (written above); A asks for it every way it can, and the
+            # other way round. Each read is refused and never returns the other's key.
+            for me, other in ((as_a, "iso-b"), (as_b, "iso-a")):
+                theirs = f"/{other}/registry/x"
+                for args in (["get", theirs], ["get", "--prefix", f"/{other}/"],
+                             ["get", "--prefix", "/iso-"], ["get", "--prefix", "/"],
+                             ["get", "", "--from-key"], ["get", "/", "\xff"],
+                             ["get", "--prefix", f"/{other}/", "--count-only"],
+                             ["get", "--prefix", f"/{other}/", "--keys-only"]):
+                    rc, out, err = await me.etcdctl(*args)
+                    assert rc != 0 and "permission denied" in err, (me.tenant.schema, args,
+                                                                     out, err)
+                    assert theirs not in out, (me.tenant.schema, args, out)
+            # Each still reads its own key, so the refusals above are about the other's.
+            for me, own in ((as_a, "/iso-a/registry/x"), (as_b, "/iso-b/registry/x")):
+                rc, out, _ = await me.etcdctl("get", "--prefix", own.rsplit("/", 1)[0] + "/")
+                assert rc == 0 and own in out
         else:
             own_a, _ = driver.physical_names(A)
             own_b, _ = driver.physical_names(B)
@@ -51,7 +68,8 @@ async def test_each_tenant_reaches_only_its_own_space(
                 assert refusal != "ok", other
                 if other == own_b:
                     assert ("CONNECT privilege" in refusal or "Access denied" in refusal), refusal
-            assert await as_b.write_read(own_a) != "ok"
+            refusal = await as_b.write_read(own_a)
+            assert "CONNECT privilege" in refusal or "Access denied" in refusal, refusal
     finally:
         for t in (A, B):
             await driver.delete_tenant(t)

@@ -121,3 +121,139 @@ async def test_wrong_credentials_are_named_as_such(datastores_cluster: DevCluste
             await d.check()
     finally:
         await d.close()
+
+
+# ---------------------------------------------------------------- reserved names
+
+async def server_state(driver: Driver) -> object:
+    """Accounts, roles, grants and spaces of the whole server, read as the admin."""
+    from haku.datastore.etcd import EtcdDriver
+    from haku.datastore.mysql import MySQLDriver
+    from haku.datastore.postgres import PostgresDriver
+
+    if isinstance(driver, EtcdDriver):
+        from aetcd import rpc
+
+        users = (await driver.auth.UserList(rpc.AuthUserListRequest())).users
+        roles = (await driver.auth.RoleList(rpc.AuthRoleListRequest())).roles
+        return (
+            {u: sorted((await driver.auth.UserGet(rpc.AuthUserGetRequest(name=u))).roles)
+             for u in users},
+            {r: sorted((p.key, p.range_end, p.permType) for p in
+                       (await driver.auth.RoleGet(rpc.AuthRoleGetRequest(role=r))).perm)
+             for r in roles})
+    if isinstance(driver, PostgresDriver):
+        from psycopg import sql
+
+        return await driver._run("state", [
+            (sql.SQL("SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolcanlogin, "
+                     "rolvaliduntil FROM pg_roles ORDER BY 1"), ()),
+            (sql.SQL("SELECT datname, datdba, datacl::text, "
+                     "shobj_description(oid, 'pg_database') FROM pg_database ORDER BY 1"), ()),
+        ])
+    assert isinstance(driver, MySQLDriver)
+    return await driver._run("state", [
+        ("SELECT User, Host, authentication_string FROM mysql.user ORDER BY 1, 2", ()),
+        ("SELECT Host, Db, User FROM mysql.db ORDER BY 1, 2, 3", ()),
+        ("SHOW DATABASES", ()),
+    ])
+
+
+def reserved_cases(driver: Driver) -> list[tuple[str, str]]:
+    """(schema, user) pairs that name the server's own spaces or accounts."""
+    from haku.datastore.etcd import EtcdDriver
+    from haku.datastore.postgres import PostgresDriver
+
+    ok = "rsv-ok"
+    if isinstance(driver, EtcdDriver):
+        return [("root", ok), (ok, "root"), (ok, driver.admin_user)]
+    admin = driver.settings.username  # type: ignore[attr-defined]
+    if isinstance(driver, PostgresDriver):
+        return [("postgres", ok), ("template0", ok), ("template1", ok), (ok, "postgres"),
+                (ok, admin), (ok, "pg_monitor"), (ok, "pg_read_all_data"), (ok, "pg_anything")]
+    return [("mysql", ok), ("sys", ok), ("information_schema", ok), ("performance_schema", ok),
+            ("haku_meta", ok), ("MySQL", ok), ("Information_Schema", ok), (ok, admin),
+            (ok, "root"), (ok, "mysql.sys"), (ok, "mariadb.sys"), (ok, "mysql.session"),
+            (ok, "mysql.infoschema")]
+
+
+async def test_reserved_names_are_refused_before_any_statement(driver: Driver) -> None:
+    cases = reserved_cases(driver)
+    before = await server_state(driver)
+    for schema, user in cases:
+        tenant = Tenant(schema, user, "reservedpw012345")
+        for operation in (driver.ensure_tenant, driver.delete_tenant, driver.usage):
+            with pytest.raises(InvalidName, match="is reserved"):
+                await operation(tenant)  # type: ignore[operator]
+    assert await server_state(driver) == before
+    await driver.check()  # Haku's own identity still works
+
+
+# ---------------------------------------------------------------- MySQL grant wildcards
+
+async def test_mysql_grants_cover_exactly_one_database(
+    datastores_cluster: DevCluster, tmp_path: Path
+) -> None:
+    """In GRANT, ``_`` and ``%`` are wildcards: unescaped, ``w_x`` would also reach ``wax``
+    and a schema of underscores every database of that length."""
+    driver = open_driver(settings_for(datastores_cluster, "mariadb"))
+    names = ["w_x", "wax", "___", "w%x", "w1x"]
+    tenants = {n: Tenant(n, f"wild{i}", f"wildpw{i}0123456789") for i, n in enumerate(names)}
+    try:
+        for t in tenants.values():
+            await driver.delete_tenant(t)
+            await driver.ensure_tenant(t)
+        databases = {n: driver.physical_names(t)[0] for n, t in tenants.items()}
+        assert databases["w_x"] == "w_x" and databases["___"] == "___"
+        for n, t in tenants.items():
+            client = TenantClient(datastores_cluster, "mariadb", driver, t, tmp_path)
+            assert await client.write_read(databases[n]) == "ok", n
+            for other, db in databases.items():
+                if other == n:
+                    continue
+                refusal = await client.write_read(db)
+                assert "Access denied" in refusal, (n, other, refusal)
+    finally:
+        for t in tenants.values():
+            await driver.delete_tenant(t)
+        await driver.close()
+
+
+async def test_a_mysql_password_kine_cannot_carry_is_refused_before_any_statement(
+    datastores_cluster: DevCluster
+) -> None:
+    from haku.datastore.base import DataStoreError
+
+    driver = open_driver(settings_for(datastores_cluster, "mariadb"))
+    try:
+        before = await server_state(driver)
+        with pytest.raises(DataStoreError, match="kine's DSN"):
+            await driver.ensure_tenant(Tenant("dsn-pw", "dsn-pw", "pass@word/x"))
+        assert await server_state(driver) == before
+    finally:
+        await driver.close()
+
+
+async def test_ensure_revokes_a_wildcard_grant_left_by_an_earlier_haku(
+    datastores_cluster: DevCluster
+) -> None:
+    """Tenants provisioned before the escaping hold a grant on the unescaped name, which is a
+    wildcard; the next ensure revokes it and keeps only the exact one."""
+    from haku.datastore.mysql import MySQLDriver, quote_identifier
+
+    driver = open_driver(settings_for(datastores_cluster, "mariadb"))
+    assert isinstance(driver, MySQLDriver)
+    tenant = Tenant("lg_x", "lg_x", "legacypw01234567")
+    grants = "SELECT Db FROM mysql.db WHERE User = 'lg_x' ORDER BY Db"
+    try:
+        await driver.ensure_tenant(tenant)
+        await driver._run("legacy", [(f"GRANT SELECT ON {quote_identifier('lg_x')}.* TO "
+                                      "'lg_x'@'%'", ())])  # no parameters: % is literal
+        (rows,) = await driver._run("grants", [(grants, ())])
+        assert sorted(r[0] for r in rows) == ["lg\\_x", "lg_x"]
+        await driver.ensure_tenant(tenant)
+        (rows,) = await driver._run("grants", [(grants, ())])
+        assert [r[0] for r in rows] == ["lg\\_x"]
+    finally:
+        await driver.delete_tenant(tenant)
+        await driver.close()

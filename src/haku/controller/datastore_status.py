@@ -8,6 +8,7 @@ that calls this on every change and resync comes with the operator.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,18 @@ from haku.datastore import DataStoreError, Driver, open_driver
 from haku.datastore.settings import resolve
 
 CHECK_TIMEOUT = 20.0
+
+
+def _is_tls_config_error(e: Exception) -> bool:
+    """Certificate or key material that does not parse (the drivers check it first and raise
+    InvalidTLSConfig; this catches what a client library finds on its own)."""
+    if isinstance(e, ssl.SSLError | UnicodeError):
+        return True
+    if type(e).__module__.startswith(("cryptography", "OpenSSL")):
+        return True
+    text = str(e).lower()
+    return isinstance(e, ValueError) and any(
+        word in text for word in ("cert", "pem", "key", "asn1", "x509"))
 
 
 async def probe(obj: dict[str, Any], client: AsyncClient) -> tuple[conditions.Condition,
@@ -40,6 +53,12 @@ async def probe(obj: dict[str, Any], client: AsyncClient) -> tuple[conditions.Co
         return conditions.Condition("Ready", "False", "InvalidSpec", str(e)), None, None
     except DataStoreError as e:
         return conditions.Condition("Ready", "False", e.reason, str(e)), None, None
+    except Exception as e:  # not BaseException: cancellation propagates
+        # Whatever a client library raises while building or checking a driver must not
+        # leave an earlier Ready=True standing.
+        reason = "InvalidTLSConfig" if _is_tls_config_error(e) else "Error"
+        return (conditions.Condition("Ready", "False", reason,
+                                     f"{type(e).__name__}: {e}"[:2000]), None, None)
     finally:
         if driver is not None:
             await driver.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +48,12 @@ class InsecureConfiguration(DataStoreError):
 
 class InvalidName(DataStoreError, ValueError):
     reason = "InvalidName"
+
+
+class InvalidTLSConfig(DataStoreError, ValueError):
+    """A certificate or key of the DataStore cannot be parsed (not PEM, wrong kind, garbage)."""
+
+    reason = "InvalidTLSConfig"
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,22 @@ def validate_logical_name(name: str, what: str) -> None:
         raise InvalidName(f"the tenant {what} is {len(name)} characters long; the limit is 253")
 
 
+def refuse_reserved(physical: str, logical: str, what: str, reserved: Iterable[str],
+                    prefixes: tuple[str, ...] = (), casefold: bool = False) -> None:
+    """Raise :class:`InvalidName` if ``physical`` (the backend name of the tenant's ``what``,
+    e.g. "PostgreSQL database") is one of the ``reserved`` names of the backend (its admin
+    identity or system spaces) or starts with one of ``prefixes``. Drivers call this from
+    ``physical_names``, so it runs before any statement of ensure, delete or usage."""
+    fold = str.casefold if casefold else str
+    hit = fold(physical) in {fold(r) for r in reserved} or fold(physical).startswith(
+        tuple(fold(p) for p in prefixes))
+    if hit:
+        shown = f"{logical!r}" if logical == physical else f"{logical!r} (stored as {physical!r})"
+        raise InvalidName(
+            f"the tenant {what} {shown} is reserved: it would reach the datastore's own "
+            "administrator or system data; choose another name")
+
+
 def physical_name(name: str, limit: int, allowed: re.Pattern[str]) -> str:
     """``name`` itself if ``allowed`` matches it whole and it fits ``limit`` bytes, else a
     stable derived name: the allowed characters of ``name`` (others become ``_``), cut to
@@ -138,6 +160,31 @@ def physical_name(name: str, limit: int, allowed: re.Pattern[str]) -> str:
     keep = "".join(c if allowed.fullmatch(c) else "_" for c in name)
     keep = keep.encode()[: limit - 11].decode(errors="ignore").rstrip("_") or "t"
     return f"{keep}-{digest}"
+
+
+def check_tls_material(ca_cert: bytes | None = None, ca_key: bytes | None = None,
+                       client_cert: bytes | None = None, client_key: bytes | None = None
+                       ) -> None:
+    """Parse every PEM the DataStore gives, before a client library sees it: a malformed one
+    raises :class:`InvalidTLSConfig` naming the field, not a library error halfway through."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    fields = (("tlsConfig.certificateAuthority.certificate", ca_cert, True),
+              ("tlsConfig.certificateAuthority.privateKey", ca_key, False),
+              ("tlsConfig.clientCertificate.certificate", client_cert, True),
+              ("tlsConfig.clientCertificate.privateKey", client_key, False))
+    for where, data, is_cert in fields:
+        if data is None:
+            continue
+        try:
+            if is_cert:
+                x509.load_pem_x509_certificates(data)
+            else:
+                serialization.load_pem_private_key(data, password=None)
+        except Exception as e:  # ValueError, TypeError, UnsupportedAlgorithm
+            kind = "PEM certificate" if is_cert else "unencrypted PEM private key"
+            raise InvalidTLSConfig(f"{where} is not a valid {kind}: {e}") from e
 
 
 class PrivateFiles:

@@ -4,6 +4,8 @@ The tenant's user has no password: etcd (``--client-cert-auth``) takes the CN of
 certificate as the user, and Haku signs that certificate with the DataStore's CA. The role
 grants readwrite on ``/<schema>/`` (the trailing slash keeps ``/a`` from covering ``/aa``).
 Haku itself connects with the DataStore's client certificate (normally the ``root`` user).
+A tenant whose user or role would be ``root`` or that administrator is refused before any
+request: granting the ``root`` role to a tenant user would make it an administrator.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
     InsecureConfiguration,
+    InvalidTLSConfig,
     PermissionDenied,
     Tenant,
     TenantConnection,
     TLSFailure,
     Unreachable,
     Usage,
+    check_tls_material,
     physical_name,
+    refuse_reserved,
 )
 from haku.datastore.settings import Settings
 from haku.render import pki
@@ -40,6 +45,7 @@ TIMEOUT = 10.0
 PAGE = 1000
 RETRYABLE = "revision of auth store is old"
 RETRIES = 8
+RESERVED = ("root",)  # etcd's administrator user and role
 
 
 def prefix_of(schema: str) -> bytes:
@@ -94,8 +100,17 @@ class EtcdDriver:
             raise DataStoreError(
                 f"DataStore {settings.name}: etcd needs the CA certificate and key and a "
                 "client certificate and key")
+        check_tls_material(settings.ca_cert, settings.ca_key, settings.client_cert,
+                           settings.client_key)
         self.settings = settings
         self.ca = pki.KeyPair(settings.ca_cert, settings.ca_key)
+        # Haku's own etcd user: the CN of the DataStore's client certificate.
+        try:
+            self.admin_user = pki.common_name(pki.KeyPair(settings.client_cert,
+                                                          settings.client_key))
+        except IndexError as e:
+            raise InvalidTLSConfig("tlsConfig.clientCertificate.certificate has no CN (etcd "
+                                   "takes the user from it)") from e
         target, authority = _target(settings.endpoints)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=settings.ca_cert,
@@ -131,8 +146,14 @@ class EtcdDriver:
     # ------------------------------------------------------------------ names
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:
-        return (physical_name(tenant.schema, SCHEMA_LIMIT, SCHEMA_CHARS),
-                physical_name(tenant.user, USER_LIMIT, USER_CHARS))
+        """(schema, user): the schema is also the role's name. :class:`InvalidName` for
+        ``root`` and Haku's own user (checked before any request)."""
+        schema = physical_name(tenant.schema, SCHEMA_LIMIT, SCHEMA_CHARS)
+        user = physical_name(tenant.user, USER_LIMIT, USER_CHARS)
+        reserved = (*RESERVED, self.admin_user)
+        refuse_reserved(schema, tenant.schema, "schema (etcd role)", reserved)
+        refuse_reserved(user, tenant.user, "user (etcd user)", reserved)
+        return schema, user
 
     # ------------------------------------------------------------------ operations
 

@@ -1,10 +1,15 @@
-"""MySQL / MariaDB: one database and one user per tenant, reached by kine.
+"""MySQL / MariaDB (MySQL protocol): one database and one user per tenant, reached by kine.
 
 Account names and passwords travel as string literals escaped by PyMySQL (it honours
-NO_BACKSLASH_ESCAPES); database names are backtick-quoted identifiers. User names are kept
-within MySQL's 32-character limit, and to characters kine's DSN parser takes literally, by
-stable derived names. The server has no per-database comments on MySQL 8, so Haku records its
-tenants in a bookkeeping table, ``haku_meta.tenants``, that tenants cannot read.
+NO_BACKSLASH_ESCAPES); database names are backtick-quoted identifiers. In GRANT and REVOKE
+the server reads ``_`` and ``%`` in a database name as wildcards (```w_x`.*`` would also cover
+``wax``), so there they are escaped (``w\\_x``); CREATE and DROP take the name literally.
+User names are kept within MySQL's 32-character limit, and to characters kine's DSN parser
+takes literally, by stable derived names. MySQL 8 has no per-database comments, so Haku
+records its tenants in a bookkeeping table, ``haku_meta.tenants``; tenants are granted nothing
+on ``haku_meta`` (the isolation test checks that a tenant cannot open it). Names that would
+reach the server's own databases or accounts are refused (:data:`RESERVED_DATABASES`,
+:data:`RESERVED_USERS`). Only MariaDB is tested.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from haku.datastore.base import (
     TLSFailure,
     Unreachable,
     Usage,
+    check_tls_material,
     physical_name,
+    refuse_reserved,
 )
 from haku.datastore.settings import Settings
 
@@ -41,12 +48,31 @@ META = "haku_meta"
 PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX"
 DSN_UNSAFE = re.compile(r"[@/:?\s]")
 CONNECT_TIMEOUT = 10
+RESERVED_DATABASES = ("mysql", "sys", "information_schema", "performance_schema", META)
+RESERVED_USERS = ("root", "mysql.sys", "mariadb.sys", "mysql.session", "mysql.infoschema",
+                  "PUBLIC")
 
 
 def quote_identifier(name: str) -> str:
     if "\0" in name:
         raise DataStoreError("MySQL identifiers cannot hold NUL")
     return "`" + name.replace("`", "``") + "`"
+
+
+def grant_identifier(database: str) -> str:
+    """``database`` quoted for the ``ON <db>.*`` of GRANT and REVOKE, where the server treats
+    ``_`` and ``%`` as wildcards: escaped, so a grant covers exactly this one database."""
+    escaped = database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+    return quote_identifier(escaped)
+
+
+def check_password(password: str | None) -> str:
+    if not password:
+        raise DataStoreError("a MySQL tenant needs a password")
+    if DSN_UNSAFE.search(password):
+        raise DataStoreError("a MySQL tenant password must hold no @ / : ? or spaces "
+                             "(kine's DSN cannot carry them)")
+    return password
 
 
 def _map_error(e: Exception, doing: str) -> DataStoreError:
@@ -72,6 +98,8 @@ class MySQLDriver:
         self.settings = settings
         host, port = settings.endpoints[0].rsplit(":", 1)
         self.host, self.port = host.strip("[]"), int(port)
+        check_tls_material(ca_cert=settings.ca_cert, client_cert=settings.client_cert,
+                           client_key=settings.client_key)
         self._files = PrivateFiles("haku-mysql-")
         self.tls: ssl.SSLContext | None = None
         if settings.ca_cert:
@@ -113,8 +141,15 @@ class MySQLDriver:
             return results
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:
-        return (physical_name(tenant.schema, DATABASE_LIMIT, DATABASE_CHARS),
-                physical_name(tenant.user, USER_LIMIT, USER_CHARS))
+        """(database, user); :class:`InvalidName` for the server's own databases and
+        accounts, including Haku's (checked before any statement runs)."""
+        db = physical_name(tenant.schema, DATABASE_LIMIT, DATABASE_CHARS)
+        user = physical_name(tenant.user, USER_LIMIT, USER_CHARS)
+        refuse_reserved(db, tenant.schema, "schema (MySQL database)", RESERVED_DATABASES,
+                        casefold=True)
+        refuse_reserved(user, tenant.user, "user (MySQL account)",
+                        (*RESERVED_USERS, self.settings.username or "root"), casefold=True)
+        return db, user
 
     async def check(self) -> str:
         version, grants = await self._run("checking MySQL", [
@@ -143,16 +178,23 @@ class MySQLDriver:
         self._meta_ready = True
 
     async def ensure_tenant(self, tenant: Tenant) -> None:
-        if not tenant.password:
-            raise DataStoreError("a MySQL tenant needs a password")
+        password = check_password(tenant.password)  # before any statement
         db, user = self.physical_names(tenant)
         await self._ensure_meta()
-        qdb = quote_identifier(db)
-        await self._run(f"provisioning MySQL tenant {db!r}", [
-            ("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (user, tenant.password)),
-            ("ALTER USER %s@'%%' IDENTIFIED BY %s", (user, tenant.password)),
-            (f"CREATE DATABASE IF NOT EXISTS {qdb} CHARACTER SET utf8mb4", ()),
-            (f"GRANT {PRIVILEGES} ON {qdb}.* TO %s@'%%'", (user,)),
+        doing = f"provisioning MySQL tenant {db!r}"
+        if grant_identifier(db) != quote_identifier(db):
+            # Earlier Haku granted on the unescaped name, a wildcard: revoke such a grant.
+            (legacy,) = await self._run(doing, [(
+                "SELECT 1 FROM mysql.db WHERE Host = '%%' AND User = %s AND Db = %s",
+                (user, db))])
+            if legacy:
+                await self._run(doing, [(
+                    f"REVOKE ALL PRIVILEGES ON {quote_identifier(db)}.* FROM %s@'%%'", (user,))])
+        await self._run(doing, [
+            ("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (user, password)),
+            ("ALTER USER %s@'%%' IDENTIFIED BY %s", (user, password)),
+            (f"CREATE DATABASE IF NOT EXISTS {quote_identifier(db)} CHARACTER SET utf8mb4", ()),
+            (f"GRANT {PRIVILEGES} ON {grant_identifier(db)}.* TO %s@'%%'", (user,)),
             (f"INSERT INTO {quote_identifier(META)}.tenants VALUES (%s, %s, %s, %s) "
              "ON DUPLICATE KEY UPDATE user = VALUES(user)",
              (db, user, tenant.schema, tenant.user)),
@@ -193,10 +235,8 @@ class MySQLDriver:
 
     def tenant_connection(self, tenant: Tenant) -> TenantConnection:
         db, user = self.physical_names(tenant)
-        if not tenant.password or DSN_UNSAFE.search(tenant.password):
-            raise DataStoreError("a MySQL tenant password must be set and hold no @ / : ? "
-                                 "or spaces (kine's DSN cannot carry them)")
-        endpoint = (f"mysql://{user}:{tenant.password}@tcp({self.settings.endpoints[0]})"
+        password = check_password(tenant.password)
+        endpoint = (f"mysql://{user}:{password}@tcp({self.settings.endpoints[0]})"
                     f"/{quote(db, safe='')}")
         files = {"ca.crt": self.settings.ca_cert} if self.settings.ca_cert else {}
         return TenantConnection(driver=self.driver, kine_endpoint=endpoint, files=files)

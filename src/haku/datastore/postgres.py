@@ -2,7 +2,11 @@
 
 Statements are composed with ``psycopg.sql`` (identifiers and literals quoted by psycopg),
 never by string formatting. Unlike Kamaji, CONNECT is revoked from PUBLIC, so one tenant's
-role cannot even open another tenant's database.
+role cannot even open another tenant's database. Names that would reach the server's own
+databases or roles (``postgres``, ``template0/1``, ``pg_*``, the DataStore's admin role) are
+refused before any statement. Known limit: PUBLIC keeps its default CONNECT on ``postgres``
+and ``template1`` (Haku does not change server-wide defaults), so a tenant role can connect
+there and list database and role names; see docs/datastores.md for the hardening.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from psycopg import sql
 from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
+    InvalidName,
     PermissionDenied,
     PrivateFiles,
     Tenant,
@@ -25,7 +30,9 @@ from haku.datastore.base import (
     TLSFailure,
     Unreachable,
     Usage,
+    check_tls_material,
     physical_name,
+    refuse_reserved,
 )
 from haku.datastore.settings import Settings
 
@@ -36,6 +43,9 @@ NAME_LIMIT = 63  # NAMEDATALEN - 1: longer names are silently truncated by the s
 MARKER = "haku-tenant"
 Statement = sql.SQL | sql.Composed
 CONNECT_TIMEOUT = 10
+RESERVED_DATABASES = ("postgres", "template0", "template1")
+RESERVED_ROLES = ("postgres",)
+RESERVED_ROLE_PREFIXES = ("pg_",)  # the server's predefined roles
 
 
 def _map_error(e: psycopg.Error, doing: str) -> DataStoreError:
@@ -62,6 +72,8 @@ class PostgresDriver:
         self.host, port = settings.endpoints[0].rsplit(":", 1)
         self.host = self.host.strip("[]")
         self.port = int(port)
+        check_tls_material(ca_cert=settings.ca_cert, client_cert=settings.client_cert,
+                           client_key=settings.client_key)
         self._files = PrivateFiles("haku-pg-")
         self.conninfo: dict[str, Any] = {
             "host": self.host, "port": self.port, "user": settings.username,
@@ -101,8 +113,15 @@ class PostgresDriver:
             return results
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:
-        return (physical_name(tenant.schema, NAME_LIMIT, DATABASE_CHARS),
-                physical_name(tenant.user, NAME_LIMIT, ROLE_CHARS))
+        """(database, role); :class:`InvalidName` for the server's own databases and roles
+        and the DataStore's admin role (checked before any statement runs)."""
+        db = physical_name(tenant.schema, NAME_LIMIT, DATABASE_CHARS)
+        role = physical_name(tenant.user, NAME_LIMIT, ROLE_CHARS)
+        refuse_reserved(db, tenant.schema, "schema (PostgreSQL database)", RESERVED_DATABASES)
+        refuse_reserved(role, tenant.user, "user (PostgreSQL role)",
+                        (*RESERVED_ROLES, self.settings.username or "postgres"),
+                        prefixes=RESERVED_ROLE_PREFIXES)
+        return db, role
 
     async def check(self) -> str:
         (rows,) = await self._run("checking PostgreSQL", [(
@@ -122,9 +141,12 @@ class PostgresDriver:
         D, R = sql.Identifier(db), sql.Identifier(role)
         doing = f"provisioning PostgreSQL tenant {db!r}"
         role_exists, db_exists = await self._run(doing, [
-            (sql.SQL("SELECT 1 FROM pg_roles WHERE rolname = %s"), (role,)),
+            (sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = %s"), (role,)),
             (sql.SQL("SELECT 1 FROM pg_database WHERE datname = %s"), (db,)),
         ])
+        if role_exists and role_exists[0][0]:
+            raise InvalidName(f"the tenant user {tenant.user!r} is the existing superuser role "
+                              f"{role!r}, not a tenant's; choose another name")
         verb = "ALTER" if role_exists else "CREATE"
         steps: list[tuple[Statement, tuple[Any, ...]]] = [(
             sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
