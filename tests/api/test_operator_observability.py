@@ -129,7 +129,8 @@ async def test_healthz_and_readyz_once_running(running: Running) -> None:
     port = running.telemetry.port("health")
     assert port != running.telemetry.port("metrics")
     seen = set()
-    for _ in range(150):  # starting (503), maybe a standby (200) for a moment, then leading
+    for _ in range(150):  # starting (503), maybe a standby (200), watches starting (503),
+        # then leading
         status, _, body = await http(port, "/readyz")
         seen.add((status, body))
         if body == b"leading\n":
@@ -137,7 +138,7 @@ async def test_healthz_and_readyz_once_running(running: Running) -> None:
         await asyncio.sleep(0.1)
     assert (status, body) == (200, b"leading\n")
     assert seen <= {(503, b"installing CRDs\n"), (200, b"standby, waiting for the Lease\n"),
-                    (200, b"leading\n")}, seen
+                    (503, b"leading, starting watches\n"), (200, b"leading\n")}, seen
     assert (await http(port, "/healthz"))[:3:2] == (200, b"ok\n")
     s = await running.scrape()  # both controllers' queues, once leading
     assert value(s, "haku_workqueue_depth", controller="tenantcontrolplane") is not None

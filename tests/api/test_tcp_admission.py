@@ -109,7 +109,9 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
                         "controlPlane": {"service": {"serviceType": "ClusterIP"}}}}
     made = (await client.apply(from_dict(minimal), force=True)).to_dict()
     assert made["spec"]["controlPlane"]["deployment"]["replicas"] == 2
-    assert made["spec"]["networkProfile"]["port"] == 6443
+    # No default port: unset, a NodePort Service gets an allocated node port (6443 is outside
+    # the node-port range); kube-apiserver and the Service port still use 6443.
+    assert "port" not in made["spec"]["networkProfile"]
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -136,6 +138,35 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
     ({"spec__networkProfile__dnsServiceIPs": ["10.96.0.300"]}, "must be an IP"),
     ({"spec__kubernetes__kubelet__configurationJSONPatches": [{"op": "add"}]},
      "configurationJSONPatches is not supported"),
+    ({"spec__controlPlane__deployment__extraArgs": {"apiServer": ["--etcd-servers=http://x"]}},
+     "extraArgs.apiServer must not set a flag Haku manages"),
+    ({"spec__controlPlane__deployment__extraArgs": {"apiServer": ["--secure-port=7443"]}},
+     "extraArgs.apiServer must not set a flag Haku manages"),
+    ({"spec__controlPlane__deployment__extraArgs": {"controllerManager": ["--cluster-cidr"]}},
+     "extraArgs.controllerManager must not set a flag Haku manages"),
+    ({"spec__controlPlane__deployment__extraArgs": {"scheduler": ["--kubeconfig=/x"]}},
+     "extraArgs.scheduler must not set a flag Haku manages"),
+    ({"spec__controlPlane__deployment__tolerations": [{"operator": "Maybe"}]},
+     "spec.controlPlane.deployment.tolerations[0].operator"),
+    ({"spec__controlPlane__deployment__resources": {"apiServer": {
+        "requests": {"cpu": "lots"}}}}, "spec.controlPlane.deployment.resources.apiServer"),
+    ({"spec__networkProfile__advertiseAddress": "host.example"},
+     "networkProfile.advertiseAddress must be an IP"),
+    ({"spec__controlPlane__service__serviceType": "ClusterIP",
+      "spec__networkProfile__loadBalancerSourceRanges": ["192.0.2.0/24"]},
+     "loadBalancerSourceRanges is only for serviceType LoadBalancer"),
+    ({"spec__networkProfile__loadBalancerSourceRanges": ["192.0.2.0"]}, "must be a CIDR"),
+    ({"spec__controlPlane__service__serviceType": "NodePort",
+      "spec__networkProfile__loadBalancerClass": "example.com/lb"},
+     "loadBalancerClass is only for serviceType LoadBalancer"),
+    ({"spec__controlPlane__service__serviceType": "ClusterIP",
+      "spec__controlPlane__service__allocateLoadBalancerNodePorts": False},
+     "allocateLoadBalancerNodePorts is only for serviceType LoadBalancer"),
+    ({"spec__networkProfile__allowAddressAsExternalIP": True},
+     "allowAddressAsExternalIP is only for serviceType ClusterIP or NodePort"),
+    ({"spec__controlPlane__service__additionalPorts": [{"name": "kube-apiserver",
+                                                        "port": 1}]},
+     "are reserved"),
 ])
 async def test_malformed_or_unsupported_specs_are_refused(
     client: AsyncClient, changes: dict[str, Any], message: str
@@ -159,6 +190,101 @@ async def test_datastore_placement_is_immutable(
     with pytest.raises(ApiError) as info:
         await client.apply(from_dict(manifest(**{f"spec__{field}": second})), force=True)
     assert message in info.value.status.message
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("dataStore", "late", "spec.dataStore cannot be added after creation"),
+    ("dataStoreSchema", "late", "spec.dataStoreSchema cannot be added after creation; this "
+     "tenant uses status.storage.setup.schema"),
+    ("dataStoreUsername", "late", "spec.dataStoreUsername cannot be added after creation"),
+])
+async def test_datastore_placement_cannot_be_added_after_creation(
+    client: AsyncClient, field: str, value: str, message: str
+) -> None:
+    await client.apply(from_dict(manifest(**{f"spec__{field}": None})), force=True)
+    with pytest.raises(ApiError) as info:
+        await client.apply(from_dict(manifest(**{f"spec__{field}": value})), force=True)
+    assert message in info.value.status.message
+
+
+async def test_kamaji_fields_haku_maps_are_kept(client: AsyncClient) -> None:
+    made = (await client.apply(from_dict(manifest(
+        spec__networkProfile={"port": 6443, "advertiseAddress": "192.0.2.50",
+                              "loadBalancerSourceRanges": ["192.0.2.0/24"],
+                              "loadBalancerClass": "example.com/lb"},
+        spec__controlPlane__service__allocateLoadBalancerNodePorts=False,
+        spec__controlPlane__service__additionalPorts=[{"name": "metrics", "port": 9090}],
+        spec__controlPlane__deployment__podSecurityContext={"runAsNonRoot": True},
+        spec__controlPlane__deployment__containerSecurityContexts={
+            "apiServer": {"readOnlyRootFilesystem": True}},
+        spec__controlPlane__deployment__automountServiceAccountToken=False,
+        spec__controlPlane__deployment__tolerations=[
+            {"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+    )), force=True)).to_dict()["spec"]
+    assert made["networkProfile"]["advertiseAddress"] == "192.0.2.50"
+    assert made["networkProfile"]["loadBalancerClass"] == "example.com/lb"
+    assert made["controlPlane"]["service"]["additionalPorts"] == [
+        {"name": "metrics", "port": 9090, "protocol": "TCP"}]
+    dep = made["controlPlane"]["deployment"]
+    assert dep["containerSecurityContexts"] == {"apiServer": {"readOnlyRootFilesystem": True}}
+    assert dep["podSecurityContext"] == {"runAsNonRoot": True}
+    assert dep["tolerations"] == [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]
+    with pytest.raises(ApiError) as info:  # loadBalancerClass is immutable
+        await client.apply(from_dict(manifest(
+            spec__networkProfile={"port": 6443, "loadBalancerClass": "other"})), force=True)
+    assert "loadBalancerClass cannot be set, changed or unset" in info.value.status.message
+
+
+class _FakeDriver:
+    """Stands in for a SQL DataStore (the only thing faked; the API server is real)."""
+
+    driver = "fake"
+
+    async def ensure_tenant(self, tenant: Any) -> None:
+        return None
+
+    def physical_names(self, tenant: Any) -> tuple[str, str]:
+        return tenant.schema, tenant.user
+
+    def tenant_connection(self, tenant: Any) -> Any:
+        from haku.datastore import TenantConnection
+        return TenantConnection("fake", kine_endpoint="postgres://fake/x",
+                                files={"ca.crt": b"not a CA"})
+
+
+async def test_a_service_the_api_server_refuses_shows_invalid_spec(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haku.controller.events import EventRecorder
+    from haku.controller.tenant import OperatorConfig, TenantReconciler
+
+    async def driver(self: TenantReconciler, spec: Any) -> tuple[Any, str]:
+        return _FakeDriver(), "fake-ds"
+
+    monkeypatch.setattr(TenantReconciler, "_driver", driver)
+    # 6443 given explicitly as a NodePort: valid for the CRD, outside the node-port range.
+    obj = manifest(spec__controlPlane__service__serviceType="NodePort",
+                   spec__networkProfile={"port": 6443})
+    obj["metadata"]["name"] = "bad-nodeport"
+    await client.apply(from_dict(obj), force=True)
+    recorder = EventRecorder(client)
+    r = TenantReconciler(client, OperatorConfig(), recorder)
+    try:
+        result = await r.reconcile(("default", "bad-nodeport"))
+        again = await r.reconcile(("default", "bad-nodeport"))
+    finally:
+        await recorder.flush()
+    assert result.requeue_after is not None and result.requeue_after >= 10
+    assert again.requeue_after is not None and again.requeue_after > result.requeue_after
+    got = (await client.get(TCP, "bad-nodeport", namespace="default")).to_dict()["status"]
+    conds = {c["type"]: c for c in got["conditions"]}
+    assert conds["ControlPlaneAvailable"]["status"] == "False"
+    assert conds["ControlPlaneAvailable"]["reason"] == "InvalidSpec"
+    assert "nodePort" in conds["ControlPlaneAvailable"]["message"]
+    assert conds["Ready"]["reason"] == "InvalidSpec"
+    # The DataStore step ran and pinned where the tenant lives.
+    assert got["storage"]["dataStoreName"] == "fake-ds"
+    assert got["kubernetesResources"]["version"]["status"] == "Provisioning"
 
 
 async def test_explain_describes_the_fields(api_cluster: DevCluster,

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event, Pod, Secret, Service
+from lightkube.resources.networking_v1 import Ingress
 from lightkube.types import PatchType
 
 from haku.api import conditions
@@ -21,7 +26,7 @@ from haku.controller.tenant import TenantControlPlane
 from haku.datastore import DataStoreError, Tenant, open_driver
 from haku.dev import samples
 from haku.dev.cluster import DevCluster
-from haku.dev.datastores import driver_settings
+from haku.dev.datastores import driver_settings, read_connections
 
 from .helpers import client, eventually, kubectl
 
@@ -78,7 +83,21 @@ async def test_a_tenant_on_each_datastore_becomes_ready_and_serves(
         assert status["storage"]["dataStoreName"] == datastore
         svc = await c.get(Service, name, namespace=NS)
         assert status["controlPlaneEndpoint"] == f"{svc.spec.clusterIP}:6443"
+        obj = await c.get(TenantControlPlane, name, namespace=NS)
+        assert status["observedGeneration"] == obj.metadata.generation
+        # kubectl's printer columns show the same.
+        table = kubectl(running_operator, "get", "tcp", name, "-n", NS).stdout.splitlines()
+        row = dict(zip(table[0].split(), table[1].split(), strict=True))
+        assert {k: row[k] for k in ("NAME", "VERSION", "STATUS", "ENDPOINT", "DATASTORE")} == {
+            "NAME": name, "VERSION": VERSION, "STATUS": "Ready",
+            "ENDPOINT": status["controlPlaneEndpoint"], "DATASTORE": datastore}
         kc = await admin_kubeconfig(c, name, tmp_path / "admin.conf")
+        # `haku kubeconfig` prints exactly the admin kubeconfig Secret's content.
+        printed = subprocess.run(
+            [sys.executable, "-m", "haku", "kubeconfig", f"{NS}/{name}",
+             "--kubeconfig", str(running_operator.layout.admin_kubeconfig)],
+            capture_output=True, check=True, timeout=60).stdout
+        assert printed == kc.read_bytes()
         names = kubectl(running_operator, "get", "ns", "-o", "name", kubeconfig=kc).stdout
         assert "namespace/kube-system" in names.split()
         who = kubectl(running_operator, "auth", "whoami", "-o", "yaml", kubeconfig=kc).stdout
@@ -123,7 +142,7 @@ async def test_two_tenants_on_one_etcd_do_not_see_each_other(
         await c.close()
 
 
-async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
+async def test_scaling_repairs_and_rolls(running_operator: DevCluster, tmp_path: Path) -> None:
     c = client(running_operator)
     name = "repair"
     try:
@@ -151,6 +170,7 @@ async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
         await eventually(back, 60, "the Deployment to be recreated")
         await wait_ready(c, name)
         # A deleted certificate Secret comes back, and the pods roll onto it.
+        old_kc = await admin_kubeconfig(c, name, tmp_path / "old.conf")
         before = (await c.get(Deployment, name, namespace=NS)).spec.template.metadata
         await c.delete(Secret, f"{name}-pki", namespace=NS)
 
@@ -164,7 +184,27 @@ async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
                 before.annotations["checksum.haku.dev/pki"]
 
         await eventually(rolled, 60, "new certificates rolled into the pod template")
+
+        async def replaced() -> bool:
+            pods = [p async for p in c.list(Pod, namespace=NS,
+                                            labels={"haku.dev/tenant-control-plane": name})]
+            return bool(pods) and all(
+                p.metadata.annotations["checksum.haku.dev/pki"]
+                == now_pki and p.metadata.deletionTimestamp is None
+                and p.status is not None and bool(p.status.containerStatuses)
+                and all(cs.ready for cs in p.status.containerStatuses or []) for p in pods)
+
+        now_pki = (await c.get(Deployment, name, namespace=NS)).spec.template.metadata \
+            .annotations["checksum.haku.dev/pki"]
+        await eventually(replaced, 120, "every pod replaced by one with the new certificates")
         await wait_ready(c, name)
+        # A new CA: the kubeconfig from before is refused, the new one serves.
+        new_kc = await admin_kubeconfig(c, name, tmp_path / "new.conf")
+        assert new_kc.read_bytes() != old_kc.read_bytes()
+        assert kubectl(running_operator, "get", "ns", kubeconfig=old_kc,
+                       check=False).returncode != 0
+        assert "namespace/default" in kubectl(running_operator, "get", "ns", "-o", "name",
+                                              kubeconfig=new_kc).stdout.split()
         # Changed extraArgs roll the pods with the new flag.
         doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION, replicas=2)
         doc["spec"]["controlPlane"]["deployment"]["extraArgs"] = {"apiServer": ["--v=3"]}
@@ -179,21 +219,43 @@ async def test_scaling_repairs_and_rolls(running_operator: DevCluster) -> None:
 
         await eventually(flag_running, 120, "pods running with --v=3")
         await wait_ready(c, name)
+        # Scaled to zero the tenant sleeps: no pod, status Sleeping, not Ready.
+        kubectl(running_operator, "scale", "tcp", name, "-n", NS, "--replicas=0")
+
+        async def sleeping() -> bool:
+            status = await tcp_status(c, name)
+            pods = [p async for p in c.list(Pod, namespace=NS,
+                                            labels={"haku.dev/tenant-control-plane": name})]
+            ready = conditions.find(status.get("conditions"), "Ready")
+            return (status["kubernetesResources"]["version"]["status"] == "Sleeping"
+                    and not pods and bool(ready) and ready["status"] == "False")
+
+        await eventually(sleeping, 90, "the tenant to sleep")
+        kubectl(running_operator, "scale", "tcp", name, "-n", NS, "--replicas=1")
+        await eventually(lambda: _ready_again(c, name), 120, "the tenant to wake up")
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
         await c.close()
 
 
+async def _ready_again(c: AsyncClient, name: str) -> bool:
+    ready = await condition(c, name, "Ready")
+    status = await tcp_status(c, name)
+    return bool(ready and ready["status"] == "True"
+                and status["kubernetesResources"]["version"]["status"] == "Ready")
+
+
+@pytest.mark.parametrize("store", ["etcd", "postgres", "mariadb"])
 async def test_delete_removes_objects_and_the_datastore_tenant(
-    running_operator: DevCluster,
+    running_operator: DevCluster, store: str,
 ) -> None:
     c = client(running_operator)
-    name = "goner"
-    await apply_tcp(c, name, "dev-postgres")
+    name = f"goner-{store}"
+    await apply_tcp(c, name, f"dev-{store}")
     await wait_ready(c, name)
     status = await tcp_status(c, name)
     schema = status["storage"]["setup"]["schema"]
-    settings = driver_settings(running_operator.layout, "postgres")
+    settings = driver_settings(running_operator.layout, store)
     driver = open_driver(settings)
     try:
         assert schema in await driver.list_tenants()
@@ -208,14 +270,19 @@ async def test_delete_removes_objects_and_the_datastore_tenant(
 
         await eventually(gone, 60, "the TenantControlPlane to be finalized")
         assert schema not in await driver.list_tenants()
-        with pytest.raises(DataStoreError, match="does not exist"):
-            await driver.usage(Tenant(schema, schema, "x"))
+        if store == "postgres":
+            with pytest.raises(DataStoreError, match="does not exist"):
+                await driver.usage(Tenant(schema, schema, "x"))
+        if store == "etcd":  # not one key is left under the tenant's prefix
+            assert (await driver.usage(Tenant(schema, schema))).keys == 0
 
         async def owned_gone() -> bool:
             left = [s.metadata.name async for s in c.list(
                 Secret, namespace=NS, labels={"haku.dev/tenant-control-plane": name})]
             left += [d.metadata.name async for d in c.list(
                 Deployment, namespace=NS, labels={"haku.dev/tenant-control-plane": name})]
+            left += [v.metadata.name async for v in c.list(
+                Service, namespace=NS, labels={"haku.dev/tenant-control-plane": name})]
             return not left
 
         await eventually(owned_gone, 60, "owned Secrets and Deployment to be collected")
@@ -272,6 +339,21 @@ async def test_an_unreachable_datastore_is_reported_and_recovers_when_fixed(
         broken["spec"]["endpoints"] = good["spec"]["endpoints"]
         await c.apply(from_dict(broken), force=True)
         await wait_ready(c, name)
+        # Unreachable again once Ready: the Condition says so, and what the tenant already has
+        # (endpoint, kubeconfig, pinned storage) stays in its status.
+        ready_status = await tcp_status(c, name)
+        broken["spec"]["endpoints"] = ["127.0.0.1:9"]
+        await c.apply(from_dict(broken), force=True)
+        await eventually(unreachable, 90, "DataStoreReady=False/Unreachable after Ready")
+        during = await tcp_status(c, name)
+        for key in ("controlPlaneEndpoint", "kubeconfig", "storage"):
+            assert during.get(key) == ready_status[key], key
+        assert during["kubernetesResources"]["version"]["status"] != "Provisioning"
+        ready = conditions.find(during.get("conditions"), "Ready")
+        assert ready and ready["status"] == "False"
+        broken["spec"]["endpoints"] = good["spec"]["endpoints"]
+        await c.apply(from_dict(broken), force=True)
+        await eventually(lambda: _ready_again(c, name), 120, "Ready once reachable again")
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
 
@@ -291,6 +373,29 @@ async def test_node_port_exposure_uses_the_port_as_node_port(
         status = await tcp_status(c, name)
         assert status["controlPlaneEndpoint"] == f"{running_operator.layout.node_ip}:31443"
         kc = await admin_kubeconfig(c, name, tmp_path / "np.conf")
+        assert "namespace/default" in kubectl(running_operator, "get", "ns", "-o", "name",
+                                              kubeconfig=kc).stdout.split()
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+
+
+async def test_node_port_without_a_port_uses_the_allocated_node_port(
+    running_operator: DevCluster, tmp_path: Path
+) -> None:
+    c = client(running_operator)
+    name = "np-auto"
+    try:
+        doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION,
+                                           service_type="NodePort", port=None)
+        await c.apply(from_dict(doc), force=True)
+        await wait_ready(c, name)
+        svc = await c.get(Service, name, namespace=NS)
+        allocated = svc.spec.ports[0].nodePort
+        assert allocated and 30000 <= allocated <= 32767
+        status = await tcp_status(c, name)
+        assert status["controlPlaneEndpoint"] == \
+            f"{running_operator.layout.node_ip}:{allocated}"
+        kc = await admin_kubeconfig(c, name, tmp_path / "np-auto.conf")
         assert "namespace/default" in kubectl(running_operator, "get", "ns", "-o", "name",
                                               kubeconfig=kc).stdout.split()
     finally:
@@ -321,3 +426,186 @@ async def test_load_balancer_waits_for_an_address_then_uses_it(
         assert status["controlPlaneEndpoint"] == f"{svc.spec.clusterIP}:6443"
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
+
+
+async def test_a_deleted_datastore_password_is_rotated_and_the_pods_follow(
+    running_operator: DevCluster, tmp_path: Path,
+) -> None:
+    """Deleting a SQL tenant's password Secret is the request to rotate it: a new password is
+    set in the database, kine's endpoint Secret follows, the pods roll onto it, the old
+    password is refused."""
+    c = client(running_operator)
+    name = "rotate"
+    label = {"haku.dev/tenant-control-plane": name}
+    secret_name = f"{name}-datastore-password"
+
+    async def password() -> str | None:
+        try:
+            secret = await c.get(Secret, secret_name, namespace=NS)
+        except ApiError:
+            return None
+        return base64.b64decode((secret.data or {})["password"]).decode()
+
+    try:
+        await apply_tcp(c, name, "dev-postgres")
+        await wait_ready(c, name)
+        old = await password()
+        assert old
+        before = {p.metadata.uid async for p in c.list(Pod, namespace=NS, labels=label)}
+        await c.delete(Secret, secret_name, namespace=NS)
+
+        async def rotated() -> bool:
+            return (await password()) not in (None, old)
+
+        await eventually(rotated, 60, "a new password in the Secret")
+
+        async def replaced() -> bool:
+            pods = [p async for p in c.list(Pod, namespace=NS, labels=label)]
+            return bool(pods) and all(
+                p.metadata.uid not in before and p.metadata.deletionTimestamp is None
+                and p.status is not None and bool(p.status.containerStatuses)
+                and all(cs.ready for cs in p.status.containerStatuses or []) for p in pods)
+
+        await eventually(replaced, 120, "the pods replaced by ones using the new password")
+        await eventually(lambda: _ready_again(c, name), 60, "Ready on the new password")
+        kc = await admin_kubeconfig(c, name, tmp_path / "rotate.conf")
+        kubectl(running_operator, "create", "namespace", "after-rotation", kubeconfig=kc)
+
+        setup = (await tcp_status(c, name))["storage"]["setup"]
+        driver = open_driver(driver_settings(running_operator.layout, "postgres"))
+        try:
+            database, role = driver.physical_names(Tenant(setup["schema"], setup["user"]))
+        finally:
+            await driver.close()
+        conn = read_connections(running_operator.layout)["postgres"]
+        host, port = conn["local_endpoints"][0].split(":")
+
+        async def connect(secret: str) -> None:
+            async with await psycopg.AsyncConnection.connect(
+                    host=host, port=int(port), user=role, password=secret, dbname=database,
+                    sslmode="verify-full", sslrootcert=conn["ca_cert"], connect_timeout=5):
+                pass
+
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            await connect(old)
+        new = await password()
+        assert new
+        await connect(new)
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+        await c.close()
+
+
+async def test_an_ingress_follows_the_spec(running_operator: DevCluster) -> None:
+    """spec.controlPlane.ingress makes an Ingress to the tenant's Service; removing it from
+    the spec deletes the Ingress."""
+    c = client(running_operator)
+    name = "ing"
+    doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION, replicas=0)
+    doc["spec"]["controlPlane"]["ingress"] = {"hostname": "ing.tenants.example",
+                                              "ingressClassName": "haproxy"}
+    try:
+        await c.apply(from_dict(doc), force=True)
+
+        async def ingress() -> Ingress | None:
+            try:
+                return await c.get(Ingress, name, namespace=NS)
+            except ApiError:
+                return None
+
+        async def made() -> bool:
+            return (await ingress()) is not None
+
+        await eventually(made, 60, "the Ingress")
+        ing = await ingress()
+        assert ing is not None and ing.spec is not None and ing.spec.rules
+        assert ing.spec.ingressClassName == "haproxy"
+        assert ing.spec.rules[0].host == "ing.tenants.example"
+        backend = ing.spec.rules[0].http.paths[0].backend.service  # type: ignore[union-attr]
+        assert backend.name == name and backend.port.number == 6443
+        del doc["spec"]["controlPlane"]["ingress"]
+        await c.apply(from_dict(doc), force=True)
+
+        async def removed() -> bool:
+            found = await ingress()
+            return found is None or found.metadata.deletionTimestamp is not None
+
+        await eventually(removed, 60, "the Ingress to be deleted")
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+        await c.close()
+
+
+async def test_a_second_tenant_claiming_a_schema_in_use_is_refused(
+    running_operator: DevCluster, tmp_path: Path
+) -> None:
+    """Two TenantControlPlanes with one dataStoreSchema on one DataStore: the newer one is
+    refused (SchemaInUse) and provisions nothing; deleting it leaves the older one's data."""
+    c = client(running_operator)
+    first, second = "claim-a", "claim-b"
+    try:
+        await apply_tcp(c, first, "dev-etcd", dataStoreSchema="shared-space")
+        await wait_ready(c, first)
+        kc = await admin_kubeconfig(c, first, tmp_path / "first.conf")
+        kubectl(running_operator, "create", "namespace", "kept", kubeconfig=kc)
+        await apply_tcp(c, second, "dev-etcd", dataStoreSchema="shared-space")
+
+        async def refused() -> bool:
+            found = await condition(c, second, "DataStoreReady")
+            return bool(found and found["reason"] == "SchemaInUse")
+
+        await eventually(refused, 60, f"{second} refused with SchemaInUse")
+        found = await condition(c, second, "DataStoreReady")
+        assert found and f"{NS}/{first}" in found["message"]
+        assert "storage" not in await tcp_status(c, second)
+        await c.delete(TenantControlPlane, second, namespace=NS)
+
+        async def gone() -> bool:
+            try:
+                await c.get(TenantControlPlane, second, namespace=NS)
+            except ApiError as e:
+                return e.status.code == 404
+            return False
+
+        await eventually(gone, 60, f"{second} finalized")
+        names = kubectl(running_operator, "get", "ns", "-o", "name", kubeconfig=kc).stdout
+        assert "namespace/kept" in names.split()
+        await wait_ready(c, first)
+    finally:
+        for name in (first, second):
+            with contextlib.suppress(ApiError):
+                await c.delete(TenantControlPlane, name, namespace=NS)
+        await c.close()
+
+
+async def test_a_reserved_datastore_name_is_refused_and_deletes_cleanly(
+    running_operator: DevCluster,
+) -> None:
+    """dataStoreUsername "root" would be etcd's root user: refused before any write, with a
+    Condition, and the TenantControlPlane still deletes (nothing to clean)."""
+    c = client(running_operator)
+    name = "reserved"
+    try:
+        await apply_tcp(c, name, "dev-etcd", dataStoreUsername="root")
+
+        async def refused() -> bool:
+            found = await condition(c, name, "DataStoreReady")
+            return bool(found and found["reason"] == "InvalidName")
+
+        await eventually(refused, 60, "DataStoreReady=False/InvalidName")
+        found = await condition(c, name, "DataStoreReady")
+        assert found and "root" in found["message"]
+    finally:
+        await c.delete(TenantControlPlane, name, namespace=NS)
+
+    async def gone() -> bool:
+        try:
+            await c.get(TenantControlPlane, name, namespace=NS)
+        except ApiError as e:
+            return e.status.code == 404
+        return False
+
+    try:
+        await eventually(gone, 60, f"{name} finalized")
+    finally:
+        await c.close()

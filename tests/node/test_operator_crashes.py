@@ -15,6 +15,7 @@ from lightkube import ApiError
 from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Secret, Service
+from lightkube.resources.networking_v1 import Ingress
 from lightkube.types import PatchType
 
 from haku.api import conditions
@@ -55,18 +56,50 @@ async def test_operator_killed_at_random_points_converges_without_leaks(
     driver = open_driver(driver_settings(node_cluster.layout, "etcd"))
     before = set(await driver.list_tenants())
     op = start_operator(node_cluster, log)
+
+    async def leading_and_killed(delay: float) -> None:
+        """Wait until this operator leads (so the kill lands in its work), then SIGKILL it."""
+        nonlocal op
+        start = log.stat().st_size if log.exists() else 0
+        deadline = asyncio.get_running_loop().time() + 60
+        while "reconciling TenantControlPlanes" not in log.read_bytes()[start:].decode(
+                errors="replace"):
+            assert op.poll() is None, log.read_text()[-4000:]
+            assert asyncio.get_running_loop().time() < deadline, log.read_text()[-4000:]
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(delay)
+        op.send_signal(signal.SIGKILL)
+        op.wait()
+        op = start_operator(node_cluster, log)
+
+    async def provisioned(name: str) -> str | None:
+        obj = (await c.get(TenantControlPlane, name, namespace=NS)).to_dict()
+        schema = ((obj.get("status") or {}).get("storage") or {}).get("setup", {}).get("schema")
+        return schema if schema and schema in await driver.list_tenants() else None
+
     try:
         for name in keep + drop:
             await c.apply(from_dict(samples.tenant_control_plane(name, NS, "dev-etcd",
                                                                  "v1.37.2")), force=True)
-        for round_ in range(4):
-            await asyncio.sleep(rng.uniform(0.5, 4.0))
-            op.send_signal(signal.SIGKILL)
-            op.wait()
-            if round_ == 1:  # deletes land while no operator runs
-                for name in drop:
-                    await c.delete(TenantControlPlane, name, namespace=NS)
-            op = start_operator(node_cluster, log)
+        # Kills while tenants are being created.
+        for _ in range(2):
+            await leading_and_killed(rng.uniform(0.2, 3.0))
+        # The tenants to drop are in the datastore (so deleting them has work to do) ...
+        drop_schemas: list[str] = []
+        deadline = asyncio.get_running_loop().time() + 120
+        for name in drop:
+            while (schema := await provisioned(name)) is None:
+                assert asyncio.get_running_loop().time() < deadline, log.read_text()[-4000:]
+                await asyncio.sleep(0.5)
+            drop_schemas.append(schema)
+        # ... deleted while the operator runs, and the operator killed as it finalizes them.
+        for name in drop:
+            await c.delete(TenantControlPlane, name, namespace=NS)
+        await asyncio.sleep(rng.uniform(0.05, 0.5))
+        op.send_signal(signal.SIGKILL)
+        op.wait()
+        op = start_operator(node_cluster, log)
+        await leading_and_killed(rng.uniform(0.2, 2.0))
 
         async def converged() -> bool:
             for name in keep:
@@ -94,10 +127,11 @@ async def test_operator_killed_at_random_points_converges_without_leaks(
             obj = (await c.get(TenantControlPlane, name, namespace=NS)).to_dict()
             schemas[name] = obj["status"]["storage"]["setup"]["schema"]
         assert set(await driver.list_tenants()) - before == set(schemas.values())
+        assert not set(drop_schemas) & set(await driver.list_tenants())
 
         async def leftovers() -> set[str]:
             owners: set[str] = set()
-            for kind in (Secret, Deployment, Service):
+            for kind in (Secret, Deployment, Service, Ingress):
                 async for o in c.list(kind, namespace=NS, labels={LABEL: None}):
                     if o.metadata.deletionTimestamp is None:
                         owners.add(o.metadata.labels[LABEL])

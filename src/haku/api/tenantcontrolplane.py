@@ -120,6 +120,17 @@ class TenantControlPlaneSpec:
     admission_plugins: tuple[str, ...]
     preferred_address_types: tuple[str, ...]
     addons: Addons = field(default_factory=Addons)
+    # networkProfile.port as given (None: not set, the NodePort is allocated by the API server)
+    port_given: int | None = None
+    advertise_address: str = ""
+    allow_address_as_external_ip: bool = False
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    load_balancer_class: str | None = None
+    allocate_load_balancer_node_ports: bool | None = None
+    additional_ports: tuple[dict[str, Any], ...] = ()
+    pod_security_context: dict[str, Any] | None = None
+    container_security_contexts: Components = field(default_factory=Components)
+    automount_service_account_token: bool = False  # Haku's default; Kamaji leaves it unset
 
     @classmethod
     def parse(cls, obj: dict[str, Any]) -> TenantControlPlaneSpec:
@@ -180,6 +191,18 @@ class TenantControlPlaneSpec:
             preferred_address_types=tuple((k8s.get("kubelet") or {}).get("preferredAddressTypes")
                                           or ("InternalIP", "ExternalIP", "Hostname")),
             addons=Addons.parse(spec.get("addons"), k8s["version"]),
+            port_given=int(net["port"]) if net.get("port") else None,
+            advertise_address=net.get("advertiseAddress") or "",
+            allow_address_as_external_ip=bool(net.get("allowAddressAsExternalIP")),
+            load_balancer_source_ranges=tuple(net.get("loadBalancerSourceRanges") or ()),
+            load_balancer_class=net.get("loadBalancerClass") or None,
+            allocate_load_balancer_node_ports=svc.get("allocateLoadBalancerNodePorts"),
+            additional_ports=tuple(svc.get("additionalPorts") or ()),
+            pod_security_context=dep.get("podSecurityContext") or None,
+            container_security_contexts=Components.parse(
+                dep.get("containerSecurityContexts"), None),
+            automount_service_account_token=bool(dep.get("automountServiceAccountToken",
+                                                         False)),
         )
 
     def image(self, component: str) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
@@ -21,6 +22,12 @@ log = logging.getLogger("haku.lease")
 
 class LostLeadership(RuntimeError):
     pass
+
+
+# A failed attempt at the Lease: the API server refused, or could not be reached at all
+# (connection refused, timeout, TLS or socket errors). Either way the attempt failed; the
+# holder keeps trying until its lease would have run out.
+ATTEMPT_ERRORS = (ApiError, httpx2.HTTPError, OSError)
 
 
 class LeaseElector:
@@ -82,9 +89,9 @@ class LeaseElector:
                     log.info("leader election: %s now leads %s/%s", self.identity,
                              self.namespace, self.name)
                     return
-            except ApiError as e:
+            except ATTEMPT_ERRORS as e:
                 self.reachable = False
-                log.warning("leader election: %s", e)
+                log.warning("leader election: %s", e or type(e).__name__)
             await asyncio.sleep(self.retry_period)
 
     async def hold(self) -> None:
@@ -94,8 +101,8 @@ class LeaseElector:
             await asyncio.sleep(self.retry_period)
             try:
                 ok = await self._try()
-            except ApiError as e:
-                log.warning("leader election: renewing failed: %s", e)
+            except ATTEMPT_ERRORS as e:
+                log.warning("leader election: renewing failed: %s", e or type(e).__name__)
                 ok = False
             now = asyncio.get_running_loop().time()
             if ok:
@@ -111,5 +118,5 @@ class LeaseElector:
                 lease.spec.holderIdentity = None
                 lease.spec.renewTime = None
                 await self.client.replace(lease)
-        except ApiError as e:
-            log.warning("leader election: releasing failed: %s", e)
+        except ATTEMPT_ERRORS as e:
+            log.warning("leader election: releasing failed: %s", e or type(e).__name__)

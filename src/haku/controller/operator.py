@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig, operators
 from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
@@ -30,6 +31,27 @@ from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
 from haku.tenant.watch import TenantWatches
 
 log = logging.getLogger("haku.operator")
+
+
+async def _list_retrying(client: AsyncClient, kind: Any, stop: asyncio.Event) -> list[Any]:
+    """Every object of ``kind`` in all namespaces; transient failures (the API server
+    answering 429 "storage is (re)initializing" right after a CRD update, 5xx, a dropped
+    connection) are retried with backoff until ``stop`` is set."""
+    delay = 0.2
+    while True:
+        try:
+            return [o async for o in client.list(kind, namespace=ALL_NS)]
+        except ApiError as e:
+            if e.status.code is not None and e.status.code < 500 and e.status.code != 429:
+                raise
+            log.warning("listing %s: %s (retrying)", kind.__name__, e)
+        except (httpx2.HTTPError, OSError) as e:
+            log.warning("listing %s: %s (retrying)", kind.__name__, e)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return []
+        delay = min(delay * 2, 5.0)
 
 LEASE_NAME = "haku-operator"
 
@@ -148,6 +170,16 @@ async def run(options: RunOptions, config: OperatorConfig,
             name = _datastore_of(obj, config.default_datastore)
             return [("", name)] if name else []
 
+        # What every tenant claims in its DataStore, complete before the first reconcile;
+        # the TenantControlPlane watch keeps it current.
+        for t in await _list_retrying(client, TenantControlPlane, stop):
+            tenants.observe_claim("ADDED", t.to_dict())
+        tenant_keys = SpecChanges()
+
+        def tenant_events(event: str, obj: Any) -> list[Key]:
+            tenants.observe_claim(event, obj.to_dict())
+            return tenant_keys(event, obj)
+
         tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
                          options.resync, telemetry.metrics, key_field="tenant")
         tenants.watches = TenantWatches(tcp.queue.add)
@@ -166,7 +198,7 @@ async def run(options: RunOptions, config: OperatorConfig,
                 client,
                 # Namespaced kinds are watched in every namespace (lightkube's default is the
                 # kubeconfig's namespace).
-                parents=[Watcher(TenantControlPlane, SpecChanges(), namespace=ALL_NS)],
+                parents=[Watcher(TenantControlPlane, tenant_events, namespace=ALL_NS)],
                 children=[Watcher(kind, _owned_by_tenant, labels=owned, namespace=ALL_NS)
                           for kind in (Secret, Deployment, Service, Ingress)]
                 + [Watcher(DataStore, tenants_of_datastore)])),
@@ -184,9 +216,19 @@ async def run(options: RunOptions, config: OperatorConfig,
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
-            if isinstance(task.exception(), LostLeadership):
+            error = None if task.cancelled() else task.exception()
+            if isinstance(error, LostLeadership):
                 health.failed = "lost the Lease"
                 raise LostLeadership("lost the Lease; stopping so a standby can lead")
+            if error is not None:
+                health.failed = f"{type(error).__name__}: {error}"
+                log.error("operator task failed; stopping", exc_info=error)
+                raise error
+            if not stop.is_set():
+                # A controller or the Lease holder ended without being asked to: never a
+                # silent exit 0.
+                health.failed = "a task ended unexpectedly"
+                raise RuntimeError("an operator task ended unexpectedly; stopping")
     finally:
         health.phase = "stopping"
         await tenants.events.flush()

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -33,7 +35,7 @@ from typing import Any
 
 import httpx2
 import yaml
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
@@ -51,11 +53,19 @@ from haku.controller.metrics import Metrics, certificate_expiries
 from haku.controller.resources import FIELD_MANAGER, GROUP, VERSION, DataStore, secret_reader
 from haku.controller.runtime import Key, Result
 from haku.datastore import DataStoreError, Driver, Tenant, TenantConnection, open_driver
-from haku.datastore.base import PrivateFiles
+from haku.datastore.base import InvalidName, PrivateFiles
 from haku.datastore.etcd import EtcdDriver
 from haku.datastore.kine import ENDPOINT_KEY
 from haku.datastore.settings import resolve
-from haku.render import controlplane, pki, tenant_bootstrap, tenant_kubeconfigs, tenant_pki
+from haku.render import (
+    controlplane,
+    pki,
+    tenant_bootstrap,
+    tenant_kubeconfigs,
+    tenant_pki,
+    tenant_status,
+)
+from haku.render.tenant_status import Claim
 from haku.tenant import bootstrap
 from haku.tenant.watch import TenantWatches
 
@@ -71,6 +81,9 @@ CONDITION_TYPES = ("DataStoreReady", "CertificatesReady", "ControlPlaneAvailable
 PROGRESS_REASONS = frozenset({"Pending", "NoReadyPods", "NoControlPlane", "Sleeping",
                               "WaitingForLoadBalancer", "WaitingForAPIServer"})
 CONTROLLER = "tenantcontrolplane"
+# Drivers a reconcile got from the DriverCache, released when it ends (one list per task).
+_HELD: contextvars.ContextVar[list[Driver] | None] = contextvars.ContextVar(
+    "haku_held_drivers", default=None)
 
 
 class Waiting(Exception):
@@ -104,31 +117,71 @@ def _b64(data: dict[str, bytes]) -> dict[str, str]:
 
 
 @dataclass
+class _Entry:
+    fingerprint: str
+    driver: Driver
+    users: int = 0
+
+
+def settings_fingerprint(datastore: dict[str, Any], settings: Any) -> str:
+    """What identifies a DataStore's connection: its spec generation and the resolved
+    settings (endpoints, credentials and certificates read from its Secrets). Status writes,
+    which bump the resourceVersion, do not change it."""
+    h = hashlib.sha256(str((datastore.get("metadata") or {}).get("generation")).encode())
+    h.update(repr(settings).encode())
+    return h.hexdigest()
+
+
+@dataclass
 class DriverCache:
-    """One open driver per DataStore, replaced when the DataStore object changes."""
+    """One open driver per DataStore, replaced when its connection settings change.
+
+    Drivers are counted out by :meth:`get` and back by :meth:`release`; a replaced driver is
+    closed once the last reconcile using it has released it, never under a running one."""
 
     client: AsyncClient
-    drivers: dict[str, tuple[str, Driver]] = field(default_factory=dict)
+    drivers: dict[str, _Entry] = field(default_factory=dict)
+    retired: list[_Entry] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def get(self, datastore: Any) -> Driver:
         name = datastore.metadata.name
-        version = datastore.metadata.resourceVersion
+        obj = datastore.to_dict()
+        spec = DataStoreSpec.parse(obj)
+        settings = await resolve(spec, secret_reader(self.client))
+        fingerprint = settings_fingerprint(obj, settings)
         async with self.lock:
             cached = self.drivers.get(name)
-            if cached and cached[0] == version:
-                return cached[1]
-            if cached:
-                await cached[1].close()
-            spec = DataStoreSpec.parse(datastore.to_dict())
-            driver = open_driver(await resolve(spec, secret_reader(self.client)))
-            self.drivers[name] = (version, driver)
-            return driver
+            if cached is None or cached.fingerprint != fingerprint:
+                if cached is not None:
+                    self.retired.append(cached)
+                cached = _Entry(fingerprint, open_driver(settings))
+                self.drivers[name] = cached
+            cached.users += 1
+            driver = cached.driver
+        await self._close_unused()
+        return driver
+
+    async def release(self, driver: Driver) -> None:
+        async with self.lock:
+            for entry in (*self.drivers.values(), *self.retired):
+                if entry.driver is driver and entry.users > 0:
+                    entry.users -= 1
+                    break
+        await self._close_unused()
+
+    async def _close_unused(self) -> None:
+        async with self.lock:
+            done = [e for e in self.retired if e.users == 0]
+            self.retired = [e for e in self.retired if e.users > 0]
+        for entry in done:
+            await entry.driver.close()
 
     async def close(self) -> None:
-        for _, driver in self.drivers.values():
-            await driver.close()
+        for entry in (*self.drivers.values(), *self.retired):
+            await entry.driver.close()
         self.drivers.clear()
+        self.retired.clear()
 
 
 class StepTimer:
@@ -168,6 +221,12 @@ class TenantReconciler:
         self.client, self.config, self.events = client, config, recorder
         self.metrics = metrics or Metrics()
         self.drivers = DriverCache(client)
+        # What every TenantControlPlane claims in its DataStore, kept current by the
+        # operator's watch (observe_claim); the reconcile refuses a space or user an older
+        # tenant claims.
+        self.claims: dict[Key, Claim] = {}
+        # Consecutive rejected applies per tenant, for the InvalidSpec backoff.
+        self._rejected: dict[Key, int] = {}
         # Set by the operator once its work queue exists: drift inside a tenant requeues it.
         self.watches: TenantWatches | None = None
 
@@ -214,7 +273,37 @@ class TenantReconciler:
                 return Result()
             raise
         obj: dict[str, Any] = current.to_dict()  # type: ignore[no-untyped-call]
+        self.observe_claim("MODIFIED", obj)
+        spec = self._effective_spec(obj)
+        held = _HELD.set([])
+        try:
+            return await self._reconcile(key, obj, spec)
+        finally:
+            for driver in _HELD.get() or []:
+                await self.drivers.release(driver)
+            _HELD.reset(held)
+
+    def observe_claim(self, event: str, obj: dict[str, Any]) -> None:
+        """Keep :attr:`claims` current (called for each TenantControlPlane watch event)."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        if event == "DELETED":
+            self.claims.pop(key, None)
+        else:
+            self.claims[key] = Claim.of(obj, self.config.default_datastore)
+
+    def _effective_spec(self, obj: dict[str, Any]) -> TenantControlPlaneSpec:
+        """The spec with DataStore, schema and user as pinned in status.storage at first
+        provisioning (so a changed --default-datastore never moves a tenant)."""
         spec = TenantControlPlaneSpec.parse(obj)
+        where = tenant_status.placement(obj, self.config.default_datastore)
+        return dataclasses.replace(spec, data_store=where.data_store,
+                                   data_store_schema=where.schema,
+                                   data_store_username=where.user)
+
+    async def _reconcile(self, key: Key, obj: dict[str, Any],
+                         spec: TenantControlPlaneSpec) -> Result:
+        namespace, name = key
         timer = StepTimer(self._observe_step)
         if obj["metadata"].get("deletionTimestamp"):
             self.metrics.tenants.forget(key)
@@ -249,6 +338,7 @@ class TenantReconciler:
                  found["Ready"].status)
         if retry_after is not None:
             return Result(requeue_after=retry_after)
+        self._rejected.pop(key, None)
         if ready:
             return Result(requeue_after=self.config.ready_resync)
         if found["ControlPlaneAvailable"].status == "True":
@@ -265,11 +355,17 @@ class TenantReconciler:
         # 1. datastore
         timer.enter("datastore")
         driver, ds_name = await self._driver(spec)
+        conflict = self._claim_conflict(obj, spec, driver)
+        if conflict is not None:
+            raise Waiting(Condition("DataStoreReady", "False", conflict.reason,
+                                    conflict.message), 60.0)
         started = time.perf_counter()
         tenant, storage = await self._datastore(spec, driver, owner)
         self.metrics.datastore_provision.labels(driver.driver).observe(
             time.perf_counter() - started)
         schema, user = driver.physical_names(tenant)
+        # Pinned: later reconciles and the finalizer use these, whatever the spec or
+        # --default-datastore say then.
         status["storage"] = {"driver": driver.driver, "dataStoreName": ds_name,
                              "setup": {"schema": schema, "user": user}}
         found["DataStoreReady"] = Condition(
@@ -278,17 +374,19 @@ class TenantReconciler:
 
         # 2. service and endpoint
         timer.enter("service")
-        svc = await self._apply(controlplane.service(spec), owner)
+        svc = await self._apply_checked(obj, controlplane.service(spec), owner, "Service")
         address = await self._endpoint_address(spec, svc)
-        status["controlPlaneEndpoint"] = f"{address}:{spec.port}"
+        port = endpoint_port(spec, svc)
+        status["controlPlaneEndpoint"] = f"{address}:{port}"
         status["kubernetesResources"] = {"service": {"name": n["service"],
                                                      "namespace": spec.namespace,
-                                                     "port": spec.port}}
+                                                     "port": port}}
 
         # 3. certificates and kubeconfigs (key generation runs off the event loop)
         timer.enter("certificates")
         existing = await self._secret_data(spec.namespace, n["pki"])
-        plan = await asyncio.to_thread(tenant_pki.plan, spec, existing, (address,),
+        sans = (address, spec.advertise_address) if spec.advertise_address else (address,)
+        plan = await asyncio.to_thread(tenant_pki.plan, spec, existing, sans,
                                        self.config.key_algorithm)
         if plan.changed:
             await self._apply_secret(spec, n["pki"], plan.data, owner)
@@ -298,7 +396,8 @@ class TenantReconciler:
                                                   certificate_expiries(plan.data))
         timer.enter("kubeconfigs")
         ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
-        endpoint = f"https://{_host(address)}:{spec.port}"
+        # What tenants are told (admin.conf, cluster-info): advertiseAddress when given.
+        endpoint = f"https://{_host(spec.advertise_address or address)}:{port}"
         local = f"https://127.0.0.1:{spec.port}"
         old_configs = (await self._secret_data(spec.namespace, n["kubeconfigs"])
                        | await self._secret_data(spec.namespace, n["admin-kubeconfig"]))
@@ -320,13 +419,13 @@ class TenantReconciler:
         storage_data = dict(storage.files)
         checksums = {"pki": sha(plan.data), "kubeconfigs": sha(internal),
                      "datastore": sha(storage_data | {"endpoint": storage.kine_endpoint.encode()})}
-        advertise = address if _is_ip(address) else "$(POD_IP)"
+        advertise = spec.advertise_address or (address if _is_ip(address) else "$(POD_IP)")
         manifest = controlplane.deployment(spec, storage, advertise, checksums,
                                            self.config.kine_image)
-        dep = await self._apply(manifest, owner)
+        dep = await self._apply_checked(obj, manifest, owner, "Deployment")
         ingress = controlplane.ingress(spec)
         if ingress:
-            await self._apply(ingress, owner)
+            await self._apply_checked(obj, ingress, owner, "Ingress")
         else:
             await self._delete_owned(Ingress, spec, n["ingress"])
 
@@ -385,7 +484,49 @@ class TenantReconciler:
                 raise Waiting(Condition("DataStoreReady", "False", "DataStoreNotFound",
                                         f"DataStore {ds_name} does not exist"), 10.0) from e
             raise
-        return await self.drivers.get(datastore), ds_name
+        driver = await self.drivers.get(datastore)
+        held = _HELD.get()
+        if held is not None:
+            held.append(driver)  # released when this reconcile ends
+        else:
+            await self.drivers.release(driver)
+        return driver, ds_name
+
+    def _physical(self, driver: Driver) -> Callable[[str, str], tuple[str, str]]:
+        def physical(schema: str, user: str) -> tuple[str, str]:
+            try:
+                return driver.physical_names(Tenant(schema, user))
+            except DataStoreError:  # an invalid name cannot collide with a valid one
+                return schema, user
+        return physical
+
+    def _claim_conflict(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
+                        driver: Driver) -> tenant_status.Conflict | None:
+        """An older tenant on the same DataStore claims this one's schema or user."""
+        mine = Claim.of(obj, self.config.default_datastore)
+        return tenant_status.claim_conflict(mine, self.claims.values(), self._physical(driver))
+
+    async def _apply_checked(self, obj: dict[str, Any], manifest: dict[str, Any],
+                             owner: dict[str, Any], kind: str) -> Any:
+        """Apply a rendered object; the API server refusing it (400/422: an invalid nodePort,
+        toleration, resource quantity, …) becomes ControlPlaneAvailable=False InvalidSpec with
+        the server's message, retried with a growing delay rather than in a hot loop."""
+        meta = obj["metadata"]
+        key = (meta.get("namespace") or "", f"{meta['name']}/{kind}")
+        try:
+            applied = await self._apply(manifest, owner)
+        except ApiError as e:
+            if e.status.code not in (400, 422):
+                raise
+            failures = self._rejected.get(key, 0) + 1
+            self._rejected[key] = failures
+            message = (e.status.message or str(e))[:4000]
+            raise Waiting(Condition(
+                "ControlPlaneAvailable", "False", "InvalidSpec",
+                f"the API server refused the {kind} rendered from this spec: {message}"),
+                min(10.0 * 2.0 ** (failures - 1), 300.0)) from e
+        self._rejected.pop(key, None)
+        return applied
 
     async def _datastore(self, spec: TenantControlPlaneSpec, driver: Driver,
                          owner: dict[str, Any]) -> tuple[Tenant, TenantConnection]:
@@ -406,7 +547,8 @@ class TenantReconciler:
                 candidate = pki.KeyPair(existing["tls.crt"], existing["tls.key"])
                 if why is None and pki.common_name(candidate) == driver.physical_names(tenant)[1]:
                     pair = candidate
-            storage = driver.tenant_connection(tenant, pair)
+            # Issuing the client certificate generates a private key: off the event loop.
+            storage = await asyncio.to_thread(driver.tenant_connection, tenant, pair)
             data = dict(storage.files)
         else:
             storage = driver.tenant_connection(tenant)
@@ -548,8 +690,13 @@ class TenantReconciler:
                                  c.reason, f"{c.type}={c.status}: {c.message}")
         status["conditions"] = merged
         status["observedGeneration"] = spec.generation
+        previous = obj.get("status") or {}
         status.setdefault("kubernetesResources", {}).setdefault(
-            "version", {"status": "Provisioning"})
+            "version", {"status": tenant_status.carried_version_status(previous, spec.replicas)})
+        # Start from the previous status: what this reconcile did not get to keeps its value.
+        full = tenant_status.merge_status(previous, status)
+        status.clear()
+        status.update(full)
         patch = TenantControlPlane.Status(
             metadata=ObjectMeta(name=spec.name, namespace=spec.namespace), status=status)
         await self.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
@@ -575,12 +722,31 @@ class TenantReconciler:
             self.events.emit(obj, "Warning", w.condition.reason,
                              f"{w.condition.message}; removing the finalizer without cleanup")
         else:
-            tenant = Tenant(spec.data_store_schema, spec.data_store_username)
-            await driver.delete_tenant(tenant)
-            self.events.emit(obj, "Normal", "DataStoreTenantDeleted",
-                             f"removed {driver.physical_names(tenant)[0]!r} from {ds_name}")
+            try:
+                await self._drop_datastore_tenant(obj, spec, driver, ds_name)
+            except InvalidName as e:
+                # A name the driver refuses (reserved, malformed) was never provisioned.
+                self.events.emit(obj, "Warning", e.reason,
+                                 f"{e}; nothing was provisioned, removing the finalizer")
         await self._set_finalizer(spec, present=False)
         return Result()
+
+    async def _drop_datastore_tenant(self, obj: dict[str, Any], spec: TenantControlPlaneSpec,
+                                     driver: Driver, ds_name: str) -> None:
+        tenant = Tenant(spec.data_store_schema, spec.data_store_username)
+        # Read fresh (not the watch's view): deleting drops data for good.
+        others = [Claim.of(t.to_dict(), self.config.default_datastore)  # type: ignore[no-untyped-call]
+                  async for t in self.client.list(TenantControlPlane, namespace=ALL_NS)]
+        holders = tenant_status.live_holders(Claim.of(obj, self.config.default_datastore),
+                                             others, self._physical(driver))
+        if holders:
+            self.events.emit(obj, "Warning", "DataStoreTenantKept", (
+                f"kept {driver.physical_names(tenant)[0]!r} in {ds_name}: also used by " +
+                ", ".join(f"{o.namespace}/{o.name}" for o in holders)))
+            return
+        await driver.delete_tenant(tenant)
+        self.events.emit(obj, "Normal", "DataStoreTenantDeleted",
+                         f"removed {driver.physical_names(tenant)[0]!r} from {ds_name}")
 
     async def _delete_owned(self, resource: Any, spec: TenantControlPlaneSpec,
                             name: str) -> None:
@@ -598,6 +764,17 @@ class TenantReconciler:
         if self.watches is not None:
             await self.watches.close()
         await self.drivers.close()
+
+
+def endpoint_port(spec: TenantControlPlaneSpec, svc: Any) -> int:
+    """The port clients dial: for NodePort the Service's node port (networkProfile.port when
+    given, else the one the API server allocated), else networkProfile.port."""
+    if spec.service_type == "NodePort":
+        ports = getattr(getattr(svc, "spec", None), "ports", None) or []
+        for p in ports:
+            if p.name == "kube-apiserver" and p.nodePort:
+                return int(p.nodePort)
+    return spec.port
 
 
 def _is_ip(value: str) -> bool:

@@ -60,8 +60,9 @@ def datastore_objects(layout: Layout) -> list[dict[str, Any]]:
 
 def tenant_control_plane(name: str, namespace: str, datastore: str, version: str,
                          replicas: int = 1, service_type: str = "ClusterIP",
-                         port: int = 6443, addons: bool = False) -> dict[str, Any]:
-    """A sample tenant; ``addons`` installs CoreDNS and kube-proxy for nodes to join."""
+                         port: int | None = 6443, addons: bool = False) -> dict[str, Any]:
+    """A sample tenant; ``addons`` installs CoreDNS and kube-proxy for nodes to join; with
+    ``port`` None, networkProfile.port is left out (a NodePort Service then allocates)."""
     tcp: dict[str, Any] = {
         "apiVersion": "haku.dev/v1alpha1", "kind": "TenantControlPlane",
         "metadata": {"name": name, "namespace": namespace},
@@ -70,9 +71,10 @@ def tenant_control_plane(name: str, namespace: str, datastore: str, version: str
             "kubernetes": {"version": version},
             "controlPlane": {"deployment": {"replicas": replicas},
                              "service": {"serviceType": service_type}},
-            "networkProfile": {"port": port},
         },
     }
+    if port is not None:
+        tcp["spec"]["networkProfile"] = {"port": port}
     if addons:
         tcp["spec"]["addons"] = {"coreDNS": {}, "kubeProxy": {}}
     return tcp

@@ -1,8 +1,10 @@
 """The tenant control plane's Deployment, Service and Ingress, as plain manifests (pure).
 
-Flags come in three kinds: *managed* ones wire the pod together (certificates, ports, storage)
-and always win; *defaults* are Kamaji's and kubeadm's choices and yield to the user's
-``extraArgs``; the user's extras follow verbatim (repeatable flags stay repeated).
+Flags come in three kinds: *managed* ones wire the pod together (certificates, ports, storage);
+the CRD refuses them in ``extraArgs`` and they win here too (for objects admitted before that
+rule); *defaults* are Kamaji's and kubeadm's choices (and values from spec fields such as
+admissionControllers) and yield to the user's ``extraArgs``; the user's extras follow
+verbatim (repeatable flags stay repeated).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def merge_args(managed: Mapping[str, str], defaults: Mapping[str, str],
     return [f"{k}={v}" for k, v in sorted(owned.items())] + user
 
 
-def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
-                   advertise_address: str) -> list[str]:
+def apiserver_managed(spec: TenantControlPlaneSpec, storage: TenantConnection,
+                      advertise_address: str) -> dict[str, str]:
+    """Flags that wire kube-apiserver into the pod; the CRD refuses them in extraArgs."""
     managed = {
         "--advertise-address": advertise_address,
         "--bind-address": "0.0.0.0",  # noqa: S104  (inside the pod)
@@ -72,7 +75,6 @@ def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
         "--tls-private-key-file": f"{PKI}/apiserver.key",
         "--kubelet-client-certificate": f"{PKI}/apiserver-kubelet-client.crt",
         "--kubelet-client-key": f"{PKI}/apiserver-kubelet-client.key",
-        "--kubelet-preferred-address-types": ",".join(spec.preferred_address_types),
         "--proxy-client-cert-file": f"{PKI}/front-proxy-client.crt",
         "--proxy-client-key-file": f"{PKI}/front-proxy-client.key",
         "--requestheader-allowed-names": "front-proxy-client",
@@ -80,12 +82,20 @@ def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
         "--service-account-key-file": f"{PKI}/sa.pub",
         "--service-account-signing-key-file": f"{PKI}/sa.key",
         "--service-cluster-ip-range": ",".join(spec.service_cidrs),
-        "--enable-admission-plugins": ",".join(spec.admission_plugins),
     }
     for arg in kine_render.apiserver_storage_args(storage, tls_dir=f"{PKI}/datastore"):
         flag, value = arg.split("=", 1)
         managed[flag] = value
+    return managed
+
+
+def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
+                   advertise_address: str) -> list[str]:
+    managed = apiserver_managed(spec, storage, advertise_address)
+    # From spec fields, but a user's extraArgs value wins (as in Kamaji).
     defaults = {
+        "--kubelet-preferred-address-types": ",".join(spec.preferred_address_types),
+        "--enable-admission-plugins": ",".join(spec.admission_plugins),
         "--allow-privileged": "true",
         "--authorization-mode": "Node,RBAC",
         "--enable-bootstrap-token-auth": "true",
@@ -99,9 +109,9 @@ def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
     return merge_args(managed, defaults, list(spec.extra_args.api_server))
 
 
-def controller_manager_args(spec: TenantControlPlaneSpec) -> list[str]:
+def controller_manager_managed(spec: TenantControlPlaneSpec) -> dict[str, str]:
     kc = f"{CONFIG}/controller-manager.conf"
-    managed = {
+    return {
         "--kubeconfig": kc,
         "--authentication-kubeconfig": kc,
         "--authorization-kubeconfig": kc,
@@ -116,6 +126,10 @@ def controller_manager_args(spec: TenantControlPlaneSpec) -> list[str]:
         "--cluster-cidr": ",".join(spec.pod_cidrs),
         "--cluster-name": spec.name,
     }
+
+
+def controller_manager_args(spec: TenantControlPlaneSpec) -> list[str]:
+    managed = controller_manager_managed(spec)
     defaults = {
         "--allocate-node-cidrs": "true",
         "--controllers": "*,bootstrapsigner,tokencleaner",
@@ -125,15 +139,19 @@ def controller_manager_args(spec: TenantControlPlaneSpec) -> list[str]:
     return merge_args(managed, defaults, list(spec.extra_args.controller_manager))
 
 
-def scheduler_args(spec: TenantControlPlaneSpec) -> list[str]:
+def scheduler_managed() -> dict[str, str]:
     kc = f"{CONFIG}/scheduler.conf"
-    managed = {
+    return {
         "--kubeconfig": kc,
         "--authentication-kubeconfig": kc,
         "--authorization-kubeconfig": kc,
         "--bind-address": "0.0.0.0",  # noqa: S104  (inside the pod)
     }
-    return merge_args(managed, {"--leader-elect": "true"}, list(spec.extra_args.scheduler))
+
+
+def scheduler_args(spec: TenantControlPlaneSpec) -> list[str]:
+    return merge_args(scheduler_managed(), {"--leader-elect": "true"},
+                      list(spec.extra_args.scheduler))
 
 
 def _probe(path: str, port: int, failure: int = 3, period: int = 10) -> dict[str, Any]:
@@ -142,7 +160,8 @@ def _probe(path: str, port: int, failure: int = 3, period: int = 10) -> dict[str
 
 
 def _container(name: str, image: str, args: list[str], mounts: list[dict[str, Any]],
-               resources: Any, probe_path: str, port: int) -> dict[str, Any]:
+               resources: Any, probe_path: str, port: int,
+               security_context: Any = None) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": name,
         "image": image,
@@ -158,6 +177,8 @@ def _container(name: str, image: str, args: list[str], mounts: list[dict[str, An
     }
     if resources:
         container["resources"] = resources
+    if security_context:
+        container["securityContext"] = security_context
     return container
 
 
@@ -188,12 +209,15 @@ def deployment(
     containers = [
         _container("kube-apiserver", spec.image("kube-apiserver"),
                    apiserver_args(spec, storage, advertise_address), apiserver_mounts,
-                   spec.resources.api_server, "/readyz", spec.port),
+                   spec.resources.api_server, "/readyz", spec.port,
+                   spec.container_security_contexts.api_server),
         _container("kube-controller-manager", spec.image("kube-controller-manager"),
                    controller_manager_args(spec), [pki_mount, config_mount],
-                   spec.resources.controller_manager, "/healthz", CONTROLLER_MANAGER_PORT),
+                   spec.resources.controller_manager, "/healthz", CONTROLLER_MANAGER_PORT,
+                   spec.container_security_contexts.controller_manager),
         _container("kube-scheduler", spec.image("kube-scheduler"), scheduler_args(spec),
-                   [config_mount], spec.resources.scheduler, "/healthz", SCHEDULER_PORT),
+                   [config_mount], spec.resources.scheduler, "/healthz", SCHEDULER_PORT,
+                   spec.container_security_contexts.scheduler),
     ]
     containers[0]["ports"] = [{"name": "kube-apiserver", "containerPort": spec.port,
                                "protocol": "TCP"}]
@@ -215,7 +239,7 @@ def deployment(
     pod_annotations = {**spec.pod_metadata.annotations,
                        **{f"checksum.haku.dev/{k}": v for k, v in sorted(checksums.items())}}
     pod: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        "automountServiceAccountToken": spec.automount_service_account_token,
         "enableServiceLinks": False,
         "containers": containers,
         "volumes": volumes,
@@ -223,7 +247,8 @@ def deployment(
     optional = {"nodeSelector": spec.node_selector, "tolerations": spec.tolerations,
                 "affinity": spec.affinity, "topologySpreadConstraints": spec.topology_spread,
                 "runtimeClassName": spec.runtime_class,
-                "serviceAccountName": spec.service_account}
+                "serviceAccountName": spec.service_account,
+                "securityContext": spec.pod_security_context}
     pod |= {k: v for k, v in optional.items() if v}
     return {
         "apiVersion": "apps/v1",
@@ -247,10 +272,25 @@ def deployment(
 
 
 def service(spec: TenantControlPlaneSpec) -> dict[str, Any]:
+    """The Service in front of kube-apiserver. For NodePort, ``nodePort`` is
+    networkProfile.port only when the user set it; otherwise the API server allocates one
+    (and keeps it), and the endpoint uses the allocated port."""
     port: dict[str, Any] = {"name": "kube-apiserver", "protocol": "TCP", "port": spec.port,
                             "targetPort": spec.port}
-    if spec.service_type == "NodePort":
-        port["nodePort"] = spec.port
+    if spec.service_type == "NodePort" and spec.port_given is not None:
+        port["nodePort"] = spec.port_given
+    ports = [port] + [_additional_port(p) for p in spec.additional_ports]
+    body: dict[str, Any] = {"type": spec.service_type, "selector": selector(spec),
+                            "ports": ports}
+    if spec.service_type == "LoadBalancer":
+        if spec.load_balancer_source_ranges:
+            body["loadBalancerSourceRanges"] = list(spec.load_balancer_source_ranges)
+        if spec.load_balancer_class:
+            body["loadBalancerClass"] = spec.load_balancer_class
+        if spec.allocate_load_balancer_node_ports is not None:
+            body["allocateLoadBalancerNodePorts"] = spec.allocate_load_balancer_node_ports
+    elif spec.allow_address_as_external_ip and spec.address:
+        body["externalIPs"] = [spec.address]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -260,8 +300,16 @@ def service(spec: TenantControlPlaneSpec) -> dict[str, Any]:
             "labels": {**spec.service_metadata.labels, **labels(spec, "control-plane")},
             "annotations": dict(spec.service_metadata.annotations),
         },
-        "spec": {"type": spec.service_type, "selector": selector(spec), "ports": [port]},
+        "spec": body,
     }
+
+
+def _additional_port(p: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": p["name"], "protocol": p.get("protocol") or "TCP",
+                           "port": p["port"], "targetPort": p.get("targetPort", p["port"])}
+    if p.get("appProtocol"):
+        out["appProtocol"] = p["appProtocol"]
+    return out
 
 
 def ingress(spec: TenantControlPlaneSpec) -> dict[str, Any] | None:
