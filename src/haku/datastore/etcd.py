@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +47,8 @@ PAGE = 1000
 RETRYABLE = "revision of auth store is old"
 RETRIES = 8
 RESERVED = ("root",)  # etcd's administrator user and role
+AUTH_NOT_ENABLED = "authentication is not enabled"  # etcd's ErrAuthNotEnabled
+AUTH_FAILED = "authentication failed"  # ErrAuthFailed: "…, invalid user ID or password"
 
 
 def prefix_of(schema: str) -> bytes:
@@ -158,21 +161,43 @@ class EtcdDriver:
     # ------------------------------------------------------------------ operations
 
     async def check(self) -> str:
+        """Reachable, auth enabled (else tenants would not be isolated), and Haku's identity
+        an administrator (only one may list users)."""
         status = await self._call("etcd status", self.maintenance.Status, rpc.StatusRequest())
+        if not await self.auth_enabled():
+            raise InsecureConfiguration(
+                "etcd authentication is disabled (`etcdctl auth enable`): every client "
+                "could read every tenant's keys")
+        await self._call("listing etcd users (needs the root role)", self.auth.UserList,
+                         rpc.AuthUserListRequest())
+        return f"etcd {status.version}"
+
+    async def auth_enabled(self) -> bool:
+        """``AuthStatus`` where the server has it (3.5+), else :meth:`auth_enabled_by_login`."""
         try:
             auth = await self.auth.AuthStatus(rpc.AuthStatusRequest(), timeout=TIMEOUT)
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.UNIMPLEMENTED:  # etcd 3.4 lacks AuthStatus
                 raise _map_error(e, "etcd auth status") from e
-        else:
-            if not auth.enabled:
-                raise InsecureConfiguration(
-                    "etcd authentication is disabled (`etcdctl auth enable`): every client "
-                    "could read every tenant's keys")
-        # Only an administrator may list users: proves the DataStore's identity is one.
-        await self._call("listing etcd users (needs the root role)", self.auth.UserList,
-                         rpc.AuthUserListRequest())
-        return f"etcd {status.version}"
+            return await self.auth_enabled_by_login()
+        return bool(auth.enabled)
+
+    async def auth_enabled_by_login(self) -> bool:
+        """Whether auth is enabled, on any etcd 3.x: a password login as a random user name
+        no one holds is refused with "authentication is not enabled" when auth is off, and
+        with "authentication failed" when it is on."""
+        request = rpc.AuthenticateRequest(name=f"haku-probe-{secrets.token_hex(8)}",
+                                          password=secrets.token_hex(16))
+        try:
+            await self.auth.Authenticate(request, timeout=TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            details = e.details() or ""
+            if AUTH_NOT_ENABLED in details:
+                return False
+            if AUTH_FAILED in details:
+                return True
+            raise _map_error(e, "probing etcd auth") from e
+        return True  # a login succeeded: auth is on
 
     async def _provisioned(self, schema: str, user: str, prefix: bytes) -> bool:
         """Reads only: whether user, role, grant and permission are all in place."""

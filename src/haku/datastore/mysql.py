@@ -75,6 +75,36 @@ def check_password(password: str | None) -> str:
     return password
 
 
+# What ensure_tenant and delete_tenant need, server-wide: users, databases (and haku_meta),
+# the tenant PRIVILEGES to pass on, and GRANT OPTION to pass them.
+ADMIN_PRIVILEGES = ("CREATE USER", "CREATE", "DROP", "SELECT", "INSERT", "UPDATE", "DELETE",
+                    "ALTER", "INDEX", "GRANT OPTION")
+_QUOTED = re.compile(r"`(?:[^`]|``)*`|'(?:[^'\\]|\\.|'')*'")
+_GLOBAL_GRANT = re.compile(r"GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
+
+
+def missing_admin_privileges(grants: list[str]) -> list[str]:
+    """Which of :data:`ADMIN_PRIVILEGES` the ``SHOW GRANTS`` lines ``grants`` do not hold on
+    ``*.*``. INSERT, UPDATE and DELETE on ``*.*`` stand for CREATE USER, as on the server
+    (they cover the ``mysql`` database). Privileges that come only through a role are not
+    seen."""
+    held: set[str] = set()
+    for line in grants:
+        bare = _QUOTED.sub("``", line)  # names and password hashes cannot fake a keyword
+        found = _GLOBAL_GRANT.match(bare)
+        if not found:
+            continue
+        privileges = {p.strip().upper() for p in found.group(1).split(",")}
+        if "ALL PRIVILEGES" in privileges or "ALL" in privileges:
+            privileges |= set(ADMIN_PRIVILEGES) - {"GRANT OPTION"}
+        if " WITH GRANT OPTION" in bare.upper():
+            privileges.add("GRANT OPTION")
+        held |= privileges
+    if {"INSERT", "UPDATE", "DELETE"} <= held:
+        held.add("CREATE USER")  # writes to the mysql database do what CREATE USER allows
+    return [p for p in ADMIN_PRIVILEGES if p not in held]
+
+
 def _map_error(e: Exception, doing: str) -> DataStoreError:
     text = f"{doing}: {e}"
     code = e.args[0] if e.args and isinstance(e.args[0], int) else None
@@ -152,17 +182,16 @@ class MySQLDriver:
         return db, user
 
     async def check(self) -> str:
+        """Reachable, the password accepted, and on ``*.*`` every privilege Haku uses (or
+        grants) with GRANT OPTION: :data:`ADMIN_PRIVILEGES`."""
         version, grants = await self._run("checking MySQL", [
             ("SELECT VERSION()", ()), ("SHOW GRANTS FOR CURRENT_USER()", ())])
-        text = " ".join(str(g[0]) for g in grants).upper()
-        global_grants = [str(g[0]).upper() for g in grants if " ON *.* " in str(g[0]).upper()]
-        may_provision = any(
-            "WITH GRANT OPTION" in g and ("ALL PRIVILEGES" in g or "CREATE USER" in g)
-            for g in global_grants)
-        if not may_provision:
+        missing = missing_admin_privileges([str(g[0]) for g in grants])
+        if missing:
             raise PermissionDenied(
-                f"MySQL user {self.settings.username!r} cannot create users and grant on *.* "
-                f"with GRANT OPTION (its grants: {text[:300]})")
+                f"MySQL user {self.settings.username!r} lacks {', '.join(missing)} on *.*: "
+                f"Haku needs {', '.join(ADMIN_PRIVILEGES)} on *.* WITH GRANT OPTION (or ALL "
+                "PRIVILEGES WITH GRANT OPTION) to create tenants' users, databases and grants")
         return f"MySQL {version[0][0]}"
 
     async def _ensure_meta(self) -> None:

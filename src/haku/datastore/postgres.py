@@ -124,14 +124,20 @@ class PostgresDriver:
         return db, role
 
     async def check(self) -> str:
+        """Reachable, the password accepted, and the user a superuser. CREATEROLE and CREATEDB
+        are not enough: each tenant's role owns its database, and only a superuser or a
+        member of that role may create a database for it or revoke PUBLIC's CONNECT on it."""
         (rows,) = await self._run("checking PostgreSQL", [(
-            sql.SQL("SELECT current_setting('server_version'), rolsuper OR rolcreaterole "
-                    "AND rolcreatedb FROM pg_roles WHERE rolname = current_user"), ())])
-        version, may_provision = rows[0]
-        if not may_provision:
+            sql.SQL("SELECT current_setting('server_version'), rolsuper, rolcreaterole, "
+                    "rolcreatedb FROM pg_roles WHERE rolname = current_user"), ())])
+        version, superuser, createrole, createdb = rows[0]
+        if not superuser:
+            held = [a for a, v in (("CREATEROLE", createrole), ("CREATEDB", createdb)) if v]
             raise PermissionDenied(
-                f"PostgreSQL user {self.settings.username!r} can neither create roles nor "
-                "databases: give it SUPERUSER, or CREATEROLE and CREATEDB")
+                f"PostgreSQL user {self.settings.username!r} is not a superuser (it holds "
+                f"{' and '.join(held) or 'neither CREATEROLE nor CREATEDB'}): Haku needs "
+                "SUPERUSER, since each tenant's role owns its database (CREATEROLE and "
+                "CREATEDB are not enough: the owner must be a role Haku's user is a member of)")
         return f"PostgreSQL {version}"
 
     async def ensure_tenant(self, tenant: Tenant) -> None:
