@@ -7,7 +7,9 @@
   reconciled every one (status written for the current generation, certificates issued), and
   the operator's RSS and CPU over an idle window afterwards.
 
-The operator runs as its own process (``haku operator run``) so its memory and CPU are its own.
+The operator runs as its own process (``haku operator run``) so its memory and CPU are its own;
+the ready part keeps its log (per-step reconcile times) in ``$HAKU_BENCH_OPERATOR_LOG``
+(default ``/tmp/haku-bench-operator.log``).
 Run as root: ``.venv/bin/python bench/operator_bench.py [--ready 10] [--scale 100,500,1000]``.
 """
 
@@ -83,7 +85,8 @@ async def bench_ready(count: int, algorithm: str) -> dict[str, Any]:
     cluster.down(purge=True)
     cluster.up()
     lay = cluster.layout
-    proc = start_operator(lay.admin_kubeconfig, algorithm, 4, lay.logs / "bench-operator.log")
+    operator_log = Path(os.environ.get("HAKU_BENCH_OPERATOR_LOG", "/tmp/haku-bench-operator.log"))
+    proc = start_operator(lay.admin_kubeconfig, algorithm, 4, operator_log)
     client = AsyncClient(KubeConfig.from_file(lay.admin_kubeconfig), field_manager="bench",
                          trust_env=False)
     seconds = []
