@@ -61,3 +61,19 @@ async def test_a_replaced_driver_closes_when_its_last_user_releases_it(
     await cache.release(new)
     await cache.close()
     assert new.closed  # type: ignore[attr-defined]
+
+
+async def test_settings_are_read_again_once_the_ttl_has_passed(
+        cache: DriverCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within SETTINGS_TTL an unchanged generation reuses the driver without reading the
+    DataStore's Secrets; after it, changed Secret content (same generation) replaces it."""
+    first = await cache.get(datastore("pw", 1, "100"))
+    same = await cache.get(datastore("changed-in-a-secret", 1, "101"))
+    assert same is first
+    monkeypatch.setattr(tenant, "SETTINGS_TTL", 0.0)
+    fresh = await cache.get(datastore("changed-in-a-secret", 1, "102"))
+    assert fresh is not first
+    for driver in (first, same, fresh):
+        await cache.release(driver)
+    assert first.closed  # type: ignore[attr-defined]
+    await cache.close()

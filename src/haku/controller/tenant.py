@@ -116,10 +116,17 @@ def _b64(data: dict[str, bytes]) -> dict[str, str]:
     return {k: base64.b64encode(v).decode() for k, v in data.items()}
 
 
+# How long resolved DataStore settings (credentials read from its Secrets) are trusted before
+# a reconcile reads the Secrets again: a rotated DataStore credential is picked up within this.
+SETTINGS_TTL = 30.0
+
+
 @dataclass
 class _Entry:
     fingerprint: str
     driver: Driver
+    generation: Any = None
+    checked: float = 0.0  # time.monotonic() of the last resolve that matched
     users: int = 0
 
 
@@ -128,7 +135,9 @@ def settings_fingerprint(datastore: dict[str, Any], settings: Any) -> str:
     settings (endpoints, credentials and certificates read from its Secrets). Status writes,
     which bump the resourceVersion, do not change it."""
     h = hashlib.sha256(str((datastore.get("metadata") or {}).get("generation")).encode())
-    h.update(repr(settings).encode())
+    # Every field's value (Settings' repr hides the credentials, which must count here).
+    for value in dataclasses.astuple(settings):
+        h.update(b"\0" + repr(value).encode())
     return h.hexdigest()
 
 
@@ -146,6 +155,13 @@ class DriverCache:
 
     async def get(self, datastore: Any) -> Driver:
         name = datastore.metadata.name
+        generation = datastore.metadata.generation
+        async with self.lock:
+            cached = self.drivers.get(name)
+            if cached is not None and cached.generation == generation \
+                    and time.monotonic() - cached.checked < SETTINGS_TTL:
+                cached.users += 1  # same spec, Secrets read recently: no API reads
+                return cached.driver
         obj = datastore.to_dict()
         spec = DataStoreSpec.parse(obj)
         settings = await resolve(spec, secret_reader(self.client))
@@ -155,8 +171,9 @@ class DriverCache:
             if cached is None or cached.fingerprint != fingerprint:
                 if cached is not None:
                     self.retired.append(cached)
-                cached = _Entry(fingerprint, open_driver(settings))
+                cached = _Entry(fingerprint, open_driver(settings), generation)
                 self.drivers[name] = cached
+            cached.generation, cached.checked = generation, time.monotonic()
             cached.users += 1
             driver = cached.driver
         await self._close_unused()
