@@ -10,7 +10,7 @@ import pytest
 from haku.datastore import DataStoreError, Driver, Tenant
 from haku.datastore.etcd import EtcdDriver, prefix_of, range_end
 from haku.datastore.mysql import META, MySQLDriver, grant_identifier
-from haku.datastore.postgres import PostgresDriver
+from haku.datastore.postgres import MARKER, PostgresDriver
 
 T = Tenant("life-t", "life-u", "lifepw0123456789")
 # An underscore in the database name: the grant footprint reads the escaped form.
@@ -41,12 +41,17 @@ async def footprint(driver: Driver, tenant: Tenant) -> dict[str, Any]:
     if isinstance(driver, PostgresDriver):
         from psycopg import sql
 
-        db, role, acl = await driver._run("footprint", [
+        db, role, acl, marks = await driver._run("footprint", [
             (sql.SQL("SELECT count(*) FROM pg_database WHERE datname = %s"), (schema,)),
             (sql.SQL("SELECT count(*) FROM pg_roles WHERE rolname = %s"), (user,)),
             (sql.SQL("SELECT datacl::text FROM pg_database WHERE datname = %s"), (schema,)),
+            # Haku's ownership markers: the comments on the database and on the role.
+            (sql.SQL("SELECT (SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                     "WHERE datname = %s), (SELECT shobj_description(oid, 'pg_authid') "
+                     "FROM pg_roles WHERE rolname = %s)"), (schema, user)),
         ])
-        return {"db": db[0][0], "role": role[0][0], "acl": acl[0][0] if acl else None}
+        return {"db": db[0][0], "role": role[0][0], "acl": acl[0][0] if acl else None,
+                "marks": marks[0]}
     assert isinstance(driver, MySQLDriver)
     db, users, grants, meta = await driver._run("footprint", [
         ("SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (schema,)),
@@ -61,7 +66,7 @@ async def footprint(driver: Driver, tenant: Tenant) -> dict[str, Any]:
 
 EMPTY = {
     "etcd": {"keys": 0, "role": False, "perms": [], "user": False, "grants": []},
-    "PostgreSQL": {"db": 0, "role": 0, "acl": None},
+    "PostgreSQL": {"db": 0, "role": 0, "acl": None, "marks": (None, None)},
     "MySQL": {"db": 0, "user": 0, "grants": 0, "meta": 0},
 }
 
@@ -83,6 +88,7 @@ async def test_ensure_three_times_gives_one_state(driver: Driver, tenant: Tenant
         # aclitems look like grantee=privileges/grantor; PUBLIC's have an empty grantee.
         items = states[0]["acl"].strip("{}").split(",")
         assert items and not [i for i in items if i.startswith("=")], items
+        assert states[0]["marks"] == (MARKER, MARKER)  # database and role are Haku's
     await driver.delete_tenant(tenant)
 
 

@@ -50,6 +50,21 @@ class InvalidName(DataStoreError, ValueError):
     reason = "InvalidName"
 
 
+class NotOwned(DataStoreError):
+    """The tenant's user or space names an object that already exists on the server and that
+    Haku did not create (another application's account, role or database). Haku refuses to
+    take it over, before changing anything, and ``delete_tenant`` leaves such objects alone.
+    How each driver tells its own objects from others is in docs/datastores.md."""
+
+    reason = "NotOwned"
+
+
+def not_owned(kind: str, name: str) -> NotOwned:
+    """The :class:`NotOwned` for the existing ``kind`` (e.g. "PostgreSQL role") ``name``."""
+    return NotOwned(f"{kind} {name!r} already exists on the server and was not created by "
+                    "Haku; choose another spec.dataStoreSchema/dataStoreUsername")
+
+
 class InvalidTLSConfig(DataStoreError, ValueError):
     """A certificate or key of the DataStore cannot be parsed (not PEM, wrong kind, garbage)."""
 

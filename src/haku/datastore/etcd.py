@@ -6,6 +6,13 @@ grants readwrite on ``/<schema>/`` (the trailing slash keeps ``/a`` from coverin
 Haku itself connects with the DataStore's client certificate (normally the ``root`` user).
 A tenant whose user or role would be ``root`` or that administrator is refused before any
 request: granting the ``root`` role to a tenant user would make it an administrator.
+
+Ownership: etcd's users and roles carry no marker, so a tenant's objects are recognised by
+shape. An existing role is taken as the tenant's only if it holds no permission but on the
+tenant's own prefix range, an existing user only if it holds no role but the tenant's, and
+keys under the prefix only if the tenant's role exists (Haku makes the role before any key is
+written and deletes the keys before the role). Anything else is refused with
+:class:`~haku.datastore.base.NotOwned` before any change, and left untouched by delete.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from haku.datastore.base import (
     Unreachable,
     Usage,
     check_tls_material,
+    not_owned,
     physical_name,
     refuse_reserved,
 )
@@ -199,52 +207,85 @@ class EtcdDriver:
             raise _map_error(e, "probing etcd auth") from e
         return True  # a login succeeded: auth is on
 
-    async def _provisioned(self, schema: str, user: str, prefix: bytes) -> bool:
-        """Reads only: whether user, role, grant and permission are all in place."""
+    async def _inspect(self, schema: str, user: str, prefix: bytes
+                       ) -> tuple[list[str] | None, list[Any] | None, int]:
+        """Reads only: the roles of ``user`` and the permissions of role ``schema`` (None for
+        an absent one), and, when the role is absent, how many keys lie under ``prefix``."""
         got_user = await self._call(f"reading etcd user {user!r}", self.auth.UserGet,
                                     rpc.AuthUserGetRequest(name=user),
                                     tolerate=("user name not found",))
-        if got_user is None or schema not in got_user.roles:
-            return False
         got_role = await self._call(f"reading etcd role {schema!r}", self.auth.RoleGet,
                                     rpc.AuthRoleGetRequest(role=schema),
                                     tolerate=("role name not found",))
-        return got_role is not None and any(
-            p.key == prefix and p.range_end == range_end(prefix)
-            and p.permType == rpc.Permission.READWRITE for p in got_role.perm)
+        keys = 0
+        if got_role is None:
+            found = await self._call(f"counting keys under {prefix!r}", self.kv.Range,
+                                     rpc.RangeRequest(key=prefix, range_end=range_end(prefix),
+                                                      count_only=True))
+            keys = int(found.count)
+        return (None if got_user is None else list(got_user.roles),
+                None if got_role is None else list(got_role.perm), keys)
+
+    @staticmethod
+    def _role_is_tenants(perms: list[Any], prefix: bytes) -> bool:
+        """No permission but on the tenant's own prefix range (of any type)."""
+        return all(p.key == prefix and p.range_end == range_end(prefix) for p in perms)
 
     async def ensure_tenant(self, tenant: Tenant) -> None:
         schema, user = self.physical_names(tenant)
         prefix = prefix_of(schema)
         # Every reconcile ensures; writes to etcd's auth store are global, so read first.
-        if await self._provisioned(schema, user, prefix):
-            return
-        await self._call(f"adding etcd user {user!r}", self.auth.UserAdd,
-                         rpc.AuthUserAddRequest(name=user,
-                                                options=rpc.UserAddOptions(no_password=True)),
-                         tolerate=("user name already exists",))
-        await self._call(f"adding etcd role {schema!r}", self.auth.RoleAdd,
-                         rpc.AuthRoleAddRequest(name=schema),
-                         tolerate=("role name already exists",))
-        permission = rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
-                                    range_end=range_end(prefix))
-        await self._call(f"granting {prefix!r} to role {schema!r}", self.auth.RoleGrantPermission,
-                         rpc.AuthRoleGrantPermissionRequest(name=schema, perm=permission))
-        await self._call(f"granting role {schema!r} to user {user!r}", self.auth.UserGrantRole,
-                         rpc.AuthUserGrantRoleRequest(user=user, role=schema))
+        roles, perms, keys = await self._inspect(schema, user, prefix)
+        if roles is not None and any(r != schema for r in roles):
+            raise not_owned("etcd user (holding other roles)", user)
+        if perms is not None and not self._role_is_tenants(perms, prefix):
+            raise not_owned("etcd role (holding other permissions)", schema)
+        if perms is None and keys:
+            raise not_owned("etcd key prefix (holding keys, but no role of its name)",
+                            prefix.decode(errors="replace"))
+        ready_role = perms is not None and any(p.permType == rpc.Permission.READWRITE
+                                               for p in perms)
+        if roles == [schema] and ready_role:
+            return  # fully provisioned
+        if roles is None:
+            await self._call(f"adding etcd user {user!r}", self.auth.UserAdd,
+                             rpc.AuthUserAddRequest(
+                                 name=user, options=rpc.UserAddOptions(no_password=True)),
+                             tolerate=("user name already exists",))
+        if perms is None:
+            await self._call(f"adding etcd role {schema!r}", self.auth.RoleAdd,
+                             rpc.AuthRoleAddRequest(name=schema),
+                             tolerate=("role name already exists",))
+        if not ready_role:
+            permission = rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
+                                        range_end=range_end(prefix))
+            await self._call(f"granting {prefix!r} to role {schema!r}",
+                             self.auth.RoleGrantPermission,
+                             rpc.AuthRoleGrantPermissionRequest(name=schema, perm=permission))
+        if roles != [schema]:
+            await self._call(f"granting role {schema!r} to user {user!r}",
+                             self.auth.UserGrantRole,
+                             rpc.AuthUserGrantRoleRequest(user=user, role=schema))
 
     async def delete_tenant(self, tenant: Tenant) -> None:
-        # Data first, then the role, then the user: a half-done delete resumes cleanly.
+        """Data first, then the role, then the user, so a half-done delete resumes cleanly;
+        each only if it is the tenant's by the rules of the module's docstring."""
         schema, user = self.physical_names(tenant)
         prefix = prefix_of(schema)
-        await self._call(f"deleting keys under {prefix!r}", self.kv.DeleteRange,
-                         rpc.DeleteRangeRequest(key=prefix, range_end=range_end(prefix)))
-        await self._call(f"deleting etcd role {schema!r}", self.auth.RoleDelete,
-                         rpc.AuthRoleDeleteRequest(role=schema),
-                         tolerate=("role name not found",))
-        await self._call(f"deleting etcd user {user!r}", self.auth.UserDelete,
-                         rpc.AuthUserDeleteRequest(name=user),
-                         tolerate=("user name not found",))
+        roles, perms, _ = await self._inspect(schema, user, prefix)
+        role_ours = perms is not None and self._role_is_tenants(perms, prefix)
+        if role_ours:
+            await self._call(f"deleting keys under {prefix!r}", self.kv.DeleteRange,
+                             rpc.DeleteRangeRequest(key=prefix, range_end=range_end(prefix)))
+            await self._call(f"deleting etcd role {schema!r}", self.auth.RoleDelete,
+                             rpc.AuthRoleDeleteRequest(role=schema),
+                             tolerate=("role name not found",))
+        # A user holding the role (etcd drops a deleted role from its users) only if the
+        # role was the tenant's: a foreign user given a foreign role of that name stays.
+        if roles is not None and (roles == [] or (roles == [schema] and role_ours)):
+            await self._call(f"deleting etcd user {user!r}", self.auth.UserDelete,
+                             rpc.AuthUserDeleteRequest(name=user),
+                             tolerate=("user name not found",))
 
     async def list_tenants(self) -> list[str]:
         roles = await self._call("listing etcd roles", self.auth.RoleList,

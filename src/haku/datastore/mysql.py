@@ -10,6 +10,13 @@ records its tenants in a bookkeeping table, ``haku_meta.tenants``; tenants are g
 on ``haku_meta`` (the isolation test checks that a tenant cannot open it). Names that would
 reach the server's own databases or accounts are refused (:data:`RESERVED_DATABASES`,
 :data:`RESERVED_USERS`). Only MariaDB is tested.
+
+Ownership: ``haku_meta.tenants`` is also Haku's record of what it created. Its row is written
+*first*, as the intent, before ``CREATE USER`` and ``CREATE DATABASE``, so no kill leaves an
+unrecorded object of Haku's. An existing user (``'<user>'@'%'``) is Haku's iff a row names it
+in ``user``, an existing database iff a row names it in ``db``; anything else under the
+tenant's names is refused with :class:`~haku.datastore.base.NotOwned` before any change, and
+delete drops only what the tenant's row records, deleting the row last.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pymysql
 from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
+    InvalidName,
     PermissionDenied,
     PrivateFiles,
     Tenant,
@@ -35,6 +43,7 @@ from haku.datastore.base import (
     Unreachable,
     Usage,
     check_tls_material,
+    not_owned,
     physical_name,
     refuse_reserved,
 )
@@ -206,11 +215,41 @@ class MySQLDriver:
         ])
         self._meta_ready = True
 
+    async def _inspect(self, doing: str, db: str, user: str
+                       ) -> tuple[bool, bool, list[tuple[str, str]]]:
+        """Read only: whether the user ``'<user>'@'%'`` and the database exist, and the
+        ``haku_meta.tenants`` rows (db, user) that name either."""
+        users, dbs, rows = await self._run(doing, [
+            ("SELECT 1 FROM mysql.user WHERE User = %s AND Host = '%%'", (user,)),
+            ("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (db,)),
+            (f"SELECT db, user FROM {quote_identifier(META)}.tenants "
+             "WHERE db = %s OR user = %s", (db, user)),
+        ])
+        return bool(users), bool(dbs), [(str(r[0]), str(r[1])) for r in rows]
+
     async def ensure_tenant(self, tenant: Tenant) -> None:
         password = check_password(tenant.password)  # before any statement
         db, user = self.physical_names(tenant)
         await self._ensure_meta()
         doing = f"provisioning MySQL tenant {db!r}"
+        user_exists, db_exists, rows = await self._inspect(doing, db, user)
+        # Every refusal comes before the first change.
+        variants = {d for d, _ in rows if d != db and d.casefold() == db.casefold()}
+        if variants:
+            # The table's key ignores case: the row written below would overwrite theirs.
+            raise InvalidName(
+                f"the tenant schema {tenant.schema!r} (MySQL database {db!r}) differs only in "
+                f"case from the tenant database {sorted(variants)[0]!r}, which Haku's "
+                "bookkeeping cannot tell apart; choose another name")
+        if user_exists and not any(u == user for _, u in rows):
+            raise not_owned("MySQL user", f"{user}@%")
+        if db_exists and not any(d == db for d, _ in rows):
+            raise not_owned("MySQL database", db)
+        # The intent first: from here on, whatever exists under these names is recorded.
+        await self._run(doing, [(
+            f"INSERT INTO {quote_identifier(META)}.tenants VALUES (%s, %s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE user = VALUES(user)",
+            (db, user, tenant.schema, tenant.user))])
         if grant_identifier(db) != quote_identifier(db):
             # Earlier Haku granted on the unescaped name, a wildcard: revoke such a grant.
             (legacy,) = await self._run(doing, [(
@@ -219,24 +258,33 @@ class MySQLDriver:
             if legacy:
                 await self._run(doing, [(
                     f"REVOKE ALL PRIVILEGES ON {quote_identifier(db)}.* FROM %s@'%%'", (user,))])
-        await self._run(doing, [
-            ("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (user, password)),
-            ("ALTER USER %s@'%%' IDENTIFIED BY %s", (user, password)),
-            (f"CREATE DATABASE IF NOT EXISTS {quote_identifier(db)} CHARACTER SET utf8mb4", ()),
-            (f"GRANT {PRIVILEGES} ON {grant_identifier(db)}.* TO %s@'%%'", (user,)),
-            (f"INSERT INTO {quote_identifier(META)}.tenants VALUES (%s, %s, %s, %s) "
-             "ON DUPLICATE KEY UPDATE user = VALUES(user)",
-             (db, user, tenant.schema, tenant.user)),
-        ])
+        # Without IF NOT EXISTS: an account or database someone made since the read above
+        # makes CREATE fail instead of being taken over.
+        steps: list[tuple[str, tuple[Any, ...]]] = [
+            ("ALTER USER %s@'%%' IDENTIFIED BY %s" if user_exists else
+             "CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))]
+        if not db_exists:
+            steps.append((f"CREATE DATABASE {quote_identifier(db)} CHARACTER SET utf8mb4", ()))
+        steps.append((f"GRANT {PRIVILEGES} ON {grant_identifier(db)}.* TO %s@'%%'", (user,)))
+        await self._run(doing, steps)
 
     async def delete_tenant(self, tenant: Tenant) -> None:
+        """Drops only what the tenant's ``haku_meta.tenants`` row records (the user only if
+        no other tenant's row names it too), then the row; anything else is left alone."""
         db, user = self.physical_names(tenant)
         await self._ensure_meta()
-        await self._run(f"deleting MySQL tenant {db!r}", [
-            (f"DROP DATABASE IF EXISTS {quote_identifier(db)}", ()),
-            ("DROP USER IF EXISTS %s@'%%'", (user,)),
-            (f"DELETE FROM {quote_identifier(META)}.tenants WHERE db = %s", (db,)),
-        ])
+        doing = f"deleting MySQL tenant {db!r}"
+        _, _, rows = await self._inspect(doing, db, user)
+        own = [u for d, u in rows if d == db]
+        if not own:
+            return  # nothing here is Haku's
+        shared = [d for d, u in rows if u == user and d != db]
+        steps: list[tuple[str, tuple[Any, ...]]] = [
+            (f"DROP DATABASE IF EXISTS {quote_identifier(db)}", ())]
+        if own[0] == user and not shared:
+            steps.append(("DROP USER IF EXISTS %s@'%%'", (user,)))
+        steps.append((f"DELETE FROM {quote_identifier(META)}.tenants WHERE db = %s", (db,)))
+        await self._run(doing, steps)
 
     async def list_tenants(self) -> list[str]:
         await self._ensure_meta()

@@ -7,17 +7,28 @@ databases or roles (``postgres``, ``template0/1``, ``pg_*``, the DataStore's adm
 refused before any statement. Known limit: PUBLIC keeps its default CONNECT on ``postgres``
 and ``template1`` (Haku does not change server-wide defaults), so a tenant role can connect
 there and list database and role names; see docs/datastores.md for the hardening.
+
+Ownership: Haku takes over and drops only what it created. A role is Haku's iff its comment
+(``shobj_description(oid, 'pg_authid')``) is :data:`MARKER`; ``CREATE ROLE`` and ``COMMENT ON
+ROLE`` run in one transaction, so no kill leaves an unmarked role of Haku's. A database is
+Haku's iff its comment is :data:`MARKER`, or its owner is the tenant's (Haku) role, which covers
+a kill between ``CREATE DATABASE … OWNER`` and its ``COMMENT``. Legacy rule: tenants made before
+roles were marked have an unmarked role; such a role counts as Haku's when it owns the tenant's
+own database and that database carries the marker, and the next ensure (or delete) marks it.
+Anything else that already exists under the tenant's names is refused with
+:class:`~haku.datastore.base.NotOwned` before any change, and left untouched by delete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from haku.datastore.base import (
     AuthenticationFailed,
@@ -31,6 +42,7 @@ from haku.datastore.base import (
     Unreachable,
     Usage,
     check_tls_material,
+    not_owned,
     physical_name,
     refuse_reserved,
 )
@@ -60,6 +72,32 @@ def _map_error(e: psycopg.Error, doing: str) -> DataStoreError:
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         return PermissionDenied(text)
     return DataStoreError(text)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the server holds under a tenant's names, and which of it is Haku's."""
+
+    role_oid: int | None  # None: no such role
+    role_super: bool
+    role_marked: bool
+    db_exists: bool
+    db_owner: int | None
+    db_marked: bool
+
+    @property
+    def role_ours(self) -> bool:
+        """Marked, or (legacy, before roles were marked) the owner of the tenant's database
+        that carries the marker."""
+        return self.role_oid is not None and (self.role_marked or (
+            self.db_exists and self.db_marked and self.db_owner == self.role_oid))
+
+    @property
+    def db_ours(self) -> bool:
+        """Marked, or owned by the tenant's own Haku role (a kill between CREATE DATABASE
+        and its COMMENT)."""
+        return self.db_exists and (self.db_marked or (
+            self.role_ours and self.db_owner == self.role_oid))
 
 
 class PostgresDriver:
@@ -108,9 +146,30 @@ class PostgresDriver:
                 for statement, params in statements:
                     cur = await conn.execute(statement, params or None)
                     results.append(await cur.fetchall() if cur.description else [])
-            except psycopg.Error as e:
-                raise _map_error(e, doing) from e
+            except BaseException as e:
+                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    # Cut inside BEGIN … COMMIT (or mid-statement): drop the connection, so
+                    # the server rolls the transaction back and the next call starts clean.
+                    self._conn = None
+                    conn.pgconn.finish()
+                if isinstance(e, psycopg.Error):
+                    raise _map_error(e, doing) from e
+                raise
             return results
+
+    async def _inspect(self, doing: str, db: str, role: str) -> Found:
+        """Read only: the role and database under the tenant's names, and their markers."""
+        roles, dbs = await self._run(doing, [
+            (sql.SQL("SELECT oid, rolsuper, shobj_description(oid, 'pg_authid') "
+                     "FROM pg_roles WHERE rolname = %s"), (role,)),
+            (sql.SQL("SELECT datdba, shobj_description(oid, 'pg_database') "
+                     "FROM pg_database WHERE datname = %s"), (db,)),
+        ])
+        return Found(role_oid=int(roles[0][0]) if roles else None,
+                     role_super=bool(roles and roles[0][1]),
+                     role_marked=bool(roles and roles[0][2] == MARKER),
+                     db_exists=bool(dbs), db_owner=int(dbs[0][0]) if dbs else None,
+                     db_marked=bool(dbs and dbs[0][1] == MARKER))
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:
         """(database, role); :class:`InvalidName` for the server's own databases and roles
@@ -146,18 +205,30 @@ class PostgresDriver:
         db, role = self.physical_names(tenant)
         D, R = sql.Identifier(db), sql.Identifier(role)
         doing = f"provisioning PostgreSQL tenant {db!r}"
-        role_exists, db_exists = await self._run(doing, [
-            (sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = %s"), (role,)),
-            (sql.SQL("SELECT 1 FROM pg_database WHERE datname = %s"), (db,)),
-        ])
-        if role_exists and role_exists[0][0]:
+        found = await self._inspect(doing, db, role)
+        # Every refusal comes before the first change.
+        if found.role_super:
             raise InvalidName(f"the tenant user {tenant.user!r} is the existing superuser role "
                               f"{role!r}, not a tenant's; choose another name")
-        verb = "ALTER" if role_exists else "CREATE"
-        steps: list[tuple[Statement, tuple[Any, ...]]] = [(
-            sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                    "PASSWORD {}").format(R, sql.Literal(tenant.password)), ())]
-        if db_exists:
+        if found.role_oid is not None and not found.role_ours:
+            raise not_owned("PostgreSQL role", role)
+        if found.db_exists and not found.db_ours:
+            raise not_owned("PostgreSQL database", db)
+        attributes = sql.SQL("WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+                             ).format(sql.Literal(tenant.password))
+        mark_role = (sql.SQL("COMMENT ON ROLE {} IS {}").format(R, sql.Literal(MARKER)), ())
+        steps: list[tuple[Statement, tuple[Any, ...]]]
+        if found.role_oid is None:
+            # Role DDL is transactional: the role exists only together with its marker.
+            steps = [(sql.SQL("BEGIN"), ()),
+                     (sql.SQL("CREATE ROLE {} ").format(R) + attributes, ()),
+                     mark_role,
+                     (sql.SQL("COMMIT"), ())]
+        else:
+            steps = [(sql.SQL("ALTER ROLE {} ").format(R) + attributes, ())]
+            if not found.role_marked:
+                steps.append(mark_role)  # a tenant made before roles were marked
+        if found.db_exists:
             steps.append((sql.SQL("ALTER DATABASE {} OWNER TO {}").format(D, R), ()))
         else:
             steps.append((sql.SQL("CREATE DATABASE {} OWNER {}").format(D, R), ()))
@@ -170,11 +241,24 @@ class PostgresDriver:
         await self._run(doing, steps)
 
     async def delete_tenant(self, tenant: Tenant) -> None:
+        """Drops the database and the role only if they are Haku's (see the module's
+        docstring); a role or database of someone else's under these names is left alone."""
         db, role = self.physical_names(tenant)
-        await self._run(f"deleting PostgreSQL tenant {db!r}", [
-            (sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)), ()),
-            (sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)), ()),
-        ])
+        D, R = sql.Identifier(db), sql.Identifier(role)
+        doing = f"deleting PostgreSQL tenant {db!r}"
+        found = await self._inspect(doing, db, role)
+        steps: list[tuple[Statement, tuple[Any, ...]]] = []
+        if found.role_ours and not found.role_marked:
+            # Legacy role, Haku's only through the database about to go: mark it first, so
+            # a delete cut after DROP DATABASE still knows the role is Haku's.
+            steps.append((sql.SQL("COMMENT ON ROLE {} IS {}").format(R, sql.Literal(MARKER)),
+                          ()))
+        if found.db_ours:
+            steps.append((sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(D), ()))
+        if found.role_ours:
+            steps.append((sql.SQL("DROP ROLE IF EXISTS {}").format(R), ()))
+        if steps:
+            await self._run(doing, steps)
 
     async def list_tenants(self) -> list[str]:
         (rows,) = await self._run("listing PostgreSQL tenants", [(
