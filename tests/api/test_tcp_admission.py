@@ -302,3 +302,46 @@ async def test_explain_describes_the_fields(api_cluster: DevCluster,
             break
         await asyncio.sleep(0.5)
     assert "etcd key prefix, or SQL database" in out
+
+
+class _UnreachableOnDelete(_FakeDriver):
+    async def delete_tenant(self, tenant: Any) -> None:
+        from haku.datastore.base import Unreachable
+        raise Unreachable("connecting to fake:5432: connection refused")
+
+
+async def test_a_failing_cleanup_keeps_the_finalizer_and_says_why(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightkube.resources.core_v1 import Event
+    from lightkube.types import PatchType
+
+    from haku.controller.events import EventRecorder
+    from haku.controller.tenant import FINALIZER, OperatorConfig, TenantReconciler
+
+    async def driver(self: TenantReconciler, spec: Any) -> tuple[Any, str]:
+        return _UnreachableOnDelete(), "fake-ds"
+
+    monkeypatch.setattr(TenantReconciler, "_driver", driver)
+    name = "cleanup-fails"
+    obj = manifest(spec__controlPlane__service__serviceType="ClusterIP")
+    obj["metadata"]["name"] = name
+    await client.apply(from_dict(obj), force=True)
+    recorder = EventRecorder(client)
+    r = TenantReconciler(client, OperatorConfig(), recorder)
+    try:
+        await r.reconcile(("default", name))  # sets the finalizer, provisions (fake)
+        await client.delete(TCP, name, namespace="default")
+        with pytest.raises(Exception, match="connection refused"):
+            await r.reconcile(("default", name))
+        await recorder.flush()
+        still = (await client.get(TCP, name, namespace="default")).to_dict()
+        assert FINALIZER in still["metadata"]["finalizers"]
+        events = [e async for e in client.list(Event, namespace="default",
+                                               fields={"involvedObject.name": name})]
+        warned = [e for e in events if e.reason == "Unreachable" and e.type == "Warning"]
+        assert warned and "cleaning up before deletion failed" in (warned[0].message or "")
+    finally:
+        await client.patch(TCP, name, {"metadata": {"finalizers": []}}, namespace="default",
+                           patch_type=PatchType.MERGE)
+        await recorder.flush()

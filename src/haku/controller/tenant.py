@@ -327,6 +327,12 @@ class TenantReconciler:
             timer.enter("finalize")
             try:
                 return await self._finalize(obj, spec)
+            except Exception as e:  # the finalizer stays; say why on the object, then retry
+                reason = e.reason if isinstance(e, DataStoreError) else "FinalizeError"
+                self.events.emit(obj, "Warning", reason,
+                                 f"cleaning up before deletion failed (retrying): "
+                                 f"{type(e).__name__}: {e}")
+                raise
             finally:
                 timer.finish()
         timer.enter("finalizer")
