@@ -61,6 +61,18 @@ async def wait_ready(c: AsyncClient, name: str, timeout: float = 120) -> None:
         raise AssertionError(f"{name} not Ready: {await tcp_status(c, name)}") from None
 
 
+async def wait_finalized(c: AsyncClient, name: str, timeout: float = 60) -> None:
+    """Until TenantControlPlane ``name`` is gone (its finalizer done)."""
+    async def gone() -> bool:
+        try:
+            await c.get(TenantControlPlane, name, namespace=NS)
+        except ApiError as e:
+            return e.status.code == 404
+        return False
+
+    await eventually(gone, timeout, f"{name} to be finalized")
+
+
 async def admin_kubeconfig(c: AsyncClient, name: str, path: Path) -> Path:
     secret_name = (await tcp_status(c, name))["kubeconfig"]["admin"]["secretName"]
     secret = await c.get(Secret, secret_name, namespace=NS)
@@ -260,15 +272,7 @@ async def test_delete_removes_objects_and_the_datastore_tenant(
     try:
         assert schema in await driver.list_tenants()
         await c.delete(TenantControlPlane, name, namespace=NS)
-
-        async def gone() -> bool:
-            try:
-                await c.get(TenantControlPlane, name, namespace=NS)
-            except ApiError as e:
-                return e.status.code == 404
-            return False
-
-        await eventually(gone, 60, "the TenantControlPlane to be finalized")
+        await wait_finalized(c, name)
         assert schema not in await driver.list_tenants()
         if store == "postgres":
             with pytest.raises(DataStoreError, match="does not exist"):
@@ -559,15 +563,7 @@ async def test_a_second_tenant_claiming_a_schema_in_use_is_refused(
         assert found and f"{NS}/{first}" in found["message"]
         assert "storage" not in await tcp_status(c, second)
         await c.delete(TenantControlPlane, second, namespace=NS)
-
-        async def gone() -> bool:
-            try:
-                await c.get(TenantControlPlane, second, namespace=NS)
-            except ApiError as e:
-                return e.status.code == 404
-            return False
-
-        await eventually(gone, 60, f"{second} finalized")
+        await wait_finalized(c, second)
         names = kubectl(running_operator, "get", "ns", "-o", "name", kubeconfig=kc).stdout
         assert "namespace/kept" in names.split()
         await wait_ready(c, first)
@@ -598,14 +594,7 @@ async def test_a_reserved_datastore_name_is_refused_and_deletes_cleanly(
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
 
-    async def gone() -> bool:
-        try:
-            await c.get(TenantControlPlane, name, namespace=NS)
-        except ApiError as e:
-            return e.status.code == 404
-        return False
-
     try:
-        await eventually(gone, 60, f"{name} finalized")
+        await wait_finalized(c, name)
     finally:
         await c.close()
