@@ -143,5 +143,13 @@ class TenantClient:
             conn.close()
 
 
+async def fresh_tenants(driver: Driver, *tenants: Tenant) -> Driver:
+    """``tenants`` provisioned from nothing (whatever an earlier run left is deleted first)."""
+    for t in tenants:
+        await driver.delete_tenant(t)
+        await driver.ensure_tenant(t)
+    return driver
+
+
 def store_of(driver: Driver) -> str:
     return {"etcd": "etcd", "PostgreSQL": "postgres", "MySQL": "mariadb"}[driver.driver]

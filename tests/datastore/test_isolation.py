@@ -9,7 +9,7 @@ import pytest
 from haku.datastore import Driver, Tenant
 from haku.dev.cluster import DevCluster
 
-from .conftest import TenantClient, store_of
+from .conftest import TenantClient, fresh_tenants, store_of
 
 A = Tenant("iso-a", "iso-a", "pa55a0123456789")
 B = Tenant("iso-b", "iso-b", "pa55b0123456789")
@@ -17,10 +17,7 @@ B = Tenant("iso-b", "iso-b", "pa55b0123456789")
 
 @pytest.fixture
 async def two_tenants(driver: Driver) -> Driver:
-    for t in (A, B):
-        await driver.delete_tenant(t)
-        await driver.ensure_tenant(t)
-    return driver
+    return await fresh_tenants(driver, A, B)
 
 
 async def test_each_tenant_reaches_only_its_own_space(

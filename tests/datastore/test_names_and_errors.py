@@ -19,7 +19,7 @@ from haku.datastore.base import (
 from haku.dev.cluster import DevCluster
 from haku.render import pki
 
-from .conftest import TenantClient, settings_for, store_of
+from .conftest import TenantClient, fresh_tenants, settings_for, store_of
 
 HOSTILE = [
     'q"; DROP DATABASE postgres; --',
@@ -200,9 +200,7 @@ async def test_mysql_grants_cover_exactly_one_database(
     names = ["w_x", "wax", "___", "w%x", "w1x"]
     tenants = {n: Tenant(n, f"wild{i}", f"wildpw{i}0123456789") for i, n in enumerate(names)}
     try:
-        for t in tenants.values():
-            await driver.delete_tenant(t)
-            await driver.ensure_tenant(t)
+        await fresh_tenants(driver, *tenants.values())
         databases = {n: driver.physical_names(t)[0] for n, t in tenants.items()}
         assert databases["w_x"] == "w_x" and databases["___"] == "___"
         for n, t in tenants.items():

@@ -13,7 +13,7 @@ from haku.datastore.etcd import EtcdDriver
 from haku.datastore.postgres import PostgresDriver
 from haku.dev.cluster import DevCluster
 
-from .conftest import TenantClient, store_of
+from .conftest import TenantClient, fresh_tenants, store_of
 
 A = Tenant("use-a", "use-a", "usepwa0123456789")
 B = Tenant("use-b", "use-b", "usepwb0123456789")
@@ -22,10 +22,7 @@ N = 7
 
 @pytest.fixture
 async def two_tenants(driver: Driver) -> Driver:
-    for t in (A, B):
-        await driver.delete_tenant(t)
-        await driver.ensure_tenant(t)
-    return driver
+    return await fresh_tenants(driver, A, B)
 
 
 async def test_usage_counts_exactly_what_a_tenant_wrote(
