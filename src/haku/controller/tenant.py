@@ -242,7 +242,8 @@ class TenantReconciler:
         # operator's watch (observe_claim); the reconcile refuses a space or user an older
         # tenant claims.
         self.claims: dict[Key, Claim] = {}
-        # Consecutive rejected applies per tenant, for the InvalidSpec backoff.
+        # Consecutive reconciles with a rejected apply, per tenant, for the InvalidSpec
+        # backoff; cleared once every rendered object is accepted, and on delete.
         self._rejected: dict[Key, int] = {}
         # Set by the operator once its work queue exists: drift inside a tenant requeues it.
         self.watches: TenantWatches | None = None
@@ -361,7 +362,6 @@ class TenantReconciler:
                  found["Ready"].status)
         if retry_after is not None:
             return Result(requeue_after=retry_after)
-        self._rejected.pop(key, None)
         if ready:
             return Result(requeue_after=self.config.ready_resync)
         if found["ControlPlaneAvailable"].status == "True":
@@ -451,6 +451,7 @@ class TenantReconciler:
             await self._apply_checked(obj, ingress, owner, "Ingress")
         else:
             await self._delete_owned(Ingress, spec, n["ingress"])
+        self._rejected.pop((spec.namespace, spec.name), None)  # every object accepted
 
         # 5. status from what runs
         timer.enter("probe")
@@ -535,7 +536,7 @@ class TenantReconciler:
         toleration, resource quantity, …) becomes ControlPlaneAvailable=False InvalidSpec with
         the server's message, retried with a growing delay rather than in a hot loop."""
         meta = obj["metadata"]
-        key = (meta.get("namespace") or "", f"{meta['name']}/{kind}")
+        key = (meta.get("namespace") or "", meta["name"])
         try:
             applied = await self._apply(manifest, owner)
         except ApiError as e:
@@ -548,7 +549,6 @@ class TenantReconciler:
                 "ControlPlaneAvailable", "False", "InvalidSpec",
                 f"the API server refused the {kind} rendered from this spec: {message}"),
                 min(10.0 * 2.0 ** (failures - 1), 300.0)) from e
-        self._rejected.pop(key, None)
         return applied
 
     async def _datastore(self, spec: TenantControlPlaneSpec, driver: Driver,
@@ -734,6 +734,7 @@ class TenantReconciler:
         await self.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
 
     async def _finalize(self, obj: dict[str, Any], spec: TenantControlPlaneSpec) -> Result:
+        self._rejected.pop((spec.namespace, spec.name), None)
         if self.watches is not None:
             await self.watches.stop((spec.namespace, spec.name))
         if FINALIZER not in (obj["metadata"].get("finalizers") or []):
