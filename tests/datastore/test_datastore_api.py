@@ -73,6 +73,13 @@ def sql_spec(cluster: DevCluster, store: str) -> dict[str, Any]:
     }
 
 
+def every_spec(cluster: DevCluster, prefix: str) -> dict[str, dict[str, Any]]:
+    """A spec for each dev datastore, named ``<prefix>-etcd``, ``-postgres``, ``-mariadb``."""
+    return {f"{prefix}-etcd": etcd_spec(cluster),
+            f"{prefix}-postgres": sql_spec(cluster, "postgres"),
+            f"{prefix}-mariadb": sql_spec(cluster, "mariadb")}
+
+
 async def put_secrets(c: AsyncClient, cluster: DevCluster) -> None:
     e = connections(cluster)["etcd"]
     await secret(c, "etcd-ds", {
@@ -92,9 +99,7 @@ async def test_working_datastores_become_ready_after_a_real_check(
     client: AsyncClient, datastores_cluster: DevCluster
 ) -> None:
     await put_secrets(client, datastores_cluster)
-    specs = {"ds-etcd": etcd_spec(datastores_cluster),
-             "ds-postgres": sql_spec(datastores_cluster, "postgres"),
-             "ds-mariadb": sql_spec(datastores_cluster, "mariadb")}
+    specs = every_spec(datastores_cluster, "ds")
     for name, spec in specs.items():
         await client.apply(datastore(name, spec), force=True)
         status = await check_datastore(client, name)
@@ -212,9 +217,7 @@ async def test_a_malformed_ca_turns_ready_false_and_back(
 ) -> None:
     """A CA that does not parse must not leave an earlier Ready=True standing."""
     await put_secrets(client, datastores_cluster)
-    specs = {"ds-ca-etcd": etcd_spec(datastores_cluster),
-             "ds-ca-postgres": sql_spec(datastores_cluster, "postgres"),
-             "ds-ca-mariadb": sql_spec(datastores_cluster, "mariadb")}
+    specs = every_spec(datastores_cluster, "ds-ca")
     garbage = b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n"
     for name, spec in specs.items():
         await client.apply(datastore(name, spec), force=True)
