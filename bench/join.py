@@ -26,8 +26,9 @@ from typing import Any
 from lightkube import AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 
+from haku.api.resources import TenantControlPlane
 from haku.controller.operator import install_crds
-from haku.controller.tenant import CONDITION_TYPES, TenantControlPlane
+from haku.controller.tenant import CONDITION_TYPES
 from haku.dev import samples, worker
 from haku.dev.cluster import DevCluster
 from haku.dev.layout import Layout

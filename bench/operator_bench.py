@@ -30,8 +30,8 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 
 from haku.api import conditions
+from haku.api.resources import TenantControlPlane
 from haku.controller.operator import install_crds
-from haku.controller.tenant import TenantControlPlane
 from haku.dev import samples
 from haku.dev.cluster import DevCluster
 from haku.dev.layout import Layout

@@ -26,7 +26,7 @@ from lightkube.codecs import from_dict
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Pod
 
-from haku.controller.tenant import TenantControlPlane
+from haku.api.resources import TenantControlPlane
 from haku.dev import demo, samples
 from haku.dev.cluster import DevCluster
 from haku.dev.layout import Layout

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from haku.dev.cluster import DevCluster
-from haku.dev.layout import Layout
+from haku.dev.layout import Layout, Ports
 
 TEST_ROOT = Path(os.environ.get("HAKU_TEST_DIR", "/var/lib/haku/test"))
+# Added to every port of the api and datastore tiers, so that two runs (each with its own
+# HAKU_TEST_DIR) can go on side by side; keep the sums below 32768 (the ephemeral range).
+PORT_OFFSET = int(os.environ.get("HAKU_TEST_PORT_OFFSET", "0"))
+
+
+def shifted(layout: Layout) -> Layout:
+    """``layout`` with :data:`PORT_OFFSET` added to each of its ports."""
+    if not PORT_OFFSET:
+        return layout
+    ports = Ports(**{k: v + PORT_OFFSET for k, v in asdict(layout.ports).items()})
+    return replace(layout, ports=ports)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,7 +57,7 @@ def _up(cluster: DevCluster) -> None:
 @pytest.fixture(scope="session")
 def api_cluster() -> Iterator[DevCluster]:
     _needs_root()
-    cluster = DevCluster(Layout.api_only(TEST_ROOT / "api"), printer=lambda _: None)
+    cluster = DevCluster(shifted(Layout.api_only(TEST_ROOT / "api")), printer=lambda _: None)
     cluster.down(purge=True)
     _up(cluster)
     yield cluster
@@ -55,7 +67,8 @@ def api_cluster() -> Iterator[DevCluster]:
 @pytest.fixture(scope="session")
 def datastores_cluster() -> Iterator[DevCluster]:
     _needs_root()
-    cluster = DevCluster(Layout.datastores_only(TEST_ROOT / "datastores"), printer=lambda _: None)
+    cluster = DevCluster(shifted(Layout.datastores_only(TEST_ROOT / "datastores")),
+                         printer=lambda _: None)
     cluster.down(purge=True)
     _up(cluster)
     yield cluster

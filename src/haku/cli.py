@@ -211,8 +211,8 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
 
     from lightkube.resources.core_v1 import Secret
 
+    from haku.api.resources import TenantControlPlane
     from haku.controller import operator
-    from haku.controller.tenant import TenantControlPlane
 
     namespace, _, name = args.tenant.rpartition("/")
 

@@ -18,11 +18,12 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Secret
 
+from haku.api.resources import TenantControlPlane
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller import operator
 from haku.controller.metrics import certificate_expiries
 from haku.controller.telemetry import Telemetry
-from haku.controller.tenant import OperatorConfig, TenantControlPlane, TenantReconciler
+from haku.controller.tenant import OperatorConfig, TenantReconciler
 from haku.datastore import Driver, Tenant, TenantConnection
 from haku.dev.cluster import DevCluster
 from haku.render.pki import KeyAlgorithm

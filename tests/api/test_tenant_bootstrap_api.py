@@ -20,13 +20,13 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Secret, Service
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.controller.tenant_watches import TenantWatches
 from haku.dev.cluster import DevCluster
 from haku.render import pki
 from haku.render.tenant_bootstrap import bootstrap_objects, object_key
 from haku.tenant import bootstrap
 from haku.tenant.access import TenantAccess, create_join_command
 from haku.tenant.tokens import NODE_TOKEN_GROUP, JoinCommand, ca_cert_hash
-from haku.tenant.watch import TenantWatches
 
 ENDPOINT = "https://10.245.0.1:31443"
 

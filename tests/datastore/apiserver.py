@@ -1,7 +1,7 @@
 """A real kube-apiserver (and, for SQL, a real kine) serving one tenant's space, as processes.
 
 kine runs with exactly the arguments and environment Haku renders for the sidecar
-(:func:`haku.datastore.kine.kine_args`), with pod paths swapped for host paths.
+(:func:`haku.render.kine.kine_args`), with pod paths swapped for host paths.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import yaml
 
 from haku.datastore import TenantConnection
-from haku.datastore.kine import ENDPOINT_KEY, apiserver_storage_args, kine_args
 from haku.dev import https
 from haku.dev.processes import ProcessSpec, Supervisor
 from haku.render import kubeconfig, pki
+from haku.render.kine import ENDPOINT_KEY, apiserver_storage_args, kine_args
 
 
 def free_port() -> int:

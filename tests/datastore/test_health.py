@@ -35,11 +35,12 @@ from haku.dev import toolchain
 from haku.dev.cluster import DevCluster
 from haku.render import pki
 
+from ..conftest import PORT_OFFSET
 from .conftest import settings_for
 
 # A throw-away etcd of this module's own: below the ephemeral range, unused by every tier.
-ETCD_CLIENT_PORT = 26379
-ETCD_PEER_PORT = 26380
+ETCD_CLIENT_PORT = 26379 + PORT_OFFSET
+ETCD_PEER_PORT = 26380 + PORT_OFFSET
 
 
 def b64(data: bytes | str) -> dict[str, str]:

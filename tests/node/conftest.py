@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from lightkube.codecs import from_dict
 
+from haku.api.resources import TenantControlPlane
 from haku.controller import operator
-from haku.controller.tenant import OperatorConfig, TenantControlPlane
+from haku.controller.tenant import OperatorConfig
 from haku.dev import samples
 from haku.dev.cluster import DevCluster
 from haku.render.pki import KeyAlgorithm

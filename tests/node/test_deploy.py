@@ -20,7 +20,7 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.resources.networking_v1 import Ingress
 
 from haku.api import conditions
-from haku.controller.tenant import TenantControlPlane
+from haku.api.resources import TenantControlPlane
 from haku.dev import images, operator_image, samples
 from haku.dev.cluster import DevCluster
 from haku.dev.versions import operator_image_name

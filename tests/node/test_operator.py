@@ -21,8 +21,8 @@ from lightkube.resources.networking_v1 import Ingress
 from lightkube.types import PatchType
 
 from haku.api import conditions
+from haku.api.resources import TenantControlPlane
 from haku.controller.resources import DataStore
-from haku.controller.tenant import TenantControlPlane
 from haku.datastore import DataStoreError, Tenant, open_driver
 from haku.dev import samples
 from haku.dev.cluster import DevCluster

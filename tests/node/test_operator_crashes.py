@@ -19,8 +19,8 @@ from lightkube.resources.networking_v1 import Ingress
 from lightkube.types import PatchType
 
 from haku.api import conditions
+from haku.api.resources import TenantControlPlane
 from haku.controller.operator import install_crds
-from haku.controller.tenant import TenantControlPlane
 from haku.datastore import Tenant, open_driver
 from haku.dev import samples
 from haku.dev.cluster import DevCluster

@@ -25,7 +25,7 @@ from lightkube.resources.apps_v1 import DaemonSet, Deployment
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Secret
 from lightkube.types import PatchType
 
-from haku.controller.tenant import TenantControlPlane
+from haku.api.resources import TenantControlPlane
 from haku.dev import samples
 from haku.dev import worker as workers
 from haku.dev.cluster import DevCluster

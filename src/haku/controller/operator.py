@@ -20,15 +20,16 @@ from lightkube.resources.core_v1 import Secret, Service
 from lightkube.resources.networking_v1 import Ingress
 
 from haku.api import crds
+from haku.api.resources import TenantControlPlane
 from haku.controller.datastore_status import check_datastore
 from haku.controller.events import EventRecorder
 from haku.controller.lease import LeaseElector, LostLeadership
 from haku.controller.resources import FIELD_MANAGER, DataStore
 from haku.controller.runtime import Controller, Key, Result, SpecChanges, Watcher, key_of
 from haku.controller.telemetry import Telemetry
-from haku.controller.tenant import OperatorConfig, TenantControlPlane, TenantReconciler
+from haku.controller.tenant import OperatorConfig, TenantReconciler
+from haku.controller.tenant_watches import TenantWatches
 from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
-from haku.tenant.watch import TenantWatches
 
 log = logging.getLogger("haku.operator")
 

@@ -1,4 +1,5 @@
-"""lightkube resource classes for Haku's CRDs, and small readers for core objects."""
+"""Small readers for core objects (the CRDs' resource classes live in haku.api.resources,
+re-exported here)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,13 @@ import base64
 from collections.abc import Mapping
 
 from lightkube import ApiError, AsyncClient
-from lightkube.generic_resource import create_global_resource
 from lightkube.resources.core_v1 import Secret
 
+from haku.api.resources import FIELD_MANAGER, GROUP, VERSION, DataStore, TenantControlPlane
 from haku.datastore.settings import SecretReader
 
-GROUP, VERSION = "haku.dev", "v1alpha1"
-FIELD_MANAGER = "haku"
-
-DataStore = create_global_resource(GROUP, VERSION, "DataStore", "datastores")
+__all__ = ["FIELD_MANAGER", "GROUP", "VERSION", "DataStore", "TenantControlPlane",
+           "secret_reader"]
 
 
 def secret_reader(client: AsyncClient) -> SecretReader:

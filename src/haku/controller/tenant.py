@@ -37,7 +37,6 @@ import httpx2
 import yaml
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
-from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node, Secret
 from lightkube.resources.networking_v1 import Ingress
@@ -50,12 +49,19 @@ from haku.controller import logs
 from haku.controller.credentials import ensure_password
 from haku.controller.events import EventRecorder
 from haku.controller.metrics import Metrics, certificate_expiries
-from haku.controller.resources import FIELD_MANAGER, GROUP, VERSION, DataStore, secret_reader
+from haku.controller.resources import (
+    FIELD_MANAGER,
+    GROUP,
+    VERSION,
+    DataStore,
+    TenantControlPlane,
+    secret_reader,
+)
 from haku.controller.runtime import Key, Result
+from haku.controller.tenant_watches import TenantWatches
 from haku.datastore import DataStoreError, Driver, Tenant, TenantConnection, open_driver
 from haku.datastore.base import InvalidName, PrivateFiles
 from haku.datastore.etcd import EtcdDriver
-from haku.datastore.kine import ENDPOINT_KEY
 from haku.datastore.settings import resolve
 from haku.render import (
     controlplane,
@@ -65,14 +71,12 @@ from haku.render import (
     tenant_pki,
     tenant_status,
 )
+from haku.render.kine import ENDPOINT_KEY
 from haku.render.tenant_status import Claim
 from haku.tenant import bootstrap
-from haku.tenant.watch import TenantWatches
 
 log = logging.getLogger("haku.tenant")
 
-TenantControlPlane = create_namespaced_resource(GROUP, VERSION, "TenantControlPlane",
-                                                "tenantcontrolplanes")
 FINALIZER = "haku.dev/finalizer"
 CONDITION_TYPES = ("DataStoreReady", "CertificatesReady", "ControlPlaneAvailable",
                    "APIServerReady", "TenantBootstrapped", "Ready")

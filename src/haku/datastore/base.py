@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from haku.render.storage import TenantConnection
+
+__all__ = ["TenantConnection"]  # re-exported: drivers return it
 
 
 class DataStoreError(Exception):
@@ -86,23 +90,6 @@ class Tenant:
 class Usage:
     bytes: int
     keys: int  # keys for etcd, kine rows for SQL
-
-
-@dataclass(frozen=True)
-class TenantConnection:
-    """What a tenant control plane needs to reach its space.
-
-    etcd: kube-apiserver takes ``etcd_servers`` and ``etcd_prefix`` directly, with ``files``
-    (ca.crt, tls.crt, tls.key: the tenant's own client certificate).
-    SQL: a kine sidecar takes ``kine_endpoint`` (it holds the password: keep it in a Secret)
-    and ``files`` (ca.crt to verify the server); kube-apiserver talks to kine.
-    """
-
-    driver: str
-    etcd_servers: tuple[str, ...] = ()
-    etcd_prefix: str = ""
-    kine_endpoint: str = ""
-    files: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class Driver(Protocol):

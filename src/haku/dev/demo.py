@@ -17,7 +17,7 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Secret
 
 from haku.api import conditions
-from haku.controller.tenant import TenantControlPlane
+from haku.api.resources import TenantControlPlane
 from haku.dev import images, operator_image, samples, worker
 from haku.dev.cluster import OPERATOR, DevCluster, DevClusterError
 

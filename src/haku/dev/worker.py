@@ -844,7 +844,7 @@ async def tenant_join(admin_kubeconfig: Path, tenant: str,
     from lightkube.resources.core_v1 import Node
 
     from haku.api import conditions
-    from haku.controller.tenant import TenantControlPlane
+    from haku.api.resources import TenantControlPlane
     from haku.tenant import access
 
     namespace, name = split_tenant(tenant)

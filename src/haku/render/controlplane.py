@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
-from haku.datastore import TenantConnection
-from haku.datastore import kine as kine_render
+from haku.render import kine as kine_render
+from haku.render.storage import TenantConnection
 
 PKI = "/etc/kubernetes/pki"
 CONFIG = "/etc/kubernetes/config"

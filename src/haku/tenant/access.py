@@ -14,8 +14,7 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Secret
 
-from haku.controller.resources import FIELD_MANAGER
-from haku.controller.tenant import TenantControlPlane
+from haku.api.resources import FIELD_MANAGER, TenantControlPlane
 from haku.tenant.tokens import BootstrapToken, JoinCommand, ca_cert_hash, token_secret
 
 

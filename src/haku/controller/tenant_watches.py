@@ -22,7 +22,7 @@ from lightkube import ALL_NS, AsyncClient, KubeConfig
 from lightkube.resources.apps_v1 import DaemonSet, Deployment
 from lightkube.resources.core_v1 import ConfigMap, Service
 
-from haku.controller.resources import FIELD_MANAGER
+from haku.api.resources import FIELD_MANAGER
 from haku.controller.runtime import Key, Watcher
 from haku.render.tenant_bootstrap import MANAGED_BY
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from haku.datastore.base import TenantConnection
+from haku.render.storage import TenantConnection
 
 SOCKET_DIR = "/var/run/kine"
 SOCKET = f"{SOCKET_DIR}/kine.sock"
