@@ -19,14 +19,14 @@ from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Secret
 
 from haku.api.resources import TenantControlPlane
-from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller import operator
 from haku.controller.metrics import certificate_expiries
 from haku.controller.telemetry import Telemetry
-from haku.controller.tenant import OperatorConfig, TenantReconciler
-from haku.datastore import Driver, Tenant, TenantConnection
+from haku.controller.tenant import OperatorConfig
+from haku.datastore import Tenant, TenantConnection
 from haku.dev.cluster import DevCluster
 from haku.render.pki import KeyAlgorithm
+from tests.fake_datastores import use_fake_datastores
 from tests.observability import Samples, http, matching, samples, value
 
 NS = "observability"
@@ -89,14 +89,6 @@ class Running:
 @pytest.fixture(scope="module")
 async def running(api_cluster: DevCluster) -> AsyncIterator[Running]:
     fake = FakeDriver()
-    original = TenantReconciler._driver
-
-    async def driver(self: TenantReconciler, spec: TenantControlPlaneSpec
-                     ) -> tuple[Driver, str]:
-        if spec.data_store == FAKE:
-            return fake, FAKE  # type: ignore[return-value]
-        return await original(self, spec)
-
     client = AsyncClient(KubeConfig.from_file(api_cluster.layout.admin_kubeconfig),
                          field_manager="haku-test", trust_env=False)
     telemetry = Telemetry()
@@ -107,7 +99,7 @@ async def running(api_cluster: DevCluster) -> AsyncIterator[Running]:
                                   metrics_bind_address="127.0.0.1:0",
                                   health_probe_bind_address="127.0.0.1:0")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(TenantReconciler, "_driver", driver)
+        use_fake_datastores(mp, {FAKE: fake})
         task = asyncio.create_task(operator.run(
             options, OperatorConfig(key_algorithm=KeyAlgorithm.ECDSA_P256), stop, telemetry))
         await asyncio.wait_for(telemetry.serving.wait(), 60)
@@ -183,7 +175,7 @@ async def test_tenant_gauge_follows_creates_and_deletes(running: Running) -> Non
     assert value(s, "haku_tenant_control_planes", status="Provisioning",
                  datastore=MISSING) == 1.0
     finalized = value(s, "haku_reconcile_duration_seconds_count",
-                      controller="tenantcontrolplane", step="finalize")
+                      controller="tenantcontrolplane", step="cleanup-finalizer")
     assert finalized is not None and finalized >= 1
 
 
@@ -213,7 +205,7 @@ async def test_certificates_and_provisioning_of_a_tenant_past_its_datastore(
     assert provisioned is not None and provisioned >= 1
     assert (value(s, "haku_datastore_provision_seconds_sum", driver="fake") or 0) >= \
         0.01 * provisioned  # the fake's own sleep is in it
-    for step in ("service", "certificates", "kubeconfigs", "deployment", "probe",
+    for step in ("service", "certificates", "deployment", "ingress", "apiserver",
                  "bootstrap"):
         count = value(s, "haku_reconcile_duration_seconds_count",
                       controller="tenantcontrolplane", step=step)

@@ -257,11 +257,9 @@ async def test_a_service_the_api_server_refuses_shows_invalid_spec(
 ) -> None:
     from haku.controller.events import EventRecorder
     from haku.controller.tenant import OperatorConfig, TenantReconciler
+    from tests.fake_datastores import use_fake_datastores
 
-    async def driver(self: TenantReconciler, spec: Any) -> tuple[Any, str]:
-        return _FakeDriver(), "fake-ds"
-
-    monkeypatch.setattr(TenantReconciler, "_driver", driver)
+    use_fake_datastores(monkeypatch, {"default": _FakeDriver()})
     # 6443 given explicitly as a NodePort: valid for the CRD, outside the node-port range.
     obj = manifest(spec__controlPlane__service__serviceType="NodePort",
                    spec__networkProfile={"port": 6443})
@@ -274,7 +272,7 @@ async def test_a_service_the_api_server_refuses_shows_invalid_spec(
         again = await r.reconcile(("default", "bad-nodeport"))
     finally:
         await recorder.flush()
-    assert result.requeue_after is not None and result.requeue_after >= 10
+    assert result.requeue_after is not None and result.requeue_after >= 9  # 10 s ± jitter
     assert again.requeue_after is not None and again.requeue_after > result.requeue_after
     got = (await client.get(TCP, "bad-nodeport", namespace="default")).to_dict()["status"]
     conds = {c["type"]: c for c in got["conditions"]}
@@ -283,7 +281,7 @@ async def test_a_service_the_api_server_refuses_shows_invalid_spec(
     assert "nodePort" in conds["ControlPlaneAvailable"]["message"]
     assert conds["Ready"]["reason"] == "InvalidSpec"
     # The DataStore step ran and pinned where the tenant lives.
-    assert got["storage"]["dataStoreName"] == "fake-ds"
+    assert got["storage"]["dataStoreName"] == "default"
     assert got["kubernetesResources"]["version"]["status"] == "Provisioning"
 
 
@@ -318,11 +316,9 @@ async def test_a_failing_cleanup_keeps_the_finalizer_and_says_why(
 
     from haku.controller.events import EventRecorder
     from haku.controller.tenant import FINALIZER, OperatorConfig, TenantReconciler
+    from tests.fake_datastores import use_fake_datastores
 
-    async def driver(self: TenantReconciler, spec: Any) -> tuple[Any, str]:
-        return _UnreachableOnDelete(), "fake-ds"
-
-    monkeypatch.setattr(TenantReconciler, "_driver", driver)
+    use_fake_datastores(monkeypatch, {"default": _UnreachableOnDelete()})
     name = "cleanup-fails"
     obj = manifest(spec__controlPlane__service__serviceType="ClusterIP")
     obj["metadata"]["name"] = name
@@ -332,11 +328,19 @@ async def test_a_failing_cleanup_keeps_the_finalizer_and_says_why(
     try:
         await r.reconcile(("default", name))  # sets the finalizer, provisions (fake)
         await client.delete(TCP, name, namespace="default")
-        with pytest.raises(Exception, match="connection refused"):
-            await r.reconcile(("default", name))
+        result = await r.reconcile(("default", name))
+        again = await r.reconcile(("default", name))
         await recorder.flush()
+        # Retried, later each time, with the reason on the object.
+        assert result.requeue_after is not None and again.requeue_after is not None
+        assert again.requeue_after > result.requeue_after
         still = (await client.get(TCP, name, namespace="default")).to_dict()
         assert FINALIZER in still["metadata"]["finalizers"]
+        conds = {c["type"]: c for c in still["status"]["conditions"]}
+        assert conds["DataStoreReady"]["reason"] == "Unreachable"
+        assert "connection refused" in conds["DataStoreReady"]["message"]
+        assert "haku.dev/abandon-datastore-data" in conds["DataStoreReady"]["message"]
+        assert conds["Ready"]["reason"] == "Deleting"
         events = [e async for e in client.list(Event, namespace="default",
                                                fields={"involvedObject.name": name})]
         warned = [e for e in events if e.reason == "Unreachable" and e.type == "Warning"]
@@ -345,3 +349,222 @@ async def test_a_failing_cleanup_keeps_the_finalizer_and_says_why(
         await client.patch(TCP, name, {"metadata": {"finalizers": []}}, namespace="default",
                            patch_type=PatchType.MERGE)
         await recorder.flush()
+
+
+# Inputs a hostile tester tried: each is refused at admission, the message naming the field
+# (the API server prefixes schema errors with the field's path; CEL messages name it).
+LONG = "t" + "x" * 62  # 63 characters: the longest name a tenant's Service can carry
+AFFINITY = "spec__controlPlane__deployment__affinity"
+SPREAD = "spec__controlPlane__deployment__topologySpreadConstraints"
+PORTS = "spec__controlPlane__service__additionalPorts"
+
+
+@pytest.mark.parametrize(("changes", "wanted"), [
+    # 1. a service CIDR too small to hold the kubernetes Service's address (or kube-apiserver's 8)
+    ({"spec__networkProfile__serviceCidr": "10.96.0.0/32"},
+     ["spec.networkProfile.serviceCidr", "serviceCidr must hold at least 8 addresses"]),
+    ({"spec__networkProfile__serviceCidr": "10.96.0.0/30"},
+     ["spec.networkProfile.serviceCidr", "serviceCidr must hold at least 8 addresses"]),
+    ({"spec__networkProfile__serviceCidrs": ["fd00::/128"]},
+     ["spec.networkProfile.serviceCidrs[0]", "each serviceCidrs entry must hold at least 8"]),
+    ({"spec__networkProfile__serviceCidrs": ["10.96.0.0/16", "fd00::/48"]},
+     ["spec.networkProfile.serviceCidrs[1]", "wider than /64"]),
+    ({"spec__networkProfile__serviceCidr": "10.96.0.0/29"},
+     ["networkProfile.dnsServiceIPs is unset, so it defaults"]),
+    ({"spec__networkProfile__dnsServiceIPs": ["10.97.0.10"]},
+     ["each networkProfile.dnsServiceIPs entry must lie in a service CIDR"]),
+    # 2. certSANs a certificate cannot hold, or kubeadm would refuse
+    ({"spec__networkProfile__certSANs": ["bücher.example"]},
+     ["spec.networkProfile.certSANs[0]", "each networkProfile.certSANs entry must be"]),
+    ({"spec__networkProfile__certSANs": ["api.example.com", "API.Example.com"]},
+     ["spec.networkProfile.certSANs[1]", "each networkProfile.certSANs entry must be"]),
+    ({"spec__networkProfile__certSANs": ["a b"]}, ["spec.networkProfile.certSANs[0]"]),
+    ({"spec__networkProfile__certSANs": ["*.*.example.com"]},
+     ["spec.networkProfile.certSANs[0]"]),
+    # 3. additional ports clashing with the API port or with each other
+    ({PORTS: [{"name": "extra", "port": 6443}]},
+     ["spec.controlPlane.service.additionalPorts must not use the API port"]),
+    ({"spec__networkProfile__port": 7443, PORTS: [{"name": "extra", "port": 7443}]},
+     ["spec.controlPlane.service.additionalPorts must not use the API port"]),
+    ({PORTS: [{"name": "a", "port": 1000}, {"name": "a", "port": 1001}]},
+     ["spec.controlPlane.service.additionalPorts names must be unique"]),
+    ({PORTS: [{"name": "a", "port": 1000}, {"name": "b", "port": 1000, "protocol": "TCP"}]},
+     ["spec.controlPlane.service.additionalPorts must not repeat a port"]),
+    ({PORTS: [{"name": "Metrics", "port": 9090}]},
+     ["spec.controlPlane.service.additionalPorts[0].name"]),
+    ({PORTS: [{"name": "m", "port": 9090, "targetPort": "bad--name"}]},
+     ["spec.controlPlane.service.additionalPorts[0].targetPort",
+      "additionalPorts targetPort must be a port number"]),
+    ({PORTS: [{"name": "m", "port": 9090, "targetPort": 0}]},
+     ["spec.controlPlane.service.additionalPorts[0].targetPort"]),
+    # 4. pod fields of the wrong shape (upstream's structural schemas)
+    ({AFFINITY: {"nodeAffinity": "yes"}},
+     ["spec.controlPlane.deployment.affinity.nodeAffinity", "must be of type object"]),
+    ({AFFINITY: {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "x"}}}]}}},
+     ["spec.controlPlane.deployment.affinity.podAntiAffinity"
+      ".requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey", "Required value"]),
+    ({AFFINITY: {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In",
+                                                     "values": "a"}]}]}}}},
+     ["spec.controlPlane.deployment.affinity.nodeAffinity.requiredDuringScheduling"
+      "IgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values",
+      "must be of type array"]),
+    ({SPREAD: [{"maxSkew": "one", "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]},
+     ["spec.controlPlane.deployment.topologySpreadConstraints[0].maxSkew",
+      "must be of type integer"]),
+    ({SPREAD: [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "Sometimes"}]},
+     ["spec.controlPlane.deployment.topologySpreadConstraints[0].whenUnsatisfiable",
+      "Unsupported value"]),
+    ({SPREAD: {"maxSkew": 1}},
+     ["spec.controlPlane.deployment.topologySpreadConstraints", "must be of type array"]),
+    ({"spec__controlPlane__deployment__podSecurityContext": {"runAsUser": "root"}},
+     ["spec.controlPlane.deployment.podSecurityContext.runAsUser", "must be of type integer"]),
+    ({"spec__controlPlane__deployment__containerSecurityContexts": {
+        "apiServer": {"capabilities": {"drop": "ALL"}}}},
+     ["spec.controlPlane.deployment.containerSecurityContexts.apiServer.capabilities.drop",
+      "must be of type array"]),
+    ({"spec__controlPlane__deployment__strategy": {"type": "Sometimes"}},
+     ["spec.controlPlane.deployment.strategy.type", "Unsupported value"]),
+    ({"spec__controlPlane__deployment__strategy": {"rollingUpdate": {"maxSurge": [1]}}},
+     ["spec.controlPlane.deployment.strategy.rollingUpdate.maxSurge"]),
+    ({"spec__controlPlane__deployment__nodeSelector": {"zone": 1}},
+     ["spec.controlPlane.deployment.nodeSelector.zone", "must be of type string"]),
+    ({"spec__controlPlane__deployment__tolerations": [{"tolerationSeconds": "soon"}]},
+     ["spec.controlPlane.deployment.tolerations[0].tolerationSeconds"]),
+    # 5. names longer than the tenant's Service name may be, or not DNS-1035 labels
+    ({"metadata__name": LONG + "x"}, ["metadata.name must be at most 63 characters"]),
+    ({"metadata__name": "1tenant"}, ["metadata.name must be a DNS-1035 label"]),
+    ({"metadata__name": "tenant.one"}, ["metadata.name must be a DNS-1035 label"]),
+    # 6. datastore names outside the one charset every driver stores alike
+    ({"spec__dataStoreSchema": "."}, ["spec.dataStoreSchema", "should match"]),
+    ({"spec__dataStoreSchema": ".."}, ["spec.dataStoreSchema", "should match"]),
+    ({"spec__dataStoreSchema": "Tenant"}, ["spec.dataStoreSchema", "should match"]),
+    ({"spec__dataStoreSchema": "tenant.one"}, ["spec.dataStoreSchema", "should match"]),
+    ({"spec__dataStoreSchema": "a/b"}, ["spec.dataStoreSchema", "should match"]),
+    ({"spec__dataStoreSchema": "müller"}, ["spec.dataStoreSchema", "should match"]),
+    ({"spec__dataStoreSchema": "-a"}, ["spec.dataStoreSchema", "should match"]),
+    ({"spec__dataStoreSchema": "s" * 64}, ["spec.dataStoreSchema", "63"]),
+    ({"spec__dataStoreUsername": "."}, ["spec.dataStoreUsername", "should match"]),
+    ({"spec__dataStoreUsername": "Admin"}, ["spec.dataStoreUsername", "should match"]),
+    ({"spec__dataStoreUsername": "ü"}, ["spec.dataStoreUsername", "should match"]),
+])
+async def test_hostile_inputs_are_refused_naming_the_field(
+    client: AsyncClient, changes: dict[str, Any], wanted: list[str]
+) -> None:
+    with pytest.raises(ApiError) as info:  # kubectl create / client-side apply
+        await client.create(from_dict(manifest(**changes)))
+    message = info.value.status.message
+    assert info.value.status.code == 422, message
+    for part in wanted:
+        assert part in message, message
+    # Server-side apply refuses it too, naming the field; a value of the wrong type fails
+    # earlier there, while building the typed patch (upstream answers 500 for that).
+    with pytest.raises(ApiError) as info:
+        await client.apply(from_dict(manifest(**changes)), force=True)
+    assert info.value.status.code in (422, 500)
+    assert wanted[0] in info.value.status.message, info.value.status.message
+
+
+async def test_the_values_next_to_the_limits_are_accepted_and_kept(client: AsyncClient) -> None:
+    affinity = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}]}},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100, "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"haku.dev/tenant-control-plane": LONG}},
+                "matchLabelKeys": ["pod-template-hash"]}}]}}
+    spread = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+               "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 2,
+               "labelSelector": {"matchExpressions": [
+                   {"key": "app", "operator": "Exists"}]}}]
+    security = {"runAsNonRoot": True, "runAsUser": 65532, "supplementalGroups": [1, 2],
+                "seccompProfile": {"type": "RuntimeDefault"},
+                "sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65000"}]}
+    container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                 "readOnlyRootFilesystem": True}
+    strategy = {"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 0}}
+    ports = [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+             {"name": "api-udp", "port": 6443, "protocol": "UDP"},
+             {"name": "h2c", "port": 8080, "appProtocol": "kubernetes.io/h2c",
+              "protocol": "TCP"}]
+    obj = manifest(
+        metadata__name=LONG,
+        spec__dataStoreSchema="tenant_01-db",
+        spec__dataStoreUsername="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",  # a UID's shape
+        spec__networkProfile={"port": 6443, "serviceCidrs": ["10.96.0.0/28", "fd00:10:96::/123"],
+                              "certSANs": ["api.example.com", "*.tenants.example.com",
+                                           "192.0.2.10", "2001:db8::1", "xn--bcher-kva.example"]},
+        spec__controlPlane__service__additionalPorts=ports,
+        spec__controlPlane__deployment__affinity=affinity,
+        spec__controlPlane__deployment__topologySpreadConstraints=spread,
+        spec__controlPlane__deployment__podSecurityContext=security,
+        spec__controlPlane__deployment__containerSecurityContexts={
+            "apiServer": container, "scheduler": container},
+        spec__controlPlane__deployment__strategy=strategy,
+    )
+    made = (await client.apply(from_dict(obj), force=True)).to_dict()
+    assert made["metadata"]["name"] == LONG
+    spec = made["spec"]
+    dep = spec["controlPlane"]["deployment"]
+    assert dep["affinity"] == affinity
+    assert dep["topologySpreadConstraints"] == spread
+    assert dep["podSecurityContext"] == security
+    assert dep["containerSecurityContexts"] == {"apiServer": container, "scheduler": container}
+    assert dep["strategy"] == strategy
+    assert spec["controlPlane"]["service"]["additionalPorts"] == ports
+    assert spec["networkProfile"]["certSANs"][-1] == "xn--bcher-kva.example"
+    small = manifest(spec__networkProfile={"serviceCidr": "10.96.0.0/29",
+                                           "dnsServiceIPs": ["10.96.0.6"]})
+    small["metadata"]["name"] = "small-range"
+    await client.apply(from_dict(small), force=True)
+
+
+async def test_an_older_object_with_a_long_name_stays_updatable(client: AsyncClient) -> None:
+    """The name rules run at creation only (optionalOldSelf): an object admitted before them
+    can still be changed, and its finalizer removed, so it can be deleted."""
+    from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+
+    from haku.api import crds
+
+    crd = crds.load("tenantcontrolplanes.haku.dev.yaml")
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = schema.pop("x-kubernetes-validations")
+    assert any("metadata.name" in r["rule"] for r in rules)
+    old = "o" * 70
+    await client.apply(from_dict(crd), force=True)
+    try:
+        for _ in range(100):  # the API server picks the changed schema up a moment later
+            try:
+                await client.apply(from_dict(manifest(metadata__name=old)), force=True)
+                break
+            except ApiError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the CRD without the name rules never took effect")
+    finally:
+        await install_crds(client, "haku-system")
+    got = await client.get(CustomResourceDefinition, "tenantcontrolplanes.haku.dev")
+    assert got.to_dict()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "x-kubernetes-validations"]
+    newer = manifest(metadata__name="n" * 70)
+    for _ in range(100):  # and the rules back
+        try:
+            await client.apply(from_dict(newer), force=True)
+        except ApiError as e:
+            assert "metadata.name must be at most 63 characters" in e.status.message
+            break
+        await client.delete(TCP, "n" * 70, namespace="default")
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the name rules never came back")
+    updated = manifest(metadata__name=old, spec__controlPlane__deployment__replicas=1)
+    updated["metadata"]["finalizers"] = ["haku.dev/test"]
+    await client.apply(from_dict(updated), force=True)
+    updated["metadata"]["finalizers"] = []
+    done = (await client.apply(from_dict(updated), force=True)).to_dict()
+    assert done["spec"]["controlPlane"]["deployment"]["replicas"] == 1
+    assert not done["metadata"].get("finalizers")

@@ -70,7 +70,8 @@ async def _versions(client: AsyncClient, groups: dict[str, list[dict[str, Any]]]
 async def test_bootstrap_applies_all_and_a_second_apply_changes_nothing(
         tenant: AsyncClient, ca: pki.KeyPair) -> None:
     groups = bootstrap_objects(spec({"coreDNS": {}, "kubeProxy": {}}), ca.cert_pem, ENDPOINT)
-    installed, pruned = await bootstrap.reconcile(tenant, groups, {})
+    installed: dict[str, bool] = {}
+    pruned = await bootstrap.reconcile(tenant, groups, installed)
     assert installed == {"kube-proxy": True, "coredns": True}
     assert pruned == []
     first = await _versions(tenant, groups)
@@ -94,7 +95,8 @@ async def test_bootstrap_applies_all_and_a_second_apply_changes_nothing(
 async def test_removing_an_addon_removes_its_objects_and_nothing_else(
         tenant: AsyncClient, ca: pki.KeyPair) -> None:
     both = bootstrap_objects(spec({"coreDNS": {}, "kubeProxy": {}}), ca.cert_pem, ENDPOINT)
-    installed, _ = await bootstrap.reconcile(tenant, both, {})
+    installed: dict[str, bool] = {}
+    await bootstrap.reconcile(tenant, both, installed)
     # A user's own objects in kube-system, of the same kinds, unlabelled: must survive.
     mine = [from_dict({"apiVersion": "v1", "kind": "ConfigMap",
                        "metadata": {"name": "users-own", "namespace": "kube-system"},
@@ -109,7 +111,7 @@ async def test_removing_an_addon_removes_its_objects_and_nothing_else(
         await tenant.apply(obj, field_manager="user")
 
     without_dns = bootstrap_objects(spec({"kubeProxy": {}}), ca.cert_pem, ENDPOINT)
-    installed, pruned = await bootstrap.reconcile(tenant, without_dns, installed)
+    pruned = await bootstrap.reconcile(tenant, without_dns, installed)
     assert installed == {"kube-proxy": True, "coredns": False}
     assert "Deployment kube-system/coredns" in pruned
     assert "ClusterRole system:coredns" in pruned
@@ -126,7 +128,7 @@ async def test_removing_an_addon_removes_its_objects_and_nothing_else(
     await tenant.get(ClusterRoleBinding, "kubeadm:node-proxier")
     await tenant.get(ConfigMap, "cluster-info", namespace="kube-public")
     # Absent and not installed: nothing to prune, nothing listed.
-    _, again = await bootstrap.reconcile(tenant, without_dns, installed)
+    again = await bootstrap.reconcile(tenant, without_dns, installed)
     assert again == []
     for obj in mine:
         await tenant.delete(type(obj), obj.metadata.name, namespace="kube-system")

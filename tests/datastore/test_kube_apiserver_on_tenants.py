@@ -10,8 +10,10 @@ from haku.dev.cluster import DevCluster
 
 from .apiserver import TenantAPIServer
 
-A = Tenant("kapi-a", "kapi-a", "kapipwa012345678")
-B = Tenant("kapi-b", "kapi-b", "kapipwb012345678")
+# As the operator makes them: owned by a TenantControlPlane uid (on etcd, the certificate's CN
+# is then the per-incarnation user).
+A = Tenant("kapi-a", "kapi-a", "kapipwa012345678", owner="5b0c7e2a-1d4f-4a9b-8c3e-0f6a2d9b7e11")
+B = Tenant("kapi-b", "kapi-b", "kapipwb012345678", owner="9e4d1a6c-3b2f-4e7a-a5d8-7c1f0b3e9a22")
 
 
 async def test_namespaces_live_in_their_own_tenant(
@@ -39,6 +41,7 @@ async def test_namespaces_live_in_their_own_tenant(
         assert usage_a.keys > 0 and usage_a.bytes > 0
         if isinstance(driver, EtcdDriver):
             assert a.connection.etcd_prefix == "/kapi-a"
+            assert driver.physical_names(A)[1].startswith("kapi-a.")
     finally:
         for s in servers.values():
             s.stop()

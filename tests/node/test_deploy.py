@@ -157,11 +157,15 @@ CAN_I = [
     ("delete", "ingresses.networking.k8s.io", "any", "yes"),
     ("create", "events", "any", "yes"),
     ("list", "nodes", "", "yes"),
+    ("delete", "deployments.apps", "any", "yes"),  # stopped before the data is dropped
+    ("list", "pods", "any", "yes"),  # ... and waited for
+    ("patch", "datastores.haku.dev", "", "yes"),  # its finalizer while tenants use it
     ("update", "leases.coordination.k8s.io/haku-operator", "haku-system", "yes"),
     # not needed, so not granted
     ("*", "*", "any", "no"),
     ("create", "pods/exec", "any", "no"),
-    ("list", "pods", "any", "no"),
+    ("get", "pods", "any", "no"),
+    ("delete", "pods", "any", "no"),
     ("patch", "nodes", "", "no"),
     ("delete", "nodes", "", "no"),
     ("delete", "secrets", "any", "no"),

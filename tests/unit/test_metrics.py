@@ -10,6 +10,7 @@ from typing import Any
 from haku.api.conditions import Condition
 from haku.controller import logs
 from haku.controller.metrics import Metrics, certificate_expiries
+from haku.controller.pipeline import Context
 from haku.controller.runtime import Controller, Key, Result
 from haku.controller.tenant import OperatorConfig, StepTimer, TenantReconciler
 from haku.render import pki
@@ -118,15 +119,16 @@ def test_reconcile_outcome_sets_the_gauge_and_counts_error_reasons_only() -> Non
     m = Metrics()
     r = TenantReconciler(None, OperatorConfig(default_datastore="fallback"),  # type: ignore[arg-type]
                          None, m)  # type: ignore[arg-type]
-    spec: Any = type("S", (), {"data_store": None})()
+    spec: Any = type("S", (), {"data_store": None, "namespace": "ns", "name": "t"})()
     found = {"DataStoreReady": Condition("DataStoreReady", "False", "DataStoreNotFound", "x"),
              "CertificatesReady": Condition("CertificatesReady", "Unknown", "Pending", "x"),
              "ControlPlaneAvailable": Condition("ControlPlaneAvailable", "False",
                                                 "NoReadyPods", "x"),
              "Ready": Condition("Ready", "False", "DataStoreNotFound", "x")}
     status = {"kubernetesResources": {"version": {"status": "Provisioning"}}}
-    r._observe_outcome(("ns", "t"), spec, found, status)
-    r._observe_outcome(("ns", "t"), spec, found, status)
+    ctx = Context({}, spec, found, status)
+    r._observe_outcome(ctx)
+    r._observe_outcome(ctx)
     s = scrape(m)
     # Counted once per reconcile (not again for Ready), progress reasons not at all.
     assert matching(s, "haku_reconcile_errors_total") == {
@@ -134,6 +136,6 @@ def test_reconcile_outcome_sets_the_gauge_and_counts_error_reasons_only() -> Non
     assert value(s, "haku_tenant_control_planes", status="Provisioning",
                  datastore="fallback") == 1.0
     status["storage"] = {"dataStoreName": "dev-etcd"}  # where it was set up wins
-    r._observe_outcome(("ns", "t"), spec, {}, status)
+    r._observe_outcome(Context({}, spec, {}, status))
     assert matching(scrape(m), "haku_tenant_control_planes") == {
         frozenset({("status", "Provisioning"), ("datastore", "dev-etcd")}): 1.0}

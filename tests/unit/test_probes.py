@@ -66,6 +66,12 @@ async def test_readyz_follows_the_operators_phase(telemetry: Telemetry) -> None:
     assert (await http(port, "/readyz"))[0] == 503
     started[0] = True
     assert (await http(port, "/readyz?verbose"))[:3:2] == (200, b"leading\n")
+    held = [False]  # the Lease not renewed within the renew deadline: not ready
+    h.lease_held = lambda: held[0]
+    assert (await http(port, "/readyz"))[:3:2] == (
+        503, b"leading, but the Lease was not renewed in time\n")
+    held[0] = True
+    assert (await http(port, "/readyz"))[0] == 200
     h.phase = "stopping"
     assert (await http(port, "/readyz"))[0] == 503
     h.failed = "lost the Lease"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.datastore import TenantConnection
-from haku.render import controlplane, pki, tenant_kubeconfigs, tenant_pki
+from haku.render import InvalidSpec, controlplane, pki, tenant_kubeconfigs, tenant_pki
 
 ALG = pki.KeyAlgorithm.ECDSA_P256
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
@@ -184,3 +186,168 @@ def test_service_and_ingress() -> None:
     assert ing is not None
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["rules"][0]["host"] == "t1.example.com"
+
+
+def test_control_plane_probes_are_kubeadms() -> None:
+    c = _containers(controlplane.deployment(tcp(), KINE, "10.0.0.7", {}, "kine:x"))
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        live, ready, start = (c[name][p] for p in ("livenessProbe", "readinessProbe",
+                                                   "startupProbe"))
+        assert {k: live[k] for k in live if k != "httpGet"} == {
+            "initialDelaySeconds": 10, "timeoutSeconds": 15, "periodSeconds": 10,
+            "failureThreshold": 8}
+        assert (ready["timeoutSeconds"], ready["periodSeconds"], ready["failureThreshold"]) \
+            == (15, 1, 3)
+        assert (start["timeoutSeconds"], start["periodSeconds"], start["failureThreshold"]) \
+            == (15, 1, 240)  # kubeadm's 4 minutes to come up, checked every second
+    assert c["kube-apiserver"]["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert c["kube-apiserver"]["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert c["kube-apiserver"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "livenessProbe" not in c["kine"]  # kine serves no health endpoint
+
+
+def test_every_container_requests_resources_unless_the_spec_sets_them() -> None:
+    c = _containers(controlplane.deployment(tcp(), KINE, "10.0.0.7", {}, "kine:x"))
+    assert {n: x["resources"] for n, x in c.items()} == {
+        "kube-apiserver": {"requests": {"cpu": "25m", "memory": "192Mi"}},
+        "kube-controller-manager": {"requests": {"cpu": "10m", "memory": "48Mi"}},
+        "kube-scheduler": {"requests": {"cpu": "5m", "memory": "24Mi"}},
+        "kine": {"requests": {"cpu": "5m", "memory": "24Mi"}},
+    }
+    assert all("limits" not in x["resources"] for x in c.values())
+    given = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "resources": {"apiServer": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
+                      "scheduler": {}}}})
+    c = _containers(controlplane.deployment(given, ETCD, "10.0.0.7", {}, "kine:x"))
+    assert c["kube-apiserver"]["resources"] == {"requests": {"cpu": "1"},
+                                                "limits": {"memory": "2Gi"}}
+    assert "resources" not in c["kube-scheduler"]  # {} in the spec: none
+    assert c["kube-controller-manager"]["resources"]["requests"]["cpu"] == "10m"
+    bare = _containers(controlplane.deployment(tcp(), ETCD, "10.0.0.7", {}, "kine:x",
+                                               default_resources=None))
+    assert all("resources" not in x for x in bare.values())
+    # The defaults are not shared with the manifest: changing one leaves the other alone.
+    c = _containers(controlplane.deployment(tcp(), ETCD, "10.0.0.7", {}, "kine:x"))
+    c["kube-apiserver"]["resources"]["requests"]["cpu"] = "9"
+    assert controlplane.DEFAULT_RESOURCES["kube-apiserver"]["requests"]["cpu"] == "25m"
+
+
+def test_pods_get_the_priority_class() -> None:
+    def pod(**kw: Any) -> dict[str, Any]:
+        d = controlplane.deployment(tcp(), ETCD, "10.0.0.7", {}, "kine:x", **kw)
+        spec: dict[str, Any] = d["spec"]["template"]["spec"]
+        return spec
+
+    assert pod()["priorityClassName"] == "haku-control-plane"
+    assert pod(priority_class="tenants-gold")["priorityClassName"] == "tenants-gold"
+    assert "priorityClassName" not in pod(priority_class=None)
+    pc = controlplane.priority_class()
+    assert pc["metadata"]["name"] == "haku-control-plane"
+    assert 0 < pc["value"] <= 1_000_000_000 and pc["globalDefault"] is False
+
+
+@pytest.mark.parametrize(("network", "field"), [
+    ({"serviceCidr": "10.96.0.0/32"}, "spec.networkProfile.serviceCidr"),
+    ({"serviceCidr": "10.96.0.0/30"}, "spec.networkProfile.serviceCidr"),
+    ({"serviceCidrs": ["10.96.0.0/16", "fd00::/128"]}, "spec.networkProfile.serviceCidrs[1]"),
+    ({"serviceCidrs": ["fd00::/48"]}, "spec.networkProfile.serviceCidrs[0]"),
+    ({"serviceCidrs": ["not-a-cidr"]}, "spec.networkProfile.serviceCidrs[0]"),
+])
+def test_an_unusable_service_cidr_is_invalid_spec_not_a_crash(
+    network: dict[str, Any], field: str
+) -> None:
+    s = tcp(networkProfile=network)  # parsing never fails
+    with pytest.raises(InvalidSpec) as info:
+        tenant_pki.plan(s, {}, ("10.0.0.7",), ALG, NOW)
+    assert info.value.field == field
+    assert field in str(info.value) and isinstance(info.value, ValueError)
+    with pytest.raises(InvalidSpec) as again:
+        controlplane.deployment(s, ETCD, "10.0.0.7", {}, "kine:x")
+    assert again.value.field == field
+    with pytest.raises(ValueError, match=r"service range|not a CIDR"):
+        s.kubernetes_service_ips  # noqa: B018  (a property that raises)
+
+
+def test_the_smallest_service_ranges_work() -> None:
+    s = tcp(networkProfile={"serviceCidrs": ["10.96.0.0/29", "fd00:10:96::/125"],
+                            "dnsServiceIPs": ["10.96.0.6"]})
+    assert s.kubernetes_service_ips == ["10.96.0.1", "fd00:10:96::1"]
+    assert controlplane.kubernetes_service_ips(s) == ["10.96.0.1", "fd00:10:96::1"]
+    _, ips = tenant_pki.apiserver_names(s)
+    assert {"10.96.0.1", "fd00:10:96::1"} <= set(ips)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"networkProfile": {"certSANs": ["api.example.com", "bücher.example"]}},
+     "spec.networkProfile.certSANs[1]"),
+    ({"networkProfile": {"address": "hôte.example"}}, "spec.networkProfile.address"),
+    ({"controlPlane": {"service": {"serviceType": "ClusterIP"},
+                       "ingress": {"hostname": "tenant.exämple:443"}}},
+     "spec.controlPlane.ingress.hostname"),
+])
+def test_a_name_a_certificate_cannot_hold_is_invalid_spec(change: dict[str, Any],
+                                                           field: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        tenant_pki.plan(tcp(**change), {}, ("10.0.0.7",), ALG, NOW)
+    assert info.value.field == field
+    assert "xn--" in info.value.message or "ASCII" in info.value.message
+
+
+def test_an_endpoint_a_certificate_cannot_hold_names_where_it_came_from() -> None:
+    with pytest.raises(InvalidSpec) as info:
+        tenant_pki.apiserver_names(tcp(), ("lb-ü.example",))
+    assert info.value.field == "status.controlPlaneEndpoint"
+    s = tcp(networkProfile={"advertiseAddress": "192.0.2.50"})
+    dns, ips = tenant_pki.apiserver_names(s, ("lb.example", "192.0.2.50"))
+    assert "lb.example" in dns and "192.0.2.50" in ips
+    # pki itself refuses what cryptography would not encode, naming the value.
+    ca = pki.new_ca("kubernetes", ALG)
+    with pytest.raises(ValueError, match="bücher"):
+        pki.issue(ca, "x", pki.Usage.SERVER, dns_names=["bücher.example"], algorithm=ALG)
+
+
+def test_additional_ports_clashing_with_the_api_port_are_invalid_spec() -> None:
+    def svc(ports: list[dict[str, Any]], **network: Any) -> dict[str, Any]:
+        return controlplane.service(tcp(controlPlane={"service": {
+            "serviceType": "ClusterIP", "additionalPorts": ports}}, networkProfile=network))
+
+    with pytest.raises(InvalidSpec) as info:
+        svc([{"name": "extra", "port": 6443}])
+    assert info.value.field == "spec.controlPlane.service.additionalPorts[0].port"
+    with pytest.raises(InvalidSpec, match=re.escape("additionalPorts[1].name")):
+        svc([{"name": "a", "port": 1}, {"name": "a", "port": 2}])
+    with pytest.raises(InvalidSpec, match=re.escape("additionalPorts[1].port")):
+        svc([{"name": "a", "port": 1}, {"name": "b", "port": 1}])
+    with pytest.raises(InvalidSpec, match=re.escape("additionalPorts[0].name")):
+        svc([{"name": "kube-apiserver", "port": 1}])
+    with pytest.raises(InvalidSpec):
+        svc([{"name": "x", "port": 7443}], port=7443)
+    ok = svc([{"name": "udp", "port": 6443, "protocol": "UDP"}, {"name": "b", "port": 6444}])
+    assert [p["port"] for p in ok["spec"]["ports"]] == [6443, 6443, 6444]
+
+
+def test_a_name_too_long_for_the_service_is_invalid_spec() -> None:
+    def named(name: str) -> TenantControlPlaneSpec:
+        return TenantControlPlaneSpec.parse({
+            "metadata": {"name": name, "namespace": "tenants", "uid": "u"},
+            "spec": {"kubernetes": {"version": "v1.37.2"},
+                     "controlPlane": {"service": {"serviceType": "ClusterIP"}}}})
+
+    assert controlplane.service(named("t" * 63))["metadata"]["name"] == "t" * 63
+    for bad in ("t" * 64, "1tenant", "a.b"):
+        with pytest.raises(InvalidSpec) as info:
+            controlplane.service(named(bad))
+        assert info.value.field == "metadata.name"
+        with pytest.raises(InvalidSpec):
+            controlplane.deployment(named(bad), ETCD, "10.0.0.7", {}, "kine:x")
+
+
+def test_invalid_spec_carries_field_and_message() -> None:
+    import copy
+    import pickle
+
+    e = InvalidSpec("spec.networkProfile.serviceCidr", "too small")
+    assert (e.field, e.message, str(e)) == ("spec.networkProfile.serviceCidr", "too small",
+                                            "spec.networkProfile.serviceCidr: too small")
+    for twin in (pickle.loads(pickle.dumps(e)), copy.copy(e)):  # noqa: S301
+        assert (twin.field, twin.message) == (e.field, e.message)

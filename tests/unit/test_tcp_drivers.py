@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from lightkube.generic_resource import create_global_resource
 
-from haku.controller import tenant
-from haku.controller.tenant import DriverCache
+from haku.controller import drivers
+from haku.controller.drivers import DriverCache
 
 DS = create_global_resource("haku.dev", "v1alpha1", "DataStore", "datastores")
 
@@ -36,7 +36,7 @@ def datastore(password: str, generation: int, resource_version: str) -> Any:
 
 @pytest.fixture
 def cache(monkeypatch: pytest.MonkeyPatch) -> DriverCache:
-    monkeypatch.setattr(tenant, "open_driver", Opened)
+    monkeypatch.setattr(drivers, "open_driver", Opened)
     return DriverCache(None)  # type: ignore[arg-type]  (inline content: no Secret reads)
 
 
@@ -70,7 +70,7 @@ async def test_settings_are_read_again_once_the_ttl_has_passed(
     first = await cache.get(datastore("pw", 1, "100"))
     same = await cache.get(datastore("changed-in-a-secret", 1, "101"))
     assert same is first
-    monkeypatch.setattr(tenant, "SETTINGS_TTL", 0.0)
+    monkeypatch.setattr(drivers, "SETTINGS_TTL", 0.0)
     fresh = await cache.get(datastore("changed-in-a-secret", 1, "102"))
     assert fresh is not first
     for driver in (first, same, fresh):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from haku.controller.tenant import endpoint_port
+from haku.controller.steps.exposure import endpoint_port
 from haku.render import controlplane
 from tests.unit.test_render_tenant import ETCD, tcp
 

@@ -1,11 +1,10 @@
-"""Status carried over a failed reconcile, placement pinning and datastore claims (pure)."""
+"""Status carried over a failed reconcile, and placement pinning (pure)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from haku.render import tenant_status
-from haku.render.tenant_status import Claim
 
 PROVISIONED: dict[str, Any] = {
     "controlPlaneEndpoint": "10.96.0.9:6443",
@@ -87,47 +86,10 @@ def test_placement_is_pinned_by_status_storage_once_provisioned() -> None:
     assert pinned == tenant_status.Placement("ds1", "s1", "u1", True)
 
 
-def claim(name: str, uid: str, created: str, spec: dict[str, Any] | None = None,
-          status: dict[str, Any] | None = None, deleting: bool = False) -> Claim:
-    return Claim.of(tcp(name, uid, created, spec, status, deleting), "ds1")
-
-
-def test_the_newer_tenant_claiming_a_used_schema_or_user_is_refused() -> None:
-    old = claim("old", "uid-old", "2026-01-01T00:00:00Z", {"dataStoreSchema": "shared"})
-    new = claim("new", "uid-new", "2026-02-01T00:00:00Z", {"dataStoreSchema": "shared"})
-    other = claim("other", "uid-other", "2025-01-01T00:00:00Z", {"dataStore": "ds2",
-                                                                "dataStoreSchema": "shared"})
-    conflict = tenant_status.claim_conflict(new, [old, new, other])
-    assert conflict is not None and conflict.reason == "SchemaInUse"
-    assert "ns/old" in conflict.message and "'shared'" in conflict.message
-    assert tenant_status.claim_conflict(old, [old, new, other]) is None  # older one goes on
-    user = claim("u", "uid-u", "2026-03-01T00:00:00Z", {"dataStoreUsername": "uid-old"})
-    conflict = tenant_status.claim_conflict(user, [old, user])
-    assert conflict is not None and conflict.reason == "UserInUse"
-    # Equal timestamps: the uid breaks the tie, so exactly one of the two is refused.
-    a = claim("a", "uid-1", "2026-01-01T00:00:00Z", {"dataStoreSchema": "x"})
-    b = claim("b", "uid-2", "2026-01-01T00:00:00Z", {"dataStoreSchema": "x"})
-    assert tenant_status.claim_conflict(a, [a, b]) is None
-    assert tenant_status.claim_conflict(b, [a, b]) is not None
-
-
-def test_physical_names_collide_too() -> None:
-    a = claim("a", "uid-1", "t1", {"dataStoreSchema": "My.DB"})
-    b = claim("b", "uid-2", "t2", {"dataStoreSchema": "my_db"})
-    assert tenant_status.claim_conflict(b, [a, b]) is None
-    conflict = tenant_status.claim_conflict(
-        b, [a, b], lambda s, u: (s.lower().replace(".", "_"), u))
-    assert conflict is not None and conflict.reason == "SchemaInUse"
-
-
-def test_the_finalizer_keeps_a_space_another_live_tenant_holds() -> None:
-    owner = claim("owner", "uid-o", "t1", {"dataStoreSchema": "x"},
-                  {"storage": {"dataStoreName": "ds1", "setup": {"schema": "x", "user": "o"}}})
-    refused = claim("refused", "uid-r", "t2", {"dataStoreSchema": "x"})
-    # The refused newer tenant holds nothing: deleting the owner drops the space.
-    assert tenant_status.live_holders(owner, [owner, refused]) == []
-    # Deleting the refused one must not drop the owner's data.
-    assert tenant_status.live_holders(refused, [owner, refused]) == [owner]
-    gone = claim("owner", "uid-o", "t1", {"dataStoreSchema": "x"}, deleting=True)
-    assert tenant_status.live_holders(refused, [gone, refused]) == []
-    assert tenant_status.shared_with(refused, [gone, refused]) == [gone]
+def test_placement_uses_the_names_asked_for_not_the_stored_ones() -> None:
+    # etcd stores a per-incarnation user ("u1.<tag>"); the name asked for stays "u1", so the
+    # driver's mapping is applied once, never to its own output.
+    storage = {"dataStoreName": "ds1", "setup": {"schema": "s1", "user": "u1.0a1b2c3d"},
+               "requested": {"schema": "s1", "user": "u1"}}
+    pinned = tenant_status.placement(tcp("a", "uid-a", "t1", {}, {"storage": storage}), None)
+    assert pinned == tenant_status.Placement("ds1", "s1", "u1", True)

@@ -4,6 +4,7 @@ renderers never depend on the API server having defaulted an object."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,49 @@ DEFAULT_ADMISSION_PLUGINS = (
     "Priority", "ResourceQuota", "RuntimeClass", "ServiceAccount",
     "StorageObjectInUseProtection", "TaintNodesByCondition", "ValidatingAdmissionWebhook",
 )
+
+
+# metadata.name: also the name of the tenant's Service (a DNS-1035 label, at most 63
+# characters) and a label value on its pods (at most 63). The other objects Haku names after
+# it (render/controlplane.py names(), plus <name>-datastore-password) are DNS subdomains of
+# at most 253 characters, far from it at 63. The CRD refuses other names at creation.
+NAME_MAX_LENGTH = 63
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+# spec.dataStoreSchema and spec.dataStoreUsername: one charset every driver and kine handle
+# alike. No '.' (kube-apiserver cleans an etcd prefix /./ to /, and '..' climbs), no '/', no
+# upper case (kine lower-cases the database of its endpoint; Haku's MySQL bookkeeping
+# compares names without case), ASCII only (kine and PostgreSQL lower-case non-ASCII
+# differently). At most 63 characters: PostgreSQL's limit (NAMEDATALEN - 1; longer names are
+# cut), within MySQL's 64 for a database and the 64 of an etcd user's certificate CN, so a
+# schema is stored under this very name by every driver, and so is a user, except on
+# MySQL/MariaDB beyond its 32-character user limit: there a longer user (the default, the UID,
+# is 36) gets a stable derived name (a prefix and a hash, haku.datastore.base.physical_name),
+# shown in status.storage.setup.user. The default, the object's UID (lower-case hex and '-'),
+# matches the pattern.
+DATASTORE_NAME_MAX_LENGTH = 63
+DATASTORE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+DATASTORE_NAME = re.compile(DATASTORE_NAME_PATTERN)
+
+DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
+
+
+def service_cidr_problem(cidr: str) -> str | None:
+    """Why ``cidr`` cannot be a tenant's service range, or None: the CRD's rule, again.
+
+    kube-apiserver (v1.37) refuses a primary range of fewer than 8 addresses
+    (``ServiceIPRange``), and its IP allocator an IPv6 range wider than /64; the first
+    address after the network address is the in-cluster ``kubernetes`` Service."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return f"{cidr!r} is not a CIDR"
+    if net.num_addresses < 8:
+        return (f"{cidr} holds {net.num_addresses} address(es); a service range needs at least "
+                "8 (IPv4: /29 or a shorter prefix; IPv6: /64 to /125)")
+    if net.version == 6 and net.prefixlen < 64:
+        return f"{cidr} is wider than /64, the widest IPv6 service range kube-apiserver takes"
+    return None
 
 
 @dataclass(frozen=True)
@@ -131,6 +175,8 @@ class TenantControlPlaneSpec:
     pod_security_context: dict[str, Any] | None = None
     container_security_contexts: Components = field(default_factory=Components)
     automount_service_account_token: bool = False  # Haku's default; Kamaji leaves it unset
+    # Where service_cidrs came from, for messages: serviceCidrs (a list) or serviceCidr.
+    service_cidrs_field: str = "spec.networkProfile.serviceCidr"
 
     @classmethod
     def parse(cls, obj: dict[str, Any]) -> TenantControlPlaneSpec:
@@ -144,7 +190,8 @@ class TenantControlPlaneSpec:
         k8s = spec.get("kubernetes") or {}
         reg = dep.get("registrySettings") or {}
         uid = meta.get("uid", "")
-        service_cidrs = tuple(net.get("serviceCidrs") or [net.get("serviceCidr") or "10.96.0.0/16"])
+        service_cidrs = tuple(net.get("serviceCidrs")
+                              or [net.get("serviceCidr") or DEFAULT_SERVICE_CIDR])
         return cls(
             name=meta["name"],
             namespace=meta.get("namespace", "default"),
@@ -203,22 +250,41 @@ class TenantControlPlaneSpec:
                 dep.get("containerSecurityContexts"), None),
             automount_service_account_token=bool(dep.get("automountServiceAccountToken",
                                                          False)),
+            service_cidrs_field=("spec.networkProfile.serviceCidrs" if net.get("serviceCidrs")
+                                 else "spec.networkProfile.serviceCidr"),
         )
 
     def image(self, component: str) -> str:
         return f"{self.registry}/{self.images[component]}:{self.version}{self.tag_suffix}"
 
+    def service_cidr_field(self, index: int) -> str:
+        """The spec path of ``service_cidrs[index]``."""
+        if self.service_cidrs_field.endswith("serviceCidrs"):
+            return f"{self.service_cidrs_field}[{index}]"
+        return self.service_cidrs_field
+
     @property
     def kubernetes_service_ips(self) -> list[str]:
-        """The first address of each service CIDR: the in-cluster ``kubernetes`` Service."""
-        return [str(next(ipaddress.ip_network(c, strict=False).hosts()))
-                for c in self.service_cidrs]
+        """The first address of each service CIDR: the in-cluster ``kubernetes`` Service.
+        ValueError for a CIDR that cannot be a service range (:func:`service_cidr_problem`;
+        renderers report it as ``haku.render.InvalidSpec``)."""
+        ips = []
+        for cidr in self.service_cidrs:
+            problem = service_cidr_problem(cidr)
+            if problem:
+                raise ValueError(problem)
+            ips.append(str(ipaddress.ip_network(cidr, strict=False).network_address + 1))
+        return ips
 
 
 def default_dns_ips(service_cidrs: tuple[str, ...]) -> list[str]:
-    """Kamaji's default: the network address + 10 (IPv4) or + 0x10 (IPv6)."""
+    """Kamaji's default: the network address + 10 (IPv4) or + 0x10 (IPv6). A CIDR that does
+    not parse gets none here (the CRD refuses it; renderers report it)."""
     ips = []
     for cidr in service_cidrs:
-        net = ipaddress.ip_network(cidr, strict=False)
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue
         ips.append(str(net.network_address + (10 if net.version == 4 else 0x10)))
     return ips

@@ -1,8 +1,13 @@
-"""Check a DataStore for real and record the outcome in its status.
+"""Check a DataStore for real and record the outcome in its status; keep it while tenants
+use it.
 
 ``Ready`` is True only after Haku connected with the DataStore's credentials and verified it
 may provision tenants (Kamaji only checks that referenced Secrets exist). The reconcile loop
 that calls this on every change and resync comes with the operator.
+
+A DataStore carries Haku's finalizer while it exists: deleting one that TenantControlPlanes
+still use (their data is in it, and their finalizers need it to clean up) leaves it in place,
+with a ``Deleting`` Condition naming them, until the last of them is gone.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import ssl
 from datetime import datetime
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 
 from haku.api import conditions
@@ -22,6 +27,7 @@ from haku.datastore import DataStoreError, Driver, open_driver
 from haku.datastore.settings import resolve
 
 CHECK_TIMEOUT = 20.0
+FINALIZER = "haku.dev/datastore-in-use"
 
 
 def _is_tls_config_error(e: Exception) -> bool:
@@ -68,6 +74,33 @@ async def probe(obj: dict[str, Any], client: AsyncClient) -> tuple[conditions.Co
             version, tenants)
 
 
+async def _set_finalizer(client: AsyncClient, name: str, present: bool) -> None:
+    patch = DataStore(metadata=ObjectMeta(name=name,
+                                          finalizers=[FINALIZER] if present else []))
+    await client.apply(patch, field_manager=FIELD_MANAGER, force=True)
+
+
+async def reconcile_datastore(client: AsyncClient, name: str,
+                              used_by: list[str]) -> dict[str, Any] | None:
+    """Keep the finalizer on DataStore ``name`` while it exists or ``used_by`` (its
+    TenantControlPlanes, namespace/name) is not empty, and check it; None if it is gone."""
+    try:
+        current = await client.get(DataStore, name)
+    except ApiError as e:
+        if e.status.code == 404:
+            return None
+        raise
+    meta = current.metadata
+    deleting = bool(meta and meta.deletionTimestamp)
+    held = FINALIZER in ((meta.finalizers if meta else None) or [])
+    if not deleting and not held:
+        await _set_finalizer(client, name, present=True)
+    status = await check_datastore(client, name, used_by=used_by)
+    if deleting and not used_by and held:
+        await _set_finalizer(client, name, present=False)
+    return status
+
+
 async def check_datastore(client: AsyncClient, name: str, now: datetime | None = None,
                           used_by: list[str] | None = None) -> dict[str, Any]:
     """Probe the DataStore ``name`` and server-side-apply its status; return that status.
@@ -77,10 +110,18 @@ async def check_datastore(client: AsyncClient, name: str, now: datetime | None =
     ready, version, tenants = await probe(obj, client)
     old = (obj.get("status") or {}).get("conditions")
     generation = obj["metadata"].get("generation")
+    merged = conditions.merge(old, ready, generation, now)
+    if obj["metadata"].get("deletionTimestamp"):
+        users = sorted(used_by or [])
+        merged = conditions.merge(merged, conditions.Condition(
+            "Deleting", "True", "InUse" if users else "Released",
+            ("kept until these TenantControlPlanes are deleted (their data is here): "
+             + ", ".join(users)) if users else "no TenantControlPlane uses it"),
+            generation, now)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "ready": ready.status == "True",
-        "conditions": conditions.merge(old, ready, generation, now),
+        "conditions": merged,
     }
     if version is not None:
         status["serverVersion"] = version

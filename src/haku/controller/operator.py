@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig, operators
 from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
@@ -21,38 +19,20 @@ from lightkube.resources.networking_v1 import Ingress
 
 from haku.api import crds
 from haku.api.resources import TenantControlPlane
-from haku.controller.datastore_status import check_datastore
+from haku.controller.datastore_status import reconcile_datastore
 from haku.controller.events import EventRecorder
+from haku.controller.fencing import Fence
 from haku.controller.lease import LeaseElector, LostLeadership
 from haku.controller.resources import FIELD_MANAGER, DataStore
 from haku.controller.runtime import Controller, Key, Result, SpecChanges, Watcher, key_of
 from haku.controller.telemetry import Telemetry
 from haku.controller.tenant import OperatorConfig, TenantReconciler
 from haku.controller.tenant_watches import TenantWatches
+from haku.render import controlplane
 from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
 
 log = logging.getLogger("haku.operator")
 
-
-async def _list_retrying(client: AsyncClient, kind: Any, stop: asyncio.Event) -> list[Any]:
-    """Every object of ``kind`` in all namespaces; transient failures (the API server
-    answering 429 "storage is (re)initializing" right after a CRD update, 5xx, a dropped
-    connection) are retried with backoff until ``stop`` is set."""
-    delay = 0.2
-    while True:
-        try:
-            return [o async for o in client.list(kind, namespace=ALL_NS)]
-        except ApiError as e:
-            if e.status.code is not None and e.status.code < 500 and e.status.code != 429:
-                raise
-            log.warning("listing %s: %s (retrying)", kind.__name__, e)
-        except (httpx2.HTTPError, OSError) as e:
-            log.warning("listing %s: %s (retrying)", kind.__name__, e)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        if stop.is_set():
-            return []
-        delay = min(delay * 2, 5.0)
 
 LEASE_NAME = "haku-operator"
 
@@ -71,6 +51,10 @@ class RunOptions:
     # binds a free port (Telemetry.port tells which).
     metrics_bind_address: str = ":8080"
     health_probe_bind_address: str = ":8081"
+    # On stop: how long reconciles in flight may go on (the Lease is renewed meanwhile)
+    # before they are cancelled and the Lease is released; 20 s leaves the release and the
+    # rest of the shutdown inside deploy/'s terminationGracePeriodSeconds (30).
+    drain_timeout: float = 20.0
 
 
 def client_for(kubeconfig: Path | None) -> AsyncClient:
@@ -79,11 +63,13 @@ def client_for(kubeconfig: Path | None) -> AsyncClient:
 
 
 async def install_crds(client: AsyncClient, namespace: str) -> None:
-    """Apply Haku's CRDs (and the operator's namespace), then wait until they serve."""
+    """Apply Haku's CRDs, the operator's namespace and the control-plane pods' PriorityClass
+    (what deploy/ ships beside them), then wait until the CRDs serve."""
     for crd in crds.all_crds():
         await client.apply(from_dict(crd), force=True)
     await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
                                   "metadata": {"name": namespace}}), force=True)
+    await client.apply(from_dict(controlplane.priority_class()), force=True)
     for crd in crds.all_crds():
         await wait_established(client, crd["metadata"]["name"])
 
@@ -125,32 +111,73 @@ async def _crds_present(client: AsyncClient) -> bool:
     return True
 
 
+async def _first(*aws: Any) -> None:
+    """Wait until the first of ``aws`` completes (raising what it raised), cancelling the
+    rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in done:
+        t.result()
+
+
+def _lost(task: asyncio.Task[Any] | None) -> bool:
+    return (task is not None and task.done() and not task.cancelled()
+            and isinstance(task.exception(), LostLeadership))
+
+
 async def run(options: RunOptions, config: OperatorConfig,
               stop: asyncio.Event | None = None, telemetry: Telemetry | None = None) -> None:
     """Reconcile until ``stop`` is set (or leadership is lost, which raises). ``telemetry``
-    holds the metrics and probe state, and the servers once they listen."""
+    holds the metrics and probe state, and the servers once they listen.
+
+    Leadership: every write to the API server goes through ``client``, whose mutating requests
+    are fenced (refused unless this process holds the Lease with margin); the Lease itself,
+    and the CRDs every replica applies before it leads, go through a client of their own.
+    Losing the Lease cancels the reconciles in flight at once and raises LostLeadership. On
+    ``stop`` no new reconcile starts, those in flight get up to ``options.drain_timeout`` to
+    finish while the Lease is still renewed, and then the Lease is released."""
     telemetry = telemetry or Telemetry()
     health = telemetry.health
-    client = client_for(options.kubeconfig)
     stop = stop or asyncio.Event()
-    elector = LeaseElector(client, options.namespace, LEASE_NAME, options.identity,
+    lease_client = client_for(options.kubeconfig)
+    client = client_for(options.kubeconfig)
+    elector = LeaseElector(lease_client, options.namespace, LEASE_NAME, options.identity,
                            lease_duration=options.lease_duration,
                            renew_deadline=options.lease_duration * 2 / 3,
                            retry_period=max(options.lease_duration / 7.5, 0.2))
+    fence = elector.fence if options.leader_elect else Fence.always()
+    fence.install(client)
     tenants = TenantReconciler(client, config, EventRecorder(client), telemetry.metrics)
+    # The reconciler checks it before writing to a DataStore (not an API server request).
+    tenants.fence = fence
+    controllers: list[Controller] = []
+    runs: list[asyncio.Task[None]] = []
+    holding: asyncio.Task[None] | None = None
+    lost = False
     try:
         await telemetry.start(options.metrics_bind_address, options.health_probe_bind_address)
         if options.install_crds:
-            await install_crds(client, options.namespace)
+            await install_crds(lease_client, options.namespace)
             health.crds_installed = True
         else:
-            health.crds_installed = await _crds_present(client)
+            health.crds_installed = await _crds_present(lease_client)
         if options.leader_elect:
             log.info("waiting to lead (Lease %s/%s as %s)", options.namespace, LEASE_NAME,
                      options.identity)
             health.lease_reachable = lambda: elector.reachable
             health.phase = "standby"
-            await elector.acquire()
+            await _first(elector.acquire(), stop.wait())
+            if stop.is_set():
+                log.info("stopping before leading")
+                return
+            health.lease_held = lambda: fence.held
+            # Renewing from now on, through the drain at a stop, until released.
+            holding = asyncio.create_task(elector.hold())
         health.phase = "leading"
 
         async def datastore_reconcile(key: Key) -> Result:
@@ -159,7 +186,9 @@ async def run(options: RunOptions, config: OperatorConfig,
                 if _datastore_of(t, config.default_datastore) == key[1]:
                     ns, name = key_of(t)
                     used_by.append(f"{ns}/{name}")
-            await check_datastore(client, key[1], used_by=used_by)
+            # Keeps the DataStore (finalizer) while any tenant uses it; None once it is gone.
+            if await reconcile_datastore(client, key[1], used_by) is None:
+                return Result()
             return Result(requeue_after=60.0)
 
         tenant_changes = SpecChanges()
@@ -171,18 +200,13 @@ async def run(options: RunOptions, config: OperatorConfig,
             name = _datastore_of(obj, config.default_datastore)
             return [("", name)] if name else []
 
-        # What every tenant claims in its DataStore, complete before the first reconcile;
-        # the TenantControlPlane watch keeps it current.
-        for t in await _list_retrying(client, TenantControlPlane, stop):
-            tenants.observe_claim("ADDED", t.to_dict())
-        tenant_keys = SpecChanges()
-
-        def tenant_events(event: str, obj: Any) -> list[Key]:
-            tenants.observe_claim(event, obj.to_dict())
-            return tenant_keys(event, obj)
+        # Which tenant owns a datastore space is recorded in the datastore (the datastore
+        # step), so no listing of every tenant is needed before the first reconcile.
+        tenant_events = SpecChanges()
 
         tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
-                         options.resync, telemetry.metrics, key_field="tenant")
+                         options.resync, telemetry.metrics, key_field="tenant", fence=fence,
+                         drain_timeout=options.drain_timeout)
         tenants.watches = TenantWatches(tcp.queue.add)
         datastore_changes = SpecChanges()
 
@@ -191,7 +215,9 @@ async def run(options: RunOptions, config: OperatorConfig,
             # status writes (every check) need not requeue them.
             return sorted(tcp.known) if datastore_changes(event, obj) else []
         stores = Controller("datastore", datastore_reconcile, 1, 60.0, telemetry.metrics,
-                            key_field="datastore")
+                            key_field="datastore", fence=fence,
+                            drain_timeout=options.drain_timeout)
+        controllers = [tcp, stores]
         health.informers_started = lambda: tcp.started and stores.started
         owned = {"app.kubernetes.io/managed-by": MANAGED_BY, TENANT_LABEL: operators.exists()}
         runs = [
@@ -206,35 +232,60 @@ async def run(options: RunOptions, config: OperatorConfig,
             asyncio.create_task(stores.run(
                 client, parents=[Watcher(DataStore, lambda e, o: [key_of(o)])],
                 children=[Watcher(TenantControlPlane, datastore_of_tenant, namespace=ALL_NS)])),
-            asyncio.create_task(stop.wait()),
         ]
-        if options.leader_elect:
-            runs.append(asyncio.create_task(elector.hold()))
+        stopping = asyncio.create_task(stop.wait())
         log.info("reconciling TenantControlPlanes with %d workers", options.workers)
-        done, pending = await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*pending, return_exceptions=True)
-        for task in done:
-            error = None if task.cancelled() else task.exception()
-            if isinstance(error, LostLeadership):
-                health.failed = "lost the Lease"
-                raise LostLeadership("lost the Lease; stopping so a standby can lead")
-            if error is not None:
+        await asyncio.wait([*runs, stopping, *([holding] if holding else [])],
+                           return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        lost = _lost(holding) or any(_lost(r) for r in runs)
+        if not lost:
+            # Stopping (asked to, or a controller failed): no new reconcile starts, those in
+            # flight finish (bounded by drain_timeout) while the Lease is still renewed.
+            health.phase = "stopping"
+            for r in runs:
+                r.cancel()
+            drained: asyncio.Future[Any] = asyncio.gather(*runs, return_exceptions=True)
+            if holding is not None and not holding.done():
+                waiting: list[asyncio.Future[Any]] = [drained, holding]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            lost = _lost(holding)
+            if not lost:
+                await drained
+                await tenants.events.flush()  # while the Lease is still held
+        if lost:
+            fence.revoke("lost the Lease")
+            health.failed = "lost the Lease"
+            for c in controllers:
+                c.abort()  # in-flight reconciles are cancelled now, not drained
+            raise LostLeadership("lost the Lease; stopping so a standby can lead")
+        for r in [*runs, *([holding] if holding else [])]:
+            error = r.exception() if r.done() and not r.cancelled() else None
+            if error is not None and not isinstance(error, asyncio.CancelledError):
                 health.failed = f"{type(error).__name__}: {error}"
                 log.error("operator task failed; stopping", exc_info=error)
                 raise error
-            if not stop.is_set():
-                # A controller or the Lease holder ended without being asked to: never a
-                # silent exit 0.
-                health.failed = "a task ended unexpectedly"
-                raise RuntimeError("an operator task ended unexpectedly; stopping")
+        if not stop.is_set():
+            # A controller or the Lease holder ended without being asked to: never a
+            # silent exit 0.
+            health.failed = "a task ended unexpectedly"
+            raise RuntimeError("an operator task ended unexpectedly; stopping")
     finally:
         health.phase = "stopping"
+        for c in controllers:
+            if lost:
+                c.abort()
+        for r in runs:
+            r.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        if holding is not None:
+            holding.cancel()
+            await asyncio.gather(holding, return_exceptions=True)
         await tenants.events.flush()
         await tenants.close()
-        if options.leader_elect:
+        if options.leader_elect and not lost:
             await elector.release()
+        fence.revoke("stopped")
         await client.close()
+        await lease_client.close()
         await telemetry.stop()

@@ -5,9 +5,10 @@ per connection), so the probes answer from the operator's own event loop: an ans
 proves the loop runs.
 
 - ``/healthz``: 200 while the event loop serves and no controller has failed.
-- ``/readyz``: 200 once the CRDs are installed and the operator either leads with its watch
-  streams started, or is a standby whose last attempt at the Lease reached the API server;
-  503 with the reason otherwise (starting, stopping, the API server unreachable).
+- ``/readyz``: 200 once the CRDs are installed and the operator either leads (its Lease
+  renewed within the renew deadline) with every watch stream connected and its initial list
+  delivered, or is a standby whose last attempt at the Lease reached the API server; 503 with
+  the reason otherwise (starting, stopping, the API server unreachable).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Health:
     crds_installed: bool = False
     phase: str = "starting"  # starting | standby | leading | stopping
     lease_reachable: Callable[[], bool] = lambda: True
+    # While leading: the Lease was renewed within the renew deadline (the fence is open).
+    lease_held: Callable[[], bool] = lambda: True
     informers_started: Callable[[], bool] = lambda: False
     failed: str | None = None
 
@@ -52,6 +55,8 @@ class Health:
             return (True, "standby, waiting for the Lease") if self.lease_reachable() else \
                 (False, "standby, cannot reach the Lease")
         if self.phase == "leading":
+            if not self.lease_held():
+                return False, "leading, but the Lease was not renewed in time"
             return (True, "leading") if self.informers_started() else \
                 (False, "leading, starting watches")
         return False, self.phase

@@ -6,7 +6,9 @@
   to the keys of the objects to reconcile (an owned Secret maps to its TenantControlPlane).
 - :class:`Controller`: workers that take keys and run the reconcile function, plus a periodic
   resync of every known key, which is what makes it level-triggered: a missed event is repaired
-  at the next resync at the latest.
+  at the next resync at the latest. No reconcile starts unless its :class:`Fence` is open;
+  losing leadership cancels the reconciles in flight at once (:meth:`Controller.abort`), while
+  a clean stop lets them finish for up to ``drain_timeout``.
 
 Reconcilers read what they need fresh from the API server; the watch streams only say *when*.
 """
@@ -14,7 +16,6 @@ Reconcilers read what they need fresh from the API server; the watch streams onl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -22,9 +23,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 
 from haku.controller import logs
+from haku.controller.fencing import Fence, LostLeadership
 from haku.controller.metrics import Metrics
 
 log = logging.getLogger("haku.controller")
@@ -89,9 +91,12 @@ class WorkQueue:
         return self._failures.get(key, 0)
 
     async def get(self) -> Key | None:
-        """The next key to work on; None once the queue is shut down."""
+        """The next key to work on; None once the queue is shut down (keys still waiting are
+        not handed out then)."""
+        if self._closed:
+            return None
         key = await self._ready.get()
-        if key is None:
+        if key is None or self._closed:
             return None
         self._dirty.discard(key)
         self._processing.add(key)
@@ -106,6 +111,9 @@ class WorkQueue:
         return len(self._dirty)
 
     def shutdown(self, workers: int) -> None:
+        """Hand out no more keys; ``workers`` waiting in :meth:`get` get None."""
+        if self._closed:
+            return
         self._closed = True
         for _, timer in self._timers.values():
             timer.cancel()
@@ -119,7 +127,11 @@ Mapper = Callable[[str, Any], Iterable[Key]]
 
 @dataclass
 class Watcher:
-    """Watch ``resource`` (optionally label-selected) and map events to keys."""
+    """Watch ``resource`` (optionally label-selected) and map events to keys.
+
+    As an informer does: list (every object found is an ``ADDED`` event), then watch from the
+    list's resourceVersion. ``ready`` is set once the first list has succeeded and its objects
+    were mapped, i.e. the stream really is connected and its initial state delivered."""
 
     resource: Any
     mapper: Mapper
@@ -132,16 +144,30 @@ class Watcher:
         name = getattr(self.resource, "__name__", str(self.resource))
         while True:
             try:
-                stream = client.watch(self.resource, namespace=self.namespace,
-                                      labels=self.labels, server_timeout=240)
+                listing = client.list(self.resource, namespace=self.namespace,
+                                      labels=self.labels)
+                objects = [obj async for obj in listing]
+                version = listing.resourceVersion
+                for obj in objects:
+                    on_keys("ADDED", self.mapper("ADDED", obj))
                 if ready is not None:
                     ready.set()
-                async for event, obj in stream:
+                backoff = 0.5
+                async for event, obj in client.watch(
+                        self.resource, namespace=self.namespace, labels=self.labels,
+                        server_timeout=240, resource_version=version):
                     backoff = 0.5
                     on_keys(event, self.mapper(event, obj))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the stream broke: start over, the server resends state
+            except ApiError as e:
+                if e.status.code == 410:  # the version is too old to watch from: list again
+                    log.info("watch on %s expired (410 Gone); listing again", name)
+                    continue
+                log.warning("watch on %s failed (%s); restarting in %.1fs", name, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            except Exception as e:  # the stream broke: start over, listing again
                 log.warning("watch on %s broke (%s); restarting in %.1fs", name, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -175,7 +201,12 @@ class SpecChanges:
 
 class Controller:
     """``key_field`` names the key in log lines (``tenant="ns/name"``); ``metrics`` gets the
-    queue depth, each reconcile's total duration and failures by exception class."""
+    queue depth, each reconcile's total duration and failures by exception class.
+
+    ``fence`` is checked before each reconcile starts (by default it is always open); a
+    reconcile (or that check) raising :class:`LostLeadership` is not retried: every reconcile
+    in flight is cancelled at once and :meth:`run` raises it. ``drain_timeout`` bounds how long
+    in-flight reconciles may go on after a clean stop (:meth:`run` cancelled)."""
 
     def __init__(
         self,
@@ -185,6 +216,8 @@ class Controller:
         resync_every: float = 300.0,
         metrics: Metrics | None = None,
         key_field: str = "key",
+        fence: Fence | None = None,
+        drain_timeout: float = 30.0,
     ) -> None:
         self.name = name
         self.reconcile = reconcile
@@ -195,11 +228,16 @@ class Controller:
         self.metrics = metrics or Metrics()
         self.metrics.add_queue(name, self.queue.__len__)
         self.key_field = key_field
+        self.fence = fence if fence is not None else Fence.always()
+        self.drain_timeout = drain_timeout
         self._watching: list[asyncio.Event] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._aborted = False
+        self.in_flight: set[Key] = set()
 
     @property
     def started(self) -> bool:
-        """True once every watch stream of :meth:`run` has been opened."""
+        """True once every watch stream of :meth:`run` has delivered its initial list."""
         return bool(self._watching) and all(e.is_set() for e in self._watching)
 
     def observe(self, event: str, keys: Iterable[Key], parent: bool = False) -> None:
@@ -211,6 +249,13 @@ class Controller:
                     self.known.add(key)
             self.queue.add(key)
 
+    def abort(self) -> None:
+        """Leadership is lost: take no more keys and cancel the reconciles in flight now."""
+        self._aborted = True
+        self.queue.shutdown(len(self._workers))
+        for worker in self._workers:
+            worker.cancel()
+
     async def _worker(self, index: int) -> None:
         while True:
             key = await self.queue.get()
@@ -219,9 +264,11 @@ class Controller:
             started = time.perf_counter()
             token = logs.FIELDS.set({"controller": self.name,
                                      self.key_field: "/".join(k for k in key if k)})
+            self.in_flight.add(key)
             try:
+                self.fence.check()  # no reconcile starts without the Lease
                 result = await self.reconcile(key)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, LostLeadership):
                 raise
             except Exception as e:
                 self.metrics.reconcile_errors.labels(self.name, type(e).__name__).inc()
@@ -232,6 +279,7 @@ class Controller:
                 if result.requeue_after is not None:
                     self.queue.add_after(key, result.requeue_after)
             finally:
+                self.in_flight.discard(key)
                 self.metrics.reconcile_duration.labels(self.name, "total").observe(
                     time.perf_counter() - started)
                 logs.FIELDS.reset(token)
@@ -245,7 +293,12 @@ class Controller:
 
     async def run(self, client: AsyncClient, parents: list[Watcher],
                   children: list[Watcher]) -> None:
-        """Run until cancelled; on cancellation workers finish their current key first."""
+        """Run until cancelled, or until leadership is lost (raises LostLeadership).
+
+        Cancelled (a clean stop): no new key is taken, and the reconciles in flight get up to
+        ``drain_timeout`` to finish before they are cancelled (each is idempotent, so one cut
+        short is safe). After :meth:`abort`, or a reconcile raising LostLeadership, they are
+        cancelled at once."""
         self._watching = [asyncio.Event() for _ in (*parents, *children)]
         ready = iter(self._watching)
         tasks = [asyncio.create_task(w.run(client, lambda e, k: self.observe(e, k, True),
@@ -254,16 +307,40 @@ class Controller:
         tasks += [asyncio.create_task(w.run(client, self.observe, next(ready)))
                   for w in children]
         tasks.append(asyncio.create_task(self._resync()))
-        workers = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+        self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+        if self._aborted:  # aborted before it ran
+            self.abort()
         try:
-            await asyncio.gather(*tasks)
+            done, _ = await asyncio.wait([*tasks, *self._workers],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.cancelled() and self._aborted:  # abort() cancelled the workers
+                    raise LostLeadership(f"controller {self.name}: aborted")
+                task.result()  # what ended it: LostLeadership from a worker, or a bug
+            raise RuntimeError(f"controller {self.name}: a task ended unexpectedly")
+        except LostLeadership:
+            self.abort()
+            raise
         finally:
             for t in tasks:
                 t.cancel()
-            self.queue.shutdown(len(workers))
-            # In-flight reconciles finish (each is idempotent, so one cut short is safe too).
-            _, pending = await asyncio.wait(workers, timeout=30)
+            await self._finish_workers()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _finish_workers(self) -> None:
+        self.queue.shutdown(len(self._workers))
+        pending: set[asyncio.Task[None]] = {w for w in self._workers if not w.done()}
+        try:
+            if pending and not self._aborted:
+                if self.in_flight:
+                    log.info("%s: stopping; waiting up to %.0fs for %d reconcile(s) in flight",
+                             self.name, self.drain_timeout, len(self.in_flight))
+                _, pending = await asyncio.wait(pending, timeout=self.drain_timeout)
+                if pending and self.in_flight:
+                    log.warning("%s: cancelling %d reconcile(s) still running after %.0fs",
+                                self.name, len(self.in_flight), self.drain_timeout)
+        finally:
             for w in pending:
                 w.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*pending, return_exceptions=True)
+            # Abort() may cancel workers while the drain waits: wait for all of them.
+            await asyncio.gather(*self._workers, return_exceptions=True)

@@ -4,7 +4,10 @@ rather than at the next resync.
 
 Per tenant: one watch per kind on objects labelled as Haku's. Workload status changes are
 ignored (only a changed generation, i.e. a spec edit, counts); any change to a ConfigMap or
-Service counts.
+Service counts. Drift is coalesced per tenant: the events of ``coalesce`` seconds make one
+repair, and a tenant is repaired at most once per ``min_interval`` seconds, so a tenant-side
+edit loop (someone's controller fighting Haku over a ConfigMap) cannot drive the operator
+into back-to-back full reconciles.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -55,9 +59,27 @@ def _fingerprint(kubeconfig: dict[str, Any]) -> str:
 
 
 class TenantWatches:
-    def __init__(self, on_drift: Callable[[Key], None]) -> None:
+    def __init__(self, on_drift: Callable[[Key], None], coalesce: float = 1.0,
+                 min_interval: float = 5.0) -> None:
         self.on_drift = on_drift
+        self.coalesce, self.min_interval = coalesce, min_interval
         self._tasks: dict[Key, tuple[str, asyncio.Task[None]]] = {}
+        self._pending: dict[Key, asyncio.TimerHandle] = {}
+        self._last: dict[Key, float] = {}  # loop time of each tenant's last repair
+
+    def drifted(self, key: Key) -> None:
+        """Ask for one repair of ``key``, coalesced with others (see the module doc)."""
+        if key in self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        due = max(loop.time() + self.coalesce,
+                  self._last.get(key, -math.inf) + self.min_interval)
+        self._pending[key] = loop.call_at(due, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._pending.pop(key, None)
+        self._last[key] = asyncio.get_running_loop().time()
+        self.on_drift(key)
 
     def __contains__(self, key: Key) -> bool:
         return key in self._tasks
@@ -82,7 +104,7 @@ class TenantWatches:
             for k in keys:
                 log.info("%s/%s: Haku's objects in the tenant changed (%s); repairing",
                          *k, event)
-                self.on_drift(k)
+                self.drifted(k)
 
         try:
             await asyncio.gather(*(Watcher(kind, mapper, labels=MANAGED_BY,
@@ -92,6 +114,10 @@ class TenantWatches:
             await client.close()
 
     async def stop(self, key: Key) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.cancel()
+        self._last.pop(key, None)
         entry = self._tasks.pop(key, None)
         if entry:
             entry[1].cancel()

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from haku.datastore.base import DataStoreError, Driver, Tenant, TenantConnection, Usage
+from haku.datastore.base import (
+    DataStoreError,
+    Driver,
+    InUse,
+    NotOwned,
+    SchemaInUse,
+    Tenant,
+    TenantConnection,
+    Usage,
+    UserInUse,
+)
 from haku.datastore.settings import Settings
 
-__all__ = ["DataStoreError", "Driver", "Settings", "Tenant", "TenantConnection", "Usage",
-           "open_driver"]
+__all__ = ["DataStoreError", "Driver", "InUse", "NotOwned", "SchemaInUse", "Settings", "Tenant",
+           "TenantConnection", "Usage", "UserInUse", "open_driver"]
 
 
 def open_driver(settings: Settings) -> Driver:

@@ -69,6 +69,48 @@ def not_owned(kind: str, name: str) -> NotOwned:
                     "Haku; choose another spec.dataStoreSchema/dataStoreUsername")
 
 
+def legacy_pair(kind: str, name: str, detail: str) -> NotOwned:
+    """The :class:`NotOwned` for an object Haku made before it recorded owners (no owner is
+    recorded) that belongs with *another* name of an earlier tenant (``detail`` says which):
+    adopting it would leave that tenant's identity with access to it."""
+    return NotOwned(f"{kind} {name!r} belongs to a tenant Haku made before it recorded owners "
+                    f"({detail}); delete that tenant or choose another "
+                    "spec.dataStoreSchema/dataStoreUsername")
+
+
+class InUse(DataStoreError):
+    """The tenant's space or user is recorded in the datastore as another tenant's:
+    ``holder`` is that TenantControlPlane's ``metadata.uid``. Raised by ``ensure_tenant``
+    before any change."""
+
+    reason = "InUse"
+    what = "name"  # "schema" or "user"
+    field = "spec.dataStoreSchema / dataStoreUsername"
+
+    def __init__(self, name: str, holder: str, shown: str | None = None) -> None:
+        self.name, self.holder = name, holder
+        stored = f" ({shown})" if shown and shown != name else ""
+        super().__init__(
+            f"the datastore {self.what} {name!r}{stored} is held by the TenantControlPlane "
+            f"with uid {holder}; delete that tenant or choose another {self.field}")
+        self._shown = shown
+
+    def __reduce__(self) -> tuple[type[InUse], tuple[str, str, str | None]]:
+        return type(self), (self.name, self.holder, self._shown)
+
+
+class SchemaInUse(InUse):
+    reason = "SchemaInUse"
+    what = "schema"
+    field = "spec.dataStoreSchema"
+
+
+class UserInUse(InUse):
+    reason = "UserInUse"
+    what = "user"
+    field = "spec.dataStoreUsername"
+
+
 class InvalidTLSConfig(DataStoreError, ValueError):
     """A certificate or key of the DataStore cannot be parsed (not PEM, wrong kind, garbage)."""
 
@@ -80,10 +122,16 @@ class Tenant:
     schema: str
     user: str
     password: str | None = None  # SQL drivers; etcd tenants authenticate by certificate
+    # The owning TenantControlPlane's metadata.uid. Set, it is recorded in the datastore for
+    # the tenant's space and user, and ensure/delete act only on what is recorded as its own
+    # (see docs/datastores.md, Ownership). None: no owner is recorded (Haku before owners).
+    owner: str | None = None
 
     def __post_init__(self) -> None:
         validate_logical_name(self.schema, "schema")
         validate_logical_name(self.user, "user")
+        if self.owner is not None:
+            validate_owner(self.owner)
 
 
 @dataclass(frozen=True)
@@ -102,11 +150,26 @@ class Driver(Protocol):
         ...
 
     async def ensure_tenant(self, tenant: Tenant) -> None:
-        """Create or repair the tenant's user, space and grants."""
+        """Create or repair the tenant's user, space and grants. With ``tenant.owner``, first
+        record it (atomically, first writer wins) for the space and the user: another
+        recorded owner raises :class:`SchemaInUse` or :class:`UserInUse` before any change;
+        legacy objects (Haku's, no owner recorded) are adopted."""
         ...
 
     async def delete_tenant(self, tenant: Tenant) -> None:
-        """Remove the tenant's data, grants, space and user; absent parts are fine."""
+        """Remove the tenant's data, grants, space and user; absent parts are fine. With
+        ``tenant.owner``, only what is recorded as that owner's (or legacy objects of exactly
+        this tenant's names), the owner records last."""
+        ...
+
+    async def verify_tenant(self, tenant: Tenant) -> bool:
+        """Read only and cheap: True iff everything ``ensure_tenant`` would create exists,
+        recorded as ``tenant.owner``'s (passwords are not checked)."""
+        ...
+
+    async def holder(self, tenant: Tenant) -> tuple[str | None, str | None]:
+        """Read only: the owner uids recorded for the tenant's space and for its user (None
+        where none is recorded)."""
         ...
 
     async def list_tenants(self) -> list[str]:
@@ -125,6 +188,21 @@ class Driver(Protocol):
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+_OWNER = re.compile(r"[\x20-\x7e]{1,64}")
+
+
+def validate_owner(owner: str) -> None:
+    """A TenantControlPlane uid as Haku records it: 1 to 64 printable ASCII characters."""
+    if not isinstance(owner, str) or not _OWNER.fullmatch(owner):
+        raise InvalidName(f"the tenant owner {owner!r} is not 1 to 64 printable ASCII "
+                          "characters (a TenantControlPlane's metadata.uid)")
+
+
+def owner_tag(owner: str) -> str:
+    """A short, stable tag of ``owner``: 8 hex digits of its SHA-256."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:8]
 
 
 def validate_logical_name(name: str, what: str) -> None:

@@ -7,12 +7,20 @@ Haku itself connects with the DataStore's client certificate (normally the ``roo
 A tenant whose user or role would be ``root`` or that administrator is refused before any
 request: granting the ``root`` role to a tenant user would make it an administrator.
 
-Ownership: etcd's users and roles carry no marker, so a tenant's objects are recognised by
+Ownership: etcd's users and roles carry no marker, so Haku's objects are recognised by
 shape. An existing role is taken as the tenant's only if it holds no permission but on the
 tenant's own prefix range, an existing user only if it holds no role but the tenant's, and
 keys under the prefix only if the tenant's role exists (Haku makes the role before any key is
 written and deletes the keys before the role). Anything else is refused with
 :class:`~haku.datastore.base.NotOwned` before any change, and left untouched by delete.
+
+Which tenant owns them is recorded in keys without a leading '/' (outside every tenant's
+prefix, readable by the administrator only): :func:`owner_key` of the schema and of the
+logical user, value the owning TenantControlPlane's uid, written by one Txn (absent, or
+already this owner's) before anything is created, and deleted last. With an owner the etcd
+user is per incarnation (:func:`incarnation_user`), so a certificate of a deleted tenant names
+a user that no longer exists, whatever later tenant reuses the names. Legacy tenants (no owner
+recorded, un-tagged user) are adopted by the first owner whose names they match exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,15 +39,20 @@ from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
     InsecureConfiguration,
+    InUse,
     InvalidTLSConfig,
     PermissionDenied,
+    SchemaInUse,
     Tenant,
     TenantConnection,
     TLSFailure,
     Unreachable,
     Usage,
+    UserInUse,
     check_tls_material,
+    legacy_pair,
     not_owned,
+    owner_tag,
     physical_name,
     refuse_reserved,
 )
@@ -57,6 +71,7 @@ RETRIES = 8
 RESERVED = ("root",)  # etcd's administrator user and role
 AUTH_NOT_ENABLED = "authentication is not enabled"  # etcd's ErrAuthNotEnabled
 AUTH_FAILED = "authentication failed"  # ErrAuthFailed: "…, invalid user ID or password"
+OWNER_PREFIX = b"haku.dev/owner/"
 
 
 def prefix_of(schema: str) -> bytes:
@@ -71,6 +86,36 @@ def range_end(prefix: bytes) -> bytes:
             end[i] += 1
             return bytes(end[: i + 1])
     return b"\0"
+
+
+def owner_key(kind: str, name: str) -> bytes:
+    """The key recording the owner of a tenant's space (``kind`` "schema", ``name`` the
+    physical schema) or user ("user", the logical user). No leading '/': every tenant's
+    prefix starts with one, so no tenant role covers it; only the administrator reads it."""
+    return OWNER_PREFIX + f"{kind}/{name}".encode()
+
+
+def incarnation_user(user: str, owner: str) -> str:
+    """The etcd user (and certificate CN) of the tenant user ``user`` owned by ``owner``:
+    the user's name, cut to fit like :func:`physical_name` does, then ``.`` and 8 hex digits
+    of sha256(owner). Certificates of an earlier tenant with the same user name name another
+    etcd user, deleted with that tenant, so they reach nothing."""
+    return f"{physical_name(user, USER_LIMIT - 9, USER_CHARS)}.{owner_tag(owner)}"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What etcd holds under a tenant's names (None: absent)."""
+
+    held: tuple[str | None, str | None]  # the owner recorded for the space and the user
+    roles: list[str] | None  # of the tenant's (physical) user
+    perms: list[Any] | None  # of the role named like the schema
+    keys: int  # under the prefix
+    legacy_roles: list[str] | None  # of the un-tagged user (the same as roles without owner)
+
+
+async def _none() -> None:
+    return None
 
 
 def _map_error(e: grpc.aio.AioRpcError, doing: str) -> DataStoreError:
@@ -157,14 +202,26 @@ class EtcdDriver:
     # ------------------------------------------------------------------ names
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:
-        """(schema, user): the schema is also the role's name. :class:`InvalidName` for
-        ``root`` and Haku's own user (checked before any request)."""
+        """(schema, user): the schema is also the role's name. With an owner the user is
+        per incarnation, ``<user>.<8 hex of sha256(owner)>`` (see :meth:`legacy_user` for
+        the name without it). :class:`InvalidName` for ``root`` and Haku's own user (checked
+        before any request)."""
         schema = physical_name(tenant.schema, SCHEMA_LIMIT, SCHEMA_CHARS)
-        user = physical_name(tenant.user, USER_LIMIT, USER_CHARS)
+        legacy = physical_name(tenant.user, USER_LIMIT, USER_CHARS)
         reserved = (*RESERVED, self.admin_user)
         refuse_reserved(schema, tenant.schema, "schema (etcd role)", reserved)
+        refuse_reserved(legacy, tenant.user, "user (etcd user)", reserved)
+        if tenant.owner is None:
+            return schema, legacy
+        user = incarnation_user(tenant.user, tenant.owner)
         refuse_reserved(user, tenant.user, "user (etcd user)", reserved)
         return schema, user
+
+    @staticmethod
+    def legacy_user(tenant: Tenant) -> str:
+        """The etcd user of ``tenant`` as Haku named it before owners were recorded (and
+        still names it for a tenant without one): no owner tag."""
+        return physical_name(tenant.user, USER_LIMIT, USER_CHARS)
 
     # ------------------------------------------------------------------ operations
 
@@ -207,42 +264,136 @@ class EtcdDriver:
             raise _map_error(e, "probing etcd auth") from e
         return True  # a login succeeded: auth is on
 
-    async def _inspect(self, schema: str, user: str, prefix: bytes
-                       ) -> tuple[list[str] | None, list[Any] | None, int]:
-        """Reads only: the roles of ``user`` and the permissions of role ``schema`` (None for
-        an absent one), and, when the role is absent, how many keys lie under ``prefix``."""
-        got_user = await self._call(f"reading etcd user {user!r}", self.auth.UserGet,
-                                    rpc.AuthUserGetRequest(name=user),
-                                    tolerate=("user name not found",))
-        got_role = await self._call(f"reading etcd role {schema!r}", self.auth.RoleGet,
-                                    rpc.AuthRoleGetRequest(role=schema),
-                                    tolerate=("role name not found",))
-        keys = 0
-        if got_role is None:
-            found = await self._call(f"counting keys under {prefix!r}", self.kv.Range,
-                                     rpc.RangeRequest(key=prefix, range_end=range_end(prefix),
-                                                      count_only=True))
-            keys = int(found.count)
-        return (None if got_user is None else list(got_user.roles),
-                None if got_role is None else list(got_role.perm), keys)
+    async def _owners(self, schema: str, user: str) -> tuple[str | None, str | None]:
+        """The owner uids recorded for the space ``schema`` (physical) and the logical
+        ``user``: one read-only Txn."""
+        got = await self._call("reading Haku's owner records", self.kv.Txn, rpc.TxnRequest(
+            success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=owner_key(k, n)))
+                     for k, n in (("schema", schema), ("user", user))]))
+        found = [r.response_range.kvs for r in got.responses]
+        schema_owner, user_owner = (kvs[0].value.decode() if kvs else None for kvs in found)
+        return schema_owner, user_owner
+
+    async def _roles_of(self, user: str) -> list[str] | None:
+        got = await self._call(f"reading etcd user {user!r}", self.auth.UserGet,
+                               rpc.AuthUserGetRequest(name=user),
+                               tolerate=("user name not found",))
+        return None if got is None else list(got.roles)
+
+    async def _perms_of(self, role: str) -> list[Any] | None:
+        got = await self._call(f"reading etcd role {role!r}", self.auth.RoleGet,
+                               rpc.AuthRoleGetRequest(role=role),
+                               tolerate=("role name not found",))
+        return None if got is None else list(got.perm)
+
+    async def _count(self, prefix: bytes) -> int:
+        found = await self._call(f"counting keys under {prefix!r}", self.kv.Range,
+                                 rpc.RangeRequest(key=prefix, range_end=range_end(prefix),
+                                                  count_only=True))
+        return int(found.count)
+
+    async def _inspect(self, tenant: Tenant, schema: str, user: str, prefix: bytes) -> Seen:
+        """Reads only: the roles of ``user``, the permissions of role ``schema``, the number
+        of keys under ``prefix`` and (with an owner) the roles of the tenant's legacy,
+        un-tagged user, at once; then the owner records."""
+        legacy = self.legacy_user(tenant)
+        roles, perms, keys, legacy_roles = await asyncio.gather(
+            self._roles_of(user), self._perms_of(schema), self._count(prefix),
+            self._roles_of(legacy) if legacy != user else _none())
+        # The records after the objects: a record is written before its objects are made and
+        # removed after they are gone, so every object seen above has its record visible.
+        held = await self._owners(schema, tenant.user)
+        return Seen(held=held, roles=roles, perms=perms, keys=keys,
+                    legacy_roles=legacy_roles if legacy != user else roles)
+
+    @staticmethod
+    def _adoptable(seen: Seen, schema: str) -> bool:
+        """An unrecorded role of the tenant's shape may be recorded as this owner's only if
+        the tenant's own user (legacy, un-tagged, or this incarnation's) holds exactly it:
+        a role going with another user would leave that user reaching the prefix."""
+        return seen.legacy_roles == [schema] or seen.roles == [schema]
 
     @staticmethod
     def _role_is_tenants(perms: list[Any], prefix: bytes) -> bool:
         """No permission but on the tenant's own prefix range (of any type)."""
         return all(p.key == prefix and p.range_end == range_end(prefix) for p in perms)
 
+    @staticmethod
+    def _refuse_held(tenant: Tenant, schema: str, held: tuple[str | None, str | None]
+                     ) -> None:
+        """:class:`SchemaInUse` / :class:`UserInUse` if another owner (any owner, for a
+        tenant without one) is recorded for the space or the user."""
+        schema_owner, user_owner = held
+        if schema_owner is not None and schema_owner != tenant.owner:
+            raise SchemaInUse(tenant.schema, schema_owner, f"etcd prefix /{schema}/")
+        if user_owner is not None and user_owner != tenant.owner:
+            raise UserInUse(tenant.user, user_owner)
+
+    async def _claim(self, tenant: Tenant, schema: str, held: tuple[str | None, str | None]
+                     ) -> None:
+        """Record ``tenant.owner`` for the space and the user in one Txn: each key absent
+        (create_revision 0) or already this owner's. First writer wins: a loser re-reads and
+        raises :class:`InUse`, having written nothing."""
+        assert tenant.owner is not None
+        value = tenant.owner.encode()
+        keys = (owner_key("schema", schema), owner_key("user", tenant.user))
+        for _ in range(RETRIES):
+            self._refuse_held(tenant, schema, held)
+            compares, puts = [], []
+            for key, recorded in zip(keys, held, strict=True):
+                if recorded is None:
+                    compares.append(rpc.Compare(result=rpc.Compare.EQUAL,
+                                                target=rpc.Compare.CREATE, key=key,
+                                                create_revision=0))
+                    puts.append(rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)))
+                else:
+                    compares.append(rpc.Compare(result=rpc.Compare.EQUAL,
+                                                target=rpc.Compare.VALUE, key=key, value=value))
+            if not puts:
+                return
+            done = await self._call(f"recording the owner of etcd tenant {schema!r}",
+                                    self.kv.Txn, rpc.TxnRequest(compare=compares, success=puts))
+            if done.succeeded:
+                return
+            held = await self._owners(schema, tenant.user)
+        raise DataStoreError(f"recording the owner of etcd tenant {schema!r}: the records "
+                             "kept changing")
+
+    async def _unrecord(self, tenant: Tenant, schema: str) -> None:
+        """Remove the owner records that are ``tenant.owner``'s (compare value, delete)."""
+        assert tenant.owner is not None
+        for kind, name in (("schema", schema), ("user", tenant.user)):
+            key = owner_key(kind, name)
+            await self._call(f"removing the owner record {key!r}", self.kv.Txn, rpc.TxnRequest(
+                compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE,
+                                     key=key, value=tenant.owner.encode())],
+                success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))]))
+
     async def ensure_tenant(self, tenant: Tenant) -> None:
+        """Refusals first (another recorded owner, foreign objects, a legacy role that goes
+        with another user), then the owner records, then user, role, permission, grant."""
         schema, user = self.physical_names(tenant)
         prefix = prefix_of(schema)
         # Every reconcile ensures; writes to etcd's auth store are global, so read first.
-        roles, perms, keys = await self._inspect(schema, user, prefix)
+        seen = await self._inspect(tenant, schema, user, prefix)
+        roles, perms = seen.roles, seen.perms
+        self._refuse_held(tenant, schema, seen.held)
         if roles is not None and any(r != schema for r in roles):
             raise not_owned("etcd user (holding other roles)", user)
         if perms is not None and not self._role_is_tenants(perms, prefix):
             raise not_owned("etcd role (holding other permissions)", schema)
-        if perms is None and keys:
+        if perms is None and seen.keys:
             raise not_owned("etcd key prefix (holding keys, but no role of its name)",
                             prefix.decode(errors="replace"))
+        if tenant.owner is not None:
+            if seen.held[0] is None and perms is not None and not self._adoptable(seen, schema):
+                # A legacy role (Haku's, no owner recorded) is adopted only with its own
+                # legacy user: another tenant's user would keep reaching the prefix.
+                raise legacy_pair("etcd role", schema,
+                                  f"the etcd user {self.legacy_user(tenant)!r} does not hold "
+                                  "it alone")
+            if seen.held != (tenant.owner, tenant.owner):
+                await self._claim(tenant, schema, seen.held)
         ready_role = perms is not None and any(p.permType == rpc.Permission.READWRITE
                                                for p in perms)
         if roles == [schema] and ready_role:
@@ -268,24 +419,75 @@ class EtcdDriver:
                              rpc.AuthUserGrantRoleRequest(user=user, role=schema))
 
     async def delete_tenant(self, tenant: Tenant) -> None:
-        """Data first, then the role, then the user, so a half-done delete resumes cleanly;
-        each only if it is the tenant's by the rules of the module's docstring."""
+        """With an owner: the users first (the tenant's access ends, a still-running API
+        server can write no more), then the keys, the role, and the owner records last, each
+        only if recorded as this owner's (a legacy tenant of exactly these names is adopted
+        first, so a cut delete resumes). Without an owner (Haku before owners): keys, role,
+        user, each only if it is the tenant's by shape and recorded for no owner."""
         schema, user = self.physical_names(tenant)
         prefix = prefix_of(schema)
-        roles, perms, _ = await self._inspect(schema, user, prefix)
-        role_ours = perms is not None and self._role_is_tenants(perms, prefix)
-        if role_ours:
-            await self._call(f"deleting keys under {prefix!r}", self.kv.DeleteRange,
-                             rpc.DeleteRangeRequest(key=prefix, range_end=range_end(prefix)))
-            await self._call(f"deleting etcd role {schema!r}", self.auth.RoleDelete,
-                             rpc.AuthRoleDeleteRequest(role=schema),
-                             tolerate=("role name not found",))
-        # A user holding the role (etcd drops a deleted role from its users) only if the
-        # role was the tenant's: a foreign user given a foreign role of that name stays.
-        if roles is not None and (roles == [] or (roles == [schema] and role_ours)):
-            await self._call(f"deleting etcd user {user!r}", self.auth.UserDelete,
-                             rpc.AuthUserDeleteRequest(name=user),
-                             tolerate=("user name not found",))
+        seen = await self._inspect(tenant, schema, user, prefix)
+        roles, perms = seen.roles, seen.perms
+        role_shaped = perms is not None and self._role_is_tenants(perms, prefix)
+        if tenant.owner is None:
+            role_ours = role_shaped and seen.held[0] is None
+            if role_ours:
+                await self._delete_space(schema, prefix)
+            # A user holding the role (etcd drops a deleted role from its users) only if the
+            # role was the tenant's: a foreign user given a foreign role of that name stays.
+            if seen.held[1] is None and roles is not None and (
+                    roles == [] or (roles == [schema] and role_ours)):
+                await self._delete_user(user)
+            return
+        held = seen.held
+        if held[0] is None and role_shaped and self._adoptable(seen, schema):
+            # Legacy: the role and its legacy user are exactly this tenant's. Record them as
+            # this owner's first, so a delete cut after the user is gone still knows the role.
+            try:
+                await self._claim(tenant, schema, held)
+                held = (tenant.owner, tenant.owner)
+            except InUse:
+                held = await self._owners(schema, tenant.user)
+        schema_ours = held[0] == tenant.owner
+        mine = schema_ours or held[1] == tenant.owner
+        if mine and roles is not None and (roles == [] or (roles == [schema] and schema_ours)):
+            await self._delete_user(user)
+        legacy = self.legacy_user(tenant)
+        if schema_ours and legacy != user and seen.legacy_roles == [schema]:
+            await self._delete_user(legacy)
+        if schema_ours and role_shaped:
+            await self._delete_space(schema, prefix)
+        await self._unrecord(tenant, schema)
+
+    async def _delete_space(self, schema: str, prefix: bytes) -> None:
+        """The keys under ``prefix``, then the role (etcd drops it from its users too)."""
+        await self._call(f"deleting keys under {prefix!r}", self.kv.DeleteRange,
+                         rpc.DeleteRangeRequest(key=prefix, range_end=range_end(prefix)))
+        await self._call(f"deleting etcd role {schema!r}", self.auth.RoleDelete,
+                         rpc.AuthRoleDeleteRequest(role=schema),
+                         tolerate=("role name not found",))
+
+    async def _delete_user(self, user: str) -> None:
+        await self._call(f"deleting etcd user {user!r}", self.auth.UserDelete,
+                         rpc.AuthUserDeleteRequest(name=user),
+                         tolerate=("user name not found",))
+
+    async def verify_tenant(self, tenant: Tenant) -> bool:
+        """Three reads at once (owner records, the role, the user): recorded as this
+        tenant's owner, the role holding readwrite on exactly the prefix, the user holding
+        exactly the role."""
+        schema, user = self.physical_names(tenant)
+        prefix = prefix_of(schema)
+        held, roles, perms = await asyncio.gather(
+            self._owners(schema, tenant.user), self._roles_of(user), self._perms_of(schema))
+        return (held == (tenant.owner, tenant.owner) and roles == [schema]
+                and perms is not None and len(perms) == 1
+                and self._role_is_tenants(perms, prefix)
+                and perms[0].permType == rpc.Permission.READWRITE)
+
+    async def holder(self, tenant: Tenant) -> tuple[str | None, str | None]:
+        schema, _ = self.physical_names(tenant)
+        return await self._owners(schema, tenant.user)
 
     async def list_tenants(self) -> list[str]:
         roles = await self._call("listing etcd roles", self.auth.RoleList,

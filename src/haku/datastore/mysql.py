@@ -17,6 +17,12 @@ unrecorded object of Haku's. An existing user (``'<user>'@'%'``) is Haku's iff a
 in ``user``, an existing database iff a row names it in ``db``; anything else under the
 tenant's names is refused with :class:`~haku.datastore.base.NotOwned` before any change, and
 delete drops only what the tenant's row records, deleting the row last.
+
+Which tenant owns them: with an owner, ``haku_meta.owners`` holds ``(kind, name, owner)`` rows
+for the database and the user, names compared exactly (VARBINARY), claimed in one transaction
+(``INSERT IGNORE`` both, read back, commit only if both are this owner's) before anything is
+created and deleted last; such tenants write no ``haku_meta.tenants`` row, whose rows are then
+legacy (adopted by the first owner whose names they match exactly).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import asyncio
 import re
 import ssl
 import warnings
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -37,12 +44,15 @@ from haku.datastore.base import (
     InvalidName,
     PermissionDenied,
     PrivateFiles,
+    SchemaInUse,
     Tenant,
     TenantConnection,
     TLSFailure,
     Unreachable,
     Usage,
+    UserInUse,
     check_tls_material,
+    legacy_pair,
     not_owned,
     physical_name,
     refuse_reserved,
@@ -54,6 +64,13 @@ USER_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
 DATABASE_LIMIT = 64
 USER_LIMIT = 32
 META = "haku_meta"
+OWNERS = f"`{META}`.owners"
+TENANTS = f"`{META}`.tenants"
+NO_SUCH_TABLE = 1146
+DEADLOCK, LOCK_WAIT_TIMEOUT = 1213, 1205
+CLAIM_ATTEMPTS = 6
+PRIVILEGE_COLUMNS = ("Select_priv", "Insert_priv", "Update_priv", "Delete_priv", "Create_priv",
+                     "Alter_priv", "Index_priv")  # PRIVILEGES, as mysql.db holds them
 PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX"
 DSN_UNSAFE = re.compile(r"[@/:?\s]")
 CONNECT_TIMEOUT = 10
@@ -68,11 +85,16 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def grant_pattern(database: str) -> str:
+    """``database`` as GRANT stores it in ``mysql.db``: ``_`` and ``%`` (wildcards there)
+    and ``\\`` escaped, so a grant covers exactly this one database."""
+    return database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+
+
 def grant_identifier(database: str) -> str:
     """``database`` quoted for the ``ON <db>.*`` of GRANT and REVOKE, where the server treats
     ``_`` and ``%`` as wildcards: escaped, so a grant covers exactly this one database."""
-    escaped = database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
-    return quote_identifier(escaped)
+    return quote_identifier(grant_pattern(database))
 
 
 def check_password(password: str | None) -> str:
@@ -126,6 +148,28 @@ def _map_error(e: Exception, doing: str) -> DataStoreError:
     if code == 2003 or isinstance(e, OSError | TimeoutError):
         return Unreachable(text)
     return DataStoreError(text)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the server holds under a tenant's names, and what Haku recorded of them."""
+
+    user_exists: bool
+    db_exists: bool
+    schema_owner: str | None
+    user_owner: str | None
+    rows: list[tuple[str, str]]  # haku_meta.tenants (db, user) naming either, any case
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes | bytearray) else value
+
+
+def _code(e: DataStoreError) -> int | None:
+    cause = e.__cause__
+    if cause is not None and cause.args and isinstance(cause.args[0], int):
+        return int(cause.args[0])
+    return None
 
 
 class MySQLDriver:
@@ -212,44 +256,124 @@ class MySQLDriver:
              "db VARCHAR(64) NOT NULL PRIMARY KEY, user VARCHAR(80) NOT NULL, "
              "logical_schema TEXT NOT NULL, logical_user TEXT NOT NULL) "
              "CHARACTER SET utf8mb4", ()),
+            # Owner records: binary names, so that no collation makes `S` and `s` one row.
+            (f"CREATE TABLE IF NOT EXISTS {OWNERS} ("
+             "kind VARCHAR(6) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, "
+             "name VARBINARY(255) NOT NULL, owner VARBINARY(64) NOT NULL, "
+             "PRIMARY KEY (kind, name)) ENGINE=InnoDB", ()),
         ])
         self._meta_ready = True
 
-    async def _inspect(self, doing: str, db: str, user: str
-                       ) -> tuple[bool, bool, list[tuple[str, str]]]:
-        """Read only: whether the user ``'<user>'@'%'`` and the database exist, and the
-        ``haku_meta.tenants`` rows (db, user) that name either."""
-        users, dbs, rows = await self._run(doing, [
+    async def _inspect(self, doing: str, db: str, user: str) -> Look:
+        """Read only: whether the user ``'<user>'@'%'`` and the database exist (exact names),
+        the owners recorded for them, and the ``haku_meta.tenants`` rows (db, user) that name
+        either (the table compares without regard to case: callers compare exactly)."""
+        users, dbs, owners, rows = await self._run(doing, [
             ("SELECT 1 FROM mysql.user WHERE User = %s AND Host = '%%'", (user,)),
-            ("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (db,)),
-            (f"SELECT db, user FROM {quote_identifier(META)}.tenants "
-             "WHERE db = %s OR user = %s", (db, user)),
+            ("SELECT 1 FROM information_schema.SCHEMATA WHERE BINARY SCHEMA_NAME = %s", (db,)),
+            (f"SELECT kind, owner FROM {OWNERS} "
+             "WHERE (kind = 'schema' AND name = %s) OR (kind = 'user' AND name = %s)",
+             (db, user)),
+            (f"SELECT db, user FROM {TENANTS} WHERE db = %s OR user = %s",
+             (db, user)),
         ])
-        return bool(users), bool(dbs), [(str(r[0]), str(r[1])) for r in rows]
+        held = {str(kind): _text(owner) for kind, owner in owners}
+        return Look(user_exists=bool(users), db_exists=bool(dbs),
+                    schema_owner=held.get("schema"), user_owner=held.get("user"),
+                    rows=[(str(r[0]), str(r[1])) for r in rows])
+
+    @staticmethod
+    def _refuse_held(tenant: Tenant, db: str, user: str, schema_owner: str | None,
+                     user_owner: str | None) -> None:
+        """Another owner (any owner, for a tenant without one) recorded for the database or
+        the user: :class:`SchemaInUse` or :class:`UserInUse`."""
+        if schema_owner is not None and schema_owner != tenant.owner:
+            raise SchemaInUse(tenant.schema, schema_owner, f"MySQL database {db!r}")
+        if user_owner is not None and user_owner != tenant.owner:
+            raise UserInUse(tenant.user, user_owner, f"MySQL user {user!r}")
+
+    async def _claim(self, doing: str, owner: str, db: str, user: str
+                     ) -> tuple[str | None, str | None]:
+        """Record ``owner`` for the database and the user, atomically, first writer wins:
+        in one transaction, ``INSERT IGNORE`` both rows, read them back (locking), and commit
+        only if both are ``owner``'s, else roll back, so a loser records nothing. Returns the
+        owners then recorded (database, user)."""
+        async with self._lock:
+            for attempt in range(CLAIM_ATTEMPTS):
+                conn = await self._connection(doing)
+                try:
+                    async with conn.cursor() as cur:
+                        with warnings.catch_warnings():  # INSERT IGNORE of a duplicate warns
+                            warnings.simplefilter("ignore", pymysql.Warning)
+                            await cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            await cur.execute("START TRANSACTION")
+                            await cur.execute(
+                                f"INSERT IGNORE INTO {OWNERS} (kind, name, owner) "
+                                "VALUES ('schema', %s, %s), ('user', %s, %s)",
+                                (db, owner, user, owner))
+                            await cur.execute(
+                                f"SELECT kind, owner FROM {OWNERS} "
+                                "WHERE (kind = 'schema' AND name = %s) "
+                                "OR (kind = 'user' AND name = %s) LOCK IN SHARE MODE",
+                                (db, user))
+                            held = {str(k): _text(o) for k, o in await cur.fetchall()}
+                            won = held.get("schema") == owner and held.get("user") == owner
+                            await cur.execute("COMMIT" if won else "ROLLBACK")
+                    return held.get("schema"), held.get("user")
+                except (pymysql.Error, OSError) as e:
+                    self._conn = None  # the server rolls back what the connection held
+                    conn.close()
+                    code = e.args[0] if e.args else None
+                    if code in (DEADLOCK, LOCK_WAIT_TIMEOUT) and attempt < CLAIM_ATTEMPTS - 1:
+                        await asyncio.sleep(0.01 * 2**attempt)
+                        continue
+                    raise _map_error(e, doing) from e
+                except BaseException:
+                    self._conn = None  # cut mid-transaction: never reuse the connection
+                    conn.close()
+                    raise
+        raise AssertionError("unreachable")
 
     async def ensure_tenant(self, tenant: Tenant) -> None:
         password = check_password(tenant.password)  # before any statement
         db, user = self.physical_names(tenant)
         await self._ensure_meta()
         doing = f"provisioning MySQL tenant {db!r}"
-        user_exists, db_exists, rows = await self._inspect(doing, db, user)
+        look = await self._inspect(doing, db, user)
+        rows = look.rows
         # Every refusal comes before the first change.
-        variants = {d for d, _ in rows if d != db and d.casefold() == db.casefold()}
-        if variants:
-            # The table's key ignores case: the row written below would overwrite theirs.
-            raise InvalidName(
-                f"the tenant schema {tenant.schema!r} (MySQL database {db!r}) differs only in "
-                f"case from the tenant database {sorted(variants)[0]!r}, which Haku's "
-                "bookkeeping cannot tell apart; choose another name")
-        if user_exists and not any(u == user for _, u in rows):
-            raise not_owned("MySQL user", f"{user}@%")
-        if db_exists and not any(d == db for d, _ in rows):
-            raise not_owned("MySQL database", db)
+        self._refuse_held(tenant, db, user, look.schema_owner, look.user_owner)
+        if tenant.owner is None:
+            variants = {d for d, _ in rows if d != db and d.casefold() == db.casefold()}
+            if variants:
+                # The table's key ignores case: the row written below would overwrite theirs.
+                raise InvalidName(
+                    f"the tenant schema {tenant.schema!r} (MySQL database {db!r}) differs only "
+                    f"in case from the tenant database {sorted(variants)[0]!r}, which Haku's "
+                    "bookkeeping cannot tell apart; choose another name")
+        if look.user_owner is None:
+            if look.user_exists and not any(u == user for _, u in rows):
+                raise not_owned("MySQL user", f"{user}@%")
+            others = sorted(d for d, u in rows if u == user and d != db)
+            if tenant.owner is not None and others:
+                raise legacy_pair("MySQL user", user, f"recorded with the database {others[0]!r}")
+        if look.schema_owner is None:
+            if look.db_exists and not any(d == db for d, _ in rows):
+                raise not_owned("MySQL database", db)
+            others = sorted(u for d, u in rows if d == db and u != user)
+            if tenant.owner is not None and others:
+                raise legacy_pair("MySQL database", db, f"recorded with the user {others[0]!r}")
         # The intent first: from here on, whatever exists under these names is recorded.
-        await self._run(doing, [(
-            f"INSERT INTO {quote_identifier(META)}.tenants VALUES (%s, %s, %s, %s) "
-            "ON DUPLICATE KEY UPDATE user = VALUES(user)",
-            (db, user, tenant.schema, tenant.user))])
+        if tenant.owner is None:
+            await self._run(doing, [(
+                f"INSERT INTO {TENANTS} VALUES (%s, %s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE user = VALUES(user)",
+                (db, user, tenant.schema, tenant.user))])
+        elif (look.schema_owner, look.user_owner) != (tenant.owner, tenant.owner):
+            schema_owner, user_owner = await self._claim(doing, tenant.owner, db, user)
+            self._refuse_held(tenant, db, user, schema_owner, user_owner)
+            if (schema_owner, user_owner) != (tenant.owner, tenant.owner):
+                raise DataStoreError(f"{doing}: the owner records did not hold")
         if grant_identifier(db) != quote_identifier(db):
             # Earlier Haku granted on the unescaped name, a wildcard: revoke such a grant.
             (legacy,) = await self._run(doing, [(
@@ -261,36 +385,108 @@ class MySQLDriver:
         # Without IF NOT EXISTS: an account or database someone made since the read above
         # makes CREATE fail instead of being taken over.
         steps: list[tuple[str, tuple[Any, ...]]] = [
-            ("ALTER USER %s@'%%' IDENTIFIED BY %s" if user_exists else
+            ("ALTER USER %s@'%%' IDENTIFIED BY %s" if look.user_exists else
              "CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))]
-        if not db_exists:
+        if not look.db_exists:
             steps.append((f"CREATE DATABASE {quote_identifier(db)} CHARACTER SET utf8mb4", ()))
         steps.append((f"GRANT {PRIVILEGES} ON {grant_identifier(db)}.* TO %s@'%%'", (user,)))
         await self._run(doing, steps)
 
     async def delete_tenant(self, tenant: Tenant) -> None:
-        """Drops only what the tenant's ``haku_meta.tenants`` row records (the user only if
-        no other tenant's row names it too), then the row; anything else is left alone."""
+        """With an owner: drops the database and the user each only if recorded as this
+        owner's, or legacy (no owner recorded) with a ``haku_meta.tenants`` row of exactly
+        these names; then that row, then the owner records. Without an owner (Haku before
+        owners): what the tenant's row records (the user only if no other row names it),
+        then the row, never anything recorded for an owner."""
         db, user = self.physical_names(tenant)
         await self._ensure_meta()
         doing = f"deleting MySQL tenant {db!r}"
-        _, _, rows = await self._inspect(doing, db, user)
-        own = [u for d, u in rows if d == db]
-        if not own:
-            return  # nothing here is Haku's
-        shared = [d for d, u in rows if u == user and d != db]
-        steps: list[tuple[str, tuple[Any, ...]]] = [
-            (f"DROP DATABASE IF EXISTS {quote_identifier(db)}", ())]
-        if own[0] == user and not shared:
+        look = await self._inspect(doing, db, user)
+        rows = look.rows
+        steps: list[tuple[str, tuple[Any, ...]]] = []
+        if tenant.owner is None:
+            own = [u for d, u in rows if d == db]
+            if not own or look.schema_owner is not None:
+                return  # nothing here is Haku's, or it is an owner's
+            shared = [d for d, u in rows if u == user and d != db]
+            steps.append((f"DROP DATABASE IF EXISTS {quote_identifier(db)}", ()))
+            if own[0] == user and not shared and look.user_owner is None:
+                steps.append(("DROP USER IF EXISTS %s@'%%'", (user,)))
+            steps.append((f"DELETE FROM {TENANTS} WHERE db = %s", (db,)))
+            await self._run(doing, steps)
+            return
+        with_db = [u for d, u in rows if d == db]
+        with_user = [d for d, u in rows if u == user]
+        schema_ours = look.schema_owner == tenant.owner or (
+            look.schema_owner is None and bool(with_db) and all(u == user for u in with_db))
+        user_ours = look.user_owner == tenant.owner or (
+            look.user_owner is None and bool(with_user) and all(d == db for d in with_user))
+        if schema_ours:
+            steps.append((f"DROP DATABASE IF EXISTS {quote_identifier(db)}", ()))
+        if user_ours:
             steps.append(("DROP USER IF EXISTS %s@'%%'", (user,)))
-        steps.append((f"DELETE FROM {quote_identifier(META)}.tenants WHERE db = %s", (db,)))
-        await self._run(doing, steps)
+        if schema_ours and (db, user) in rows:
+            steps.append((f"DELETE FROM {TENANTS} "
+                          "WHERE BINARY db = %s AND BINARY user = %s", (db, user)))
+        # The owner records last: a delete cut before here is resumed by the next one.
+        for kind, name, held in (("schema", db, look.schema_owner),
+                                 ("user", user, look.user_owner)):
+            if held == tenant.owner:
+                steps.append((f"DELETE FROM {OWNERS} "
+                              "WHERE kind = %s AND name = %s AND owner = %s",
+                              (kind, name, tenant.owner)))
+        if steps:
+            await self._run(doing, steps)
+
+    async def verify_tenant(self, tenant: Tenant) -> bool:
+        """One statement: the owner records (or, without an owner, the legacy row), the user
+        and the database (exact names) and every privilege of :data:`PRIVILEGES` granted on
+        exactly that database."""
+        db, user = self.physical_names(tenant)
+        granted = " AND ".join(f"{c} = 'Y'" for c in PRIVILEGE_COLUMNS)
+        try:
+            (rows,) = await self._run(f"verifying MySQL tenant {db!r}", [(
+                f"SELECT (SELECT owner FROM {OWNERS} WHERE kind = 'schema' AND name = %s), "
+                f"(SELECT owner FROM {OWNERS} WHERE kind = 'user' AND name = %s), "
+                f"(SELECT COUNT(*) FROM {TENANTS} WHERE BINARY db = %s AND BINARY user = %s), "
+                "(SELECT COUNT(*) FROM mysql.user WHERE User = %s AND Host = '%%'), "
+                "(SELECT COUNT(*) FROM information_schema.SCHEMATA "
+                "WHERE BINARY SCHEMA_NAME = %s), "
+                "(SELECT COUNT(*) FROM mysql.db WHERE Host = '%%' AND User = %s "
+                f"AND BINARY Db = %s AND {granted})",
+                (db, user, db, user, user, db, user, grant_pattern(db)))])
+        except DataStoreError as e:
+            if _code(e) == NO_SUCH_TABLE:
+                return False  # haku_meta was never made: nothing is recorded
+            raise
+        schema_owner, user_owner, legacy, users, dbs, grants = rows[0]
+        if tenant.owner is None:
+            recorded = schema_owner is None and user_owner is None and bool(legacy)
+        else:
+            recorded = _text(schema_owner) == tenant.owner == _text(user_owner)
+        return recorded and bool(users) and bool(dbs) and bool(grants)
+
+    async def holder(self, tenant: Tenant) -> tuple[str | None, str | None]:
+        db, user = self.physical_names(tenant)
+        try:
+            (rows,) = await self._run(f"reading the owners of MySQL tenant {db!r}", [(
+                f"SELECT kind, owner FROM {OWNERS} "
+                "WHERE (kind = 'schema' AND name = %s) OR (kind = 'user' AND name = %s)",
+                (db, user))])
+        except DataStoreError as e:
+            if _code(e) == NO_SUCH_TABLE:
+                return None, None
+            raise
+        held = {str(kind): _text(owner) for kind, owner in rows}
+        return held.get("schema"), held.get("user")
 
     async def list_tenants(self) -> list[str]:
         await self._ensure_meta()
         (rows,) = await self._run("listing MySQL tenants", [
-            (f"SELECT db FROM {quote_identifier(META)}.tenants ORDER BY db", ())])
-        return [str(r[0]) for r in rows]
+            (f"SELECT db FROM {TENANTS} UNION ALL "
+             f"SELECT CAST(name AS CHAR CHARACTER SET utf8mb4) FROM {OWNERS} "
+             "WHERE kind = 'schema' ORDER BY 1", ())])
+        return sorted({str(r[0]) for r in rows})
 
     async def usage(self, tenant: Tenant) -> Usage:
         db, _ = self.physical_names(tenant)

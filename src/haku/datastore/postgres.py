@@ -17,6 +17,12 @@ roles were marked have an unmarked role; such a role counts as Haku's when it ow
 own database and that database carries the marker, and the next ensure (or delete) marks it.
 Anything else that already exists under the tenant's names is refused with
 :class:`~haku.datastore.base.NotOwned` before any change, and left untouched by delete.
+
+Which tenant owns them: with an owner, the comments are ``haku tenant <uid>``
+(:func:`owner_mark`; :data:`MARKER` is then the legacy mark, no owner recorded). The role is
+created with its mark in one transaction and ``CREATE DATABASE … OWNER`` fails if the database
+exists, so the first writer wins; a database without its mark is its owner role's. Legacy
+roles are marked by :func:`adopt_role`, a compare-and-set under an advisory lock.
 """
 
 from __future__ import annotations
@@ -33,15 +39,20 @@ from psycopg import pq, sql
 from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
+    InUse,
     InvalidName,
+    NotOwned,
     PermissionDenied,
     PrivateFiles,
+    SchemaInUse,
     Tenant,
     TenantConnection,
     TLSFailure,
     Unreachable,
     Usage,
+    UserInUse,
     check_tls_material,
+    legacy_pair,
     not_owned,
     physical_name,
     refuse_reserved,
@@ -52,7 +63,8 @@ from haku.datastore.settings import Settings
 DATABASE_CHARS = re.compile(r"[^\x00-\x1f\x7fA-Z]+")
 ROLE_CHARS = re.compile(r"[^\x00-\x1f\x7f]+")
 NAME_LIMIT = 63  # NAMEDATALEN - 1: longer names are silently truncated by the server
-MARKER = "haku-tenant"
+MARKER = "haku-tenant"  # legacy: Haku's, no owner recorded
+OWNER_MARK = "haku tenant "  # + the owner's uid
 Statement = sql.SQL | sql.Composed
 CONNECT_TIMEOUT = 10
 RESERVED_DATABASES = ("postgres", "template0", "template1")
@@ -74,30 +86,107 @@ def _map_error(e: psycopg.Error, doing: str) -> DataStoreError:
     return DataStoreError(text)
 
 
+def owner_mark(owner: str) -> str:
+    """The comment recording ``owner`` on a tenant's role and database."""
+    return OWNER_MARK + owner
+
+
+def marked_owner(comment: str | None) -> str | None:
+    """The owner a comment records (None for the legacy :data:`MARKER`, none or another)."""
+    if comment is not None and comment.startswith(OWNER_MARK):
+        return comment[len(OWNER_MARK):]
+    return None
+
+
+def _haku_comment(comment: str | None) -> bool:
+    return comment == MARKER or marked_owner(comment) is not None
+
+
 @dataclass(frozen=True)
 class Found:
     """What the server holds under a tenant's names, and which of it is Haku's."""
 
     role_oid: int | None  # None: no such role
     role_super: bool
-    role_marked: bool
+    role_comment: str | None
     db_exists: bool
     db_owner: int | None
-    db_marked: bool
+    db_comment: str | None
+    db_owner_comment: str | None  # of the role owning the database
+    role_other_dbs: int  # databases other than the tenant's that the role owns
+
+    @property
+    def role_marked(self) -> bool:
+        """Marked as Haku's: with an owner, or with the legacy :data:`MARKER`."""
+        return self.role_oid is not None and _haku_comment(self.role_comment)
+
+    @property
+    def role_holder(self) -> str | None:
+        return marked_owner(self.role_comment) if self.role_oid is not None else None
+
+    @property
+    def db_holder(self) -> str | None:
+        """The owner on the database's comment, else on the comment of the role owning it
+        (a kill between CREATE DATABASE … OWNER and its COMMENT)."""
+        if not self.db_exists:
+            return None
+        return marked_owner(self.db_comment) or marked_owner(self.db_owner_comment)
 
     @property
     def role_ours(self) -> bool:
         """Marked, or (legacy, before roles were marked) the owner of the tenant's database
         that carries the marker."""
         return self.role_oid is not None and (self.role_marked or (
-            self.db_exists and self.db_marked and self.db_owner == self.role_oid))
+            self.db_exists and _haku_comment(self.db_comment)
+            and self.db_owner == self.role_oid))
 
     @property
     def db_ours(self) -> bool:
         """Marked, or owned by the tenant's own Haku role (a kill between CREATE DATABASE
-        and its COMMENT)."""
-        return self.db_exists and (self.db_marked or (
-            self.role_ours and self.db_owner == self.role_oid))
+        and its COMMENT) or by a role recorded for an owner."""
+        return self.db_exists and (_haku_comment(self.db_comment) or (
+            self.role_ours and self.db_owner == self.role_oid)
+            or self.db_holder is not None)
+
+
+_CONFLICTS = (psycopg.errors.DuplicateObject, psycopg.errors.DuplicateDatabase,
+              psycopg.errors.UniqueViolation)
+ATTEMPTS = 4
+HELD = "HK001"  # SQLSTATE the adoption block raises when another owner holds the role
+
+
+def _conflict(e: DataStoreError) -> bool:
+    """CREATE ROLE or CREATE DATABASE lost to someone who made the object meanwhile."""
+    return isinstance(e.__cause__, _CONFLICTS)
+
+
+def _held_by(e: DataStoreError) -> str | None:
+    cause = e.__cause__
+    if isinstance(cause, psycopg.Error) and cause.sqlstate == HELD and cause.diag.message_primary:
+        return marked_owner(cause.diag.message_primary)
+    return None
+
+
+def adopt_role(role: str, owner: str) -> sql.Composed:
+    """One statement that records ``owner`` on the legacy role ``role``, first writer wins:
+    under a transaction-level advisory lock on the role's name it reads the comment again
+    and raises SQLSTATE :data:`HELD` (message: the other owner's mark) if another owner's
+    mark is there."""
+    body = sql.SQL("""
+DECLARE held text;
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtextextended({key}, 0));
+  SELECT shobj_description(oid, 'pg_authid') INTO held FROM pg_roles WHERE rolname = {name};
+  IF starts_with(held, {prefix}) AND held <> {mark} THEN
+    RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = held;
+  END IF;
+  IF held IS DISTINCT FROM {mark} THEN
+    EXECUTE format('COMMENT ON ROLE %I IS %L', {name}, {mark});
+  END IF;
+END""").format(key=sql.Literal(f"haku.dev/owner/role/{role}"), name=sql.Literal(role),
+               prefix=sql.Literal(OWNER_MARK), mark=sql.Literal(owner_mark(owner)),
+               code=sql.Literal(HELD)).as_string(None)
+    return sql.SQL("DO {}").format(sql.Literal(body))
 
 
 class PostgresDriver:
@@ -158,18 +247,22 @@ class PostgresDriver:
             return results
 
     async def _inspect(self, doing: str, db: str, role: str) -> Found:
-        """Read only: the role and database under the tenant's names, and their markers."""
-        roles, dbs = await self._run(doing, [
-            (sql.SQL("SELECT oid, rolsuper, shobj_description(oid, 'pg_authid') "
-                     "FROM pg_roles WHERE rolname = %s"), (role,)),
-            (sql.SQL("SELECT datdba, shobj_description(oid, 'pg_database') "
-                     "FROM pg_database WHERE datname = %s"), (db,)),
-        ])
-        return Found(role_oid=int(roles[0][0]) if roles else None,
-                     role_super=bool(roles and roles[0][1]),
-                     role_marked=bool(roles and roles[0][2] == MARKER),
-                     db_exists=bool(dbs), db_owner=int(dbs[0][0]) if dbs else None,
-                     db_marked=bool(dbs and dbs[0][1] == MARKER))
+        """Read only, one statement: the role and database under the tenant's names, their
+        comments, and the comment of the role owning the database."""
+        (rows,) = await self._run(doing, [(sql.SQL(
+            "SELECT r.oid, r.rolsuper, shobj_description(r.oid, 'pg_authid'), "
+            "d.oid IS NOT NULL, d.datdba, shobj_description(d.oid, 'pg_database'), "
+            "shobj_description(d.datdba, 'pg_authid'), "
+            "(SELECT count(*) FROM pg_database o WHERE o.datdba = r.oid AND o.datname <> %s) "
+            "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = %s "
+            "LEFT JOIN pg_database d ON d.datname = %s"), (db, role, db))])
+        oid, superuser, role_comment, db_exists, db_owner, db_comment, owner_comment, others \
+            = rows[0]
+        return Found(role_oid=None if oid is None else int(oid), role_super=bool(superuser),
+                     role_comment=role_comment, db_exists=bool(db_exists),
+                     db_owner=None if db_owner is None else int(db_owner),
+                     db_comment=db_comment, db_owner_comment=owner_comment,
+                     role_other_dbs=int(others or 0))
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:
         """(database, role); :class:`InvalidName` for the server's own databases and roles
@@ -199,72 +292,159 @@ class PostgresDriver:
                 "CREATEDB are not enough: the owner must be a role Haku's user is a member of)")
         return f"PostgreSQL {version}"
 
+    def _refuse(self, tenant: Tenant, db: str, role: str, found: Found) -> None:
+        """Every refusal of ensure, before any change: the superuser, another recorded owner
+        (:class:`SchemaInUse`, :class:`UserInUse`; any owner for a tenant without one),
+        foreign objects (:class:`NotOwned`), and legacy objects that go with another
+        tenant's names."""
+        if found.role_super:
+            raise InvalidName(f"the tenant user {tenant.user!r} is the existing superuser role "
+                              f"{role!r}, not a tenant's; choose another name")
+        if found.db_holder is not None and found.db_holder != tenant.owner:
+            raise SchemaInUse(tenant.schema, found.db_holder, f"PostgreSQL database {db!r}")
+        if found.role_holder is not None and found.role_holder != tenant.owner:
+            raise UserInUse(tenant.user, found.role_holder, f"PostgreSQL role {role!r}")
+        if found.role_oid is not None and not found.role_ours:
+            raise not_owned("PostgreSQL role", role)
+        if found.db_exists and not found.db_ours:
+            raise not_owned("PostgreSQL database", db)
+        if tenant.owner is None:
+            return
+        if found.role_oid is not None and found.role_holder is None and found.role_other_dbs:
+            raise legacy_pair("PostgreSQL role", role, "it owns another database")
+        if found.db_exists and found.db_holder is None and found.db_owner != found.role_oid:
+            raise legacy_pair("PostgreSQL database", db, f"it is not owned by the role {role!r}")
+
     async def ensure_tenant(self, tenant: Tenant) -> None:
+        """Refusals first; then the role (created and marked with the owner in one
+        transaction; a legacy role is marked by :func:`adopt_role`), the database (CREATE
+        DATABASE … OWNER the role: whoever creates it first holds it), grants, and the
+        database's mark. Losing either CREATE to a concurrent ensure means reading again:
+        another owner's object is refused, and a role this call made is dropped again."""
         if not tenant.password:
             raise DataStoreError("a PostgreSQL tenant needs a password")
         db, role = self.physical_names(tenant)
         D, R = sql.Identifier(db), sql.Identifier(role)
         doing = f"provisioning PostgreSQL tenant {db!r}"
-        found = await self._inspect(doing, db, role)
-        # Every refusal comes before the first change.
-        if found.role_super:
-            raise InvalidName(f"the tenant user {tenant.user!r} is the existing superuser role "
-                              f"{role!r}, not a tenant's; choose another name")
-        if found.role_oid is not None and not found.role_ours:
-            raise not_owned("PostgreSQL role", role)
-        if found.db_exists and not found.db_ours:
-            raise not_owned("PostgreSQL database", db)
+        mark = MARKER if tenant.owner is None else owner_mark(tenant.owner)
         attributes = sql.SQL("WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
                              ).format(sql.Literal(tenant.password))
-        mark_role = (sql.SQL("COMMENT ON ROLE {} IS {}").format(R, sql.Literal(MARKER)), ())
-        steps: list[tuple[Statement, tuple[Any, ...]]]
-        if found.role_oid is None:
-            # Role DDL is transactional: the role exists only together with its marker.
-            steps = [(sql.SQL("BEGIN"), ()),
-                     (sql.SQL("CREATE ROLE {} ").format(R) + attributes, ()),
-                     mark_role,
-                     (sql.SQL("COMMIT"), ())]
-        else:
-            steps = [(sql.SQL("ALTER ROLE {} ").format(R) + attributes, ())]
-            if not found.role_marked:
-                steps.append(mark_role)  # a tenant made before roles were marked
-        if found.db_exists:
-            steps.append((sql.SQL("ALTER DATABASE {} OWNER TO {}").format(D, R), ()))
-        else:
-            steps.append((sql.SQL("CREATE DATABASE {} OWNER {}").format(D, R), ()))
-        steps += [
-            # New databases let PUBLIC connect: only the tenant's role may.
-            (sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(D), ()),
-            (sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(D, R), ()),
-            (sql.SQL("COMMENT ON DATABASE {} IS {}").format(D, sql.Literal(MARKER)), ()),
-        ]
-        await self._run(doing, steps)
+        mark_role = (sql.SQL("COMMENT ON ROLE {} IS {}").format(R, sql.Literal(mark)), ())
+        created_role = False
+        for attempt in range(ATTEMPTS):
+            found = await self._inspect(doing, db, role)
+            try:
+                self._refuse(tenant, db, role, found)
+                steps: list[tuple[Statement, tuple[Any, ...]]] = []
+                if found.role_oid is None:
+                    # Role DDL is transactional: the role exists only together with its mark.
+                    await self._run(doing, [(sql.SQL("BEGIN"), ()),
+                                            (sql.SQL("CREATE ROLE {} ").format(R) + attributes,
+                                             ()),
+                                            mark_role,
+                                            (sql.SQL("COMMIT"), ())])
+                    created_role = True
+                else:
+                    if found.role_comment != mark:
+                        if tenant.owner is not None and found.role_holder is None:
+                            steps.append((adopt_role(role, tenant.owner), ()))
+                        else:
+                            steps.append(mark_role)  # a tenant made before roles were marked
+                    steps.append((sql.SQL("ALTER ROLE {} ").format(R) + attributes, ()))
+                if found.db_exists:
+                    steps.append((sql.SQL("ALTER DATABASE {} OWNER TO {}").format(D, R), ()))
+                else:
+                    steps.append((sql.SQL("CREATE DATABASE {} OWNER {}").format(D, R), ()))
+                steps += [
+                    # New databases let PUBLIC connect: only the tenant's role may.
+                    (sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(D), ()),
+                    (sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}"
+                             ).format(D, R), ()),
+                    (sql.SQL("COMMENT ON DATABASE {} IS {}").format(D, sql.Literal(mark)), ()),
+                ]
+                await self._run(doing, steps)
+                return
+            except DataStoreError as e:
+                held = _held_by(e)
+                if held is None and _conflict(e) and attempt < ATTEMPTS - 1:
+                    continue  # made by someone else meanwhile: read again
+                refusal = e if held is None else UserInUse(tenant.user, held,
+                                                           f"PostgreSQL role {role!r}")
+                if created_role and isinstance(refusal, InUse | NotOwned):
+                    # This call's role, made before it lost the database: it holds nothing.
+                    await self._run(doing, [(sql.SQL("DROP ROLE IF EXISTS {}").format(R), ())])
+                if refusal is e:
+                    raise
+                raise refusal from e
+        raise AssertionError("unreachable")
 
     async def delete_tenant(self, tenant: Tenant) -> None:
-        """Drops the database and the role only if they are Haku's (see the module's
-        docstring); a role or database of someone else's under these names is left alone."""
+        """Drops the database, then the role, each only if it is Haku's (see the module's
+        docstring) and recorded as ``tenant.owner``'s or, legacy, of exactly this tenant's
+        names; anything of someone else's (or another owner's) is left alone."""
         db, role = self.physical_names(tenant)
         D, R = sql.Identifier(db), sql.Identifier(role)
         doing = f"deleting PostgreSQL tenant {db!r}"
         found = await self._inspect(doing, db, role)
+        owner = tenant.owner
+        if owner is None:
+            role_ours = found.role_ours and found.role_holder is None
+            db_ours = found.db_ours and found.db_holder is None
+        else:
+            role_ours = found.role_holder == owner or (
+                found.role_holder is None and found.role_ours and not found.role_other_dbs)
+            db_ours = found.db_holder == owner or (
+                found.db_holder is None and found.db_ours and role_ours
+                and found.db_owner == found.role_oid)
         steps: list[tuple[Statement, tuple[Any, ...]]] = []
-        if found.role_ours and not found.role_marked:
-            # Legacy role, Haku's only through the database about to go: mark it first, so
-            # a delete cut after DROP DATABASE still knows the role is Haku's.
-            steps.append((sql.SQL("COMMENT ON ROLE {} IS {}").format(R, sql.Literal(MARKER)),
-                          ()))
-        if found.db_ours:
+        if role_ours and found.role_comment != (MARKER if owner is None else owner_mark(owner)):
+            # Legacy role: mark it first, so that a delete cut after DROP DATABASE still knows
+            # the role is Haku's (and, with an owner, this owner's).
+            steps.append((adopt_role(role, owner), ()) if owner is not None else (
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(R, sql.Literal(MARKER)), ()))
+        if db_ours:
             steps.append((sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(D), ()))
-        if found.role_ours:
+        if role_ours:
             steps.append((sql.SQL("DROP ROLE IF EXISTS {}").format(R), ()))
-        if steps:
+        if not steps:
+            return
+        try:
             await self._run(doing, steps)
+        except DataStoreError as e:
+            if _held_by(e) is None:
+                raise  # else another owner adopted the role meanwhile: not ours to drop
+
+    async def verify_tenant(self, tenant: Tenant) -> bool:
+        """One statement: the role and database exist, both marked for ``tenant.owner``, the
+        database owned by the role, which may log in, is no superuser and holds CONNECT,
+        CREATE and TEMPORARY on it, and PUBLIC cannot connect."""
+        db, role = self.physical_names(tenant)
+        (rows,) = await self._run(f"verifying PostgreSQL tenant {db!r}", [(sql.SQL(
+            "SELECT shobj_description(r.oid, 'pg_authid'), "
+            "shobj_description(d.oid, 'pg_database'), "
+            "r.rolcanlogin AND NOT r.rolsuper AND d.datdba = r.oid "
+            "AND has_database_privilege(r.oid, d.oid, 'CONNECT') "
+            "AND has_database_privilege(r.oid, d.oid, 'CREATE') "
+            "AND has_database_privilege(r.oid, d.oid, 'TEMPORARY') "
+            "AND NOT has_database_privilege('public', d.oid, 'CONNECT') "
+            "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = %s "
+            "LEFT JOIN pg_database d ON d.datname = %s"), (role, db))])
+        role_comment, db_comment, granted = rows[0]
+        mark = MARKER if tenant.owner is None else owner_mark(tenant.owner)
+        return role_comment == mark and db_comment == mark and bool(granted)
+
+    async def holder(self, tenant: Tenant) -> tuple[str | None, str | None]:
+        db, role = self.physical_names(tenant)
+        found = await self._inspect(f"reading the owners of PostgreSQL tenant {db!r}", db, role)
+        return found.db_holder, found.role_holder
 
     async def list_tenants(self) -> list[str]:
         (rows,) = await self._run("listing PostgreSQL tenants", [(
             sql.SQL("SELECT datname FROM pg_database "
-                    "WHERE shobj_description(oid, 'pg_database') = %s ORDER BY datname"),
-            (MARKER,))])
+                    "WHERE shobj_description(oid, 'pg_database') = %s "
+                    "OR starts_with(shobj_description(oid, 'pg_database'), %s) "
+                    "ORDER BY datname"),
+            (MARKER, OWNER_MARK))])
         return [r[0] for r in rows]
 
     async def usage(self, tenant: Tenant) -> Usage:

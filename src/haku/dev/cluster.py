@@ -228,6 +228,7 @@ class DevCluster:
         self._write_state(baseline)
         self._timed(report, "certificates and kubeconfigs", self._ensure_pki)
         if lay.node:
+            host.raise_inotify_limits(lambda note: self.print(f"  {note}"))
             self._timed(report, "host network (node bridge)", lambda: host.ensure_bridge(
                 lay.node_bridge, f"{lay.node_ip}/32"))
 

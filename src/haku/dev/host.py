@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,6 +218,40 @@ def write_sysctl(name: str, value: str) -> None:
         sysctl_path(name).write_text(value + "\n")
     except OSError as e:
         raise HostError(f"cannot set {name}={value}: {e}") from e
+
+
+# The inotify limits a node with many pods needs. Every control-plane pod holds inotify
+# instances (kube-apiserver, kube-controller-manager and kube-scheduler watch their
+# certificate and config files; kubelet, containerd and the log readers add more), and the
+# kernel's default of 128 instances per user ran out at about 50 tenants: pods then failed with
+# "too many open files" (docs/dev-cluster.md).
+INOTIFY_LIMITS = {"fs.inotify.max_user_instances": 8192, "fs.inotify.max_user_watches": 524288}
+
+
+def raise_inotify_limits(say: Callable[[str], object] = lambda _: None,
+                         limits: dict[str, int] | None = None) -> list[str]:
+    """Raise each sysctl of ``limits`` (default :data:`INOTIFY_LIMITS`) to at least its value;
+    a higher value is kept. Never fails: a limit that cannot be read or set is left as it is
+    and said so. Each change or failure is a line passed to ``say`` and returned."""
+    notes: list[str] = []
+    for name, wanted in (limits or INOTIFY_LIMITS).items():
+        current = read_sysctl(name)
+        try:
+            have = int(current or "")
+        except ValueError:
+            notes.append(f"{name}: cannot read it; not raised to {wanted}")
+            continue
+        if have >= wanted:
+            continue
+        try:
+            write_sysctl(name, str(wanted))
+        except HostError as e:
+            notes.append(f"{name} stays {have}: {e}")
+            continue
+        notes.append(f"{name} raised from {have} to {wanted}")
+    for note in notes:
+        say(note)
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------

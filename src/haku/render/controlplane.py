@@ -9,10 +9,17 @@ verbatim (repeatable flags stay repeated).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.api.tenantcontrolplane import (
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    TenantControlPlaneSpec,
+    service_cidr_problem,
+)
+from haku.render import InvalidSpec
 from haku.render import kine as kine_render
 from haku.render.storage import TenantConnection
 
@@ -21,6 +28,35 @@ CONFIG = "/etc/kubernetes/config"
 MANAGED_BY = "haku"
 TENANT_LABEL = "haku.dev/tenant-control-plane"
 CONTROLLER_MANAGER_PORT, SCHEDULER_PORT = 10257, 10259
+
+# kubeadm's static-pod probes (cmd/kubeadm/app/util/staticpod/utils.go, v1.37). On a node
+# packed with tenants a probe can take seconds to answer: 15 s timeouts and 8 failures before a
+# restart keep a slow but healthy control plane running. Readiness every second gates the
+# Deployment status, and with it Ready. The startup probe keeps kubeadm's 4 minutes to start
+# (240 x 1 s instead of 24 x 10 s): the same patience, but a pod that starts in 4 s is not
+# held back until a first check at 10 s.
+LIVENESS = {"initialDelaySeconds": 10, "timeoutSeconds": 15, "periodSeconds": 10,
+            "failureThreshold": 8}
+READINESS = {"initialDelaySeconds": 0, "timeoutSeconds": 15, "periodSeconds": 1,
+             "failureThreshold": 3}
+STARTUP = {"initialDelaySeconds": 0, "timeoutSeconds": 15, "periodSeconds": 1,
+           "failureThreshold": 240}
+
+# Requests when spec.controlPlane.deployment.resources does not set a component's (no
+# limits). Not kubeadm's (250m + 200m + 100m CPU assume a node of its own: 2 cores would hold
+# 3 tenant pods): what an idle tenant control plane uses, so the scheduler packs by real use,
+# the pods leave BestEffort (first to be evicted or OOM-killed) and the PriorityClass below
+# protects them. Memory from the idle RSS of the same components (docs/benchmarks.md).
+DEFAULT_RESOURCES: Mapping[str, Mapping[str, Mapping[str, str]]] = {
+    "kube-apiserver": {"requests": {"cpu": "25m", "memory": "192Mi"}},
+    "kube-controller-manager": {"requests": {"cpu": "10m", "memory": "48Mi"}},
+    "kube-scheduler": {"requests": {"cpu": "5m", "memory": "24Mi"}},
+    "kine": {"requests": {"cpu": "5m", "memory": "24Mi"}},
+}
+
+# The control-plane pods' PriorityClass (deploy/priorityclass.yaml, priority_class()).
+DEFAULT_PRIORITY_CLASS = "haku-control-plane"
+PRIORITY = 100_000_000  # below system-cluster-critical (2,000,000,000) and its 1e9 user cap
 
 
 def names(tcp: str) -> dict[str, str]:
@@ -34,6 +70,46 @@ def names(tcp: str) -> dict[str, str]:
         "admin-kubeconfig": f"{tcp}-admin-kubeconfig",
         "datastore": f"{tcp}-datastore",
     }
+
+
+def check_name(spec: TenantControlPlaneSpec) -> None:
+    """InvalidSpec unless the TenantControlPlane's name can name its Service (the CRD's rule)."""
+    if len(spec.name) > NAME_MAX_LENGTH:
+        raise InvalidSpec("metadata.name", f"{len(spec.name)} characters; at most "
+                          f"{NAME_MAX_LENGTH}: it is also the name of the tenant's Service")
+    if not re.fullmatch(NAME_PATTERN, spec.name):
+        raise InvalidSpec("metadata.name", f"{spec.name!r} is not a DNS-1035 label: it is "
+                          "also the name of the tenant's Service")
+
+
+def kubernetes_service_ips(spec: TenantControlPlaneSpec) -> list[str]:
+    """The first address of each service CIDR (the tenant's ``kubernetes`` Service);
+    InvalidSpec for a CIDR that cannot be a service range."""
+    for i, cidr in enumerate(spec.service_cidrs):
+        problem = service_cidr_problem(cidr)
+        if problem:
+            raise InvalidSpec(spec.service_cidr_field(i), problem)
+    return spec.kubernetes_service_ips
+
+
+def check_ports(spec: TenantControlPlaneSpec) -> None:
+    """InvalidSpec if an additional Service port repeats a name, or a port and protocol, of
+    the API port or of another additional port (the CRD's rules)."""
+    names_seen = {"kube-apiserver": "the API port"}
+    ports_seen: dict[tuple[Any, str], str] = {
+        (spec.port, "TCP"): "the API port (spec.networkProfile.port)"}
+    for i, p in enumerate(spec.additional_ports):
+        where = f"spec.controlPlane.service.additionalPorts[{i}]"
+        name, number = p.get("name"), p.get("port")
+        protocol = p.get("protocol") or "TCP"
+        if name in names_seen:
+            raise InvalidSpec(f"{where}.name", f"{name!r} is already the name of "
+                              f"{names_seen[name]}")
+        if (number, protocol) in ports_seen:
+            raise InvalidSpec(f"{where}.port", f"{number}/{protocol} is already "
+                              f"{ports_seen[(number, protocol)]}")
+        names_seen[str(name)] = f"additionalPorts[{i}]"
+        ports_seen[(number, protocol)] = f"additionalPorts[{i}]"
 
 
 def labels(spec: TenantControlPlaneSpec, component: str) -> dict[str, str]:
@@ -154,14 +230,24 @@ def scheduler_args(spec: TenantControlPlaneSpec) -> list[str]:
                       list(spec.extra_args.scheduler))
 
 
-def _probe(path: str, port: int, failure: int = 3, period: int = 10) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": port, "scheme": "HTTPS"},
-            "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failure}
+def _probe(path: str, port: int, timing: Mapping[str, int]) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port, "scheme": "HTTPS"}, **timing}
+
+
+def _resources(name: str, given: Any,
+               defaults: Mapping[str, Mapping[str, Any]] | None) -> Any:
+    """The spec's resources for container ``name`` when it sets them (``{}`` too: then
+    none), else the default requests."""
+    if given is not None:
+        return given
+    default = (defaults or {}).get(name)
+    return {k: dict(v) for k, v in default.items()} if default else None
 
 
 def _container(name: str, image: str, args: list[str], mounts: list[dict[str, Any]],
                resources: Any, probe_path: str, port: int,
                security_context: Any = None) -> dict[str, Any]:
+    live = probe_path.replace("readyz", "livez")
     container: dict[str, Any] = {
         "name": name,
         "image": image,
@@ -169,11 +255,9 @@ def _container(name: str, image: str, args: list[str], mounts: list[dict[str, An
         "command": [name],
         "args": args,
         "volumeMounts": mounts,
-        "livenessProbe": _probe(probe_path.replace("readyz", "livez"), port, failure=8),
-        # Readiness every second: it gates the Deployment status, and with it Ready.
-        "readinessProbe": _probe(probe_path, port, period=1),
-        "startupProbe": _probe(probe_path.replace("readyz", "livez"), port, failure=60,
-                               period=1),
+        "livenessProbe": _probe(live, port, LIVENESS),
+        "readinessProbe": _probe(probe_path, port, READINESS),
+        "startupProbe": _probe(live, port, STARTUP),
     }
     if resources:
         container["resources"] = resources
@@ -188,9 +272,17 @@ def deployment(
     advertise_address: str,
     checksums: Mapping[str, str],
     kine_image: str,
+    priority_class: str | None = DEFAULT_PRIORITY_CLASS,
+    default_resources: Mapping[str, Mapping[str, Any]] | None = DEFAULT_RESOURCES,
 ) -> dict[str, Any]:
     """The control-plane Deployment. ``checksums`` (one per Secret it mounts) go into the pod
-    template, so new certificates or credentials roll the pods."""
+    template, so new certificates or credentials roll the pods. The pods get
+    ``priorityClassName: priority_class`` (None: none; the PriorityClass must exist, or the
+    Priority admission plugin refuses the pods), and ``default_resources`` (per container
+    name; None: none) for components whose resources the spec does not set.
+    :class:`InvalidSpec` for a spec the CRD should have refused."""
+    check_name(spec)
+    kubernetes_service_ips(spec)  # --service-cluster-ip-range must be a usable range
     n = names(spec.name)
     pki_mount = {"name": "pki", "mountPath": PKI, "readOnly": True}
     config_mount = {"name": "kubeconfigs", "mountPath": CONFIG, "readOnly": True}
@@ -209,15 +301,18 @@ def deployment(
     containers = [
         _container("kube-apiserver", spec.image("kube-apiserver"),
                    apiserver_args(spec, storage, advertise_address), apiserver_mounts,
-                   spec.resources.api_server, "/readyz", spec.port,
-                   spec.container_security_contexts.api_server),
+                   _resources("kube-apiserver", spec.resources.api_server, default_resources),
+                   "/readyz", spec.port, spec.container_security_contexts.api_server),
         _container("kube-controller-manager", spec.image("kube-controller-manager"),
                    controller_manager_args(spec), [pki_mount, config_mount],
-                   spec.resources.controller_manager, "/healthz", CONTROLLER_MANAGER_PORT,
+                   _resources("kube-controller-manager", spec.resources.controller_manager,
+                              default_resources),
+                   "/healthz", CONTROLLER_MANAGER_PORT,
                    spec.container_security_contexts.controller_manager),
         _container("kube-scheduler", spec.image("kube-scheduler"), scheduler_args(spec),
-                   [config_mount], spec.resources.scheduler, "/healthz", SCHEDULER_PORT,
-                   spec.container_security_contexts.scheduler),
+                   [config_mount],
+                   _resources("kube-scheduler", spec.resources.scheduler, default_resources),
+                   "/healthz", SCHEDULER_PORT, spec.container_security_contexts.scheduler),
     ]
     containers[0]["ports"] = [{"name": "kube-apiserver", "containerPort": spec.port,
                                "protocol": "TCP"}]
@@ -232,8 +327,12 @@ def deployment(
         for mount in kine["volumeMounts"]:
             if mount["name"] == "kine-tls":
                 mount["name"] = "datastore"
-        if spec.resources.kine:
-            kine["resources"] = spec.resources.kine
+        # kine serves no health endpoint (its metrics listener is off), so it has no probes;
+        # kube-apiserver's /readyz checks its storage through kine, so a kine that stops
+        # answering takes the pod out of the Service.
+        kine_resources = _resources("kine", spec.resources.kine, default_resources)
+        if kine_resources:
+            kine["resources"] = kine_resources
         containers.append(kine)
     pod_labels = {**spec.pod_metadata.labels, **labels(spec, "control-plane")}
     pod_annotations = {**spec.pod_metadata.annotations,
@@ -250,6 +349,8 @@ def deployment(
                 "serviceAccountName": spec.service_account,
                 "securityContext": spec.pod_security_context}
     pod |= {k: v for k, v in optional.items() if v}
+    if priority_class:
+        pod["priorityClassName"] = priority_class
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -274,7 +375,10 @@ def deployment(
 def service(spec: TenantControlPlaneSpec) -> dict[str, Any]:
     """The Service in front of kube-apiserver. For NodePort, ``nodePort`` is
     networkProfile.port only when the user set it; otherwise the API server allocates one
-    (and keeps it), and the endpoint uses the allocated port."""
+    (and keeps it), and the endpoint uses the allocated port. :class:`InvalidSpec` for a spec
+    the CRD should have refused."""
+    check_name(spec)
+    check_ports(spec)
     port: dict[str, Any] = {"name": "kube-apiserver", "protocol": "TCP", "port": spec.port,
                             "targetPort": spec.port}
     if spec.service_type == "NodePort" and spec.port_given is not None:
@@ -310,6 +414,24 @@ def _additional_port(p: dict[str, Any]) -> dict[str, Any]:
     if p.get("appProtocol"):
         out["appProtocol"] = p["appProtocol"]
     return out
+
+
+def priority_class(name: str = DEFAULT_PRIORITY_CLASS) -> dict[str, Any]:
+    """The PriorityClass of the control-plane pods (shipped as deploy/priorityclass.yaml).
+
+    Below system-cluster-critical, above any workload without a class (0): under pressure
+    the scheduler places a tenant's control plane first, preempting lower-priority pods
+    (PreemptLowerPriority), rather than leaving it Pending behind them."""
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "haku"}},
+        "value": PRIORITY,
+        "globalDefault": False,
+        "preemptionPolicy": "PreemptLowerPriority",
+        "description": "Tenant control planes run by Haku (kube-apiserver, "
+                       "kube-controller-manager, kube-scheduler, kine).",
+    }
 
 
 def ingress(spec: TenantControlPlaneSpec) -> dict[str, Any] | None:

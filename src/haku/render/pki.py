@@ -166,12 +166,21 @@ def issue(
             critical=False,
         )
     )
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dict.fromkeys(dns_names)]
+    sans: list[x509.GeneralName] = [x509.DNSName(_dns_name(d)) for d in dict.fromkeys(dns_names)]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(ip_addresses)]
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
+
+
+def _dns_name(name: str) -> str:
+    """``name`` if a certificate can hold it as a DNS SAN (an IA5String: ASCII), else a
+    ValueError that names it."""
+    if not name.isascii():
+        raise ValueError(f"DNS name {name!r} cannot go in a certificate: it must be ASCII "
+                         "(an internationalised name as its xn-- A-label)")
+    return name
 
 
 def common_name(pair: KeyPair) -> str:

@@ -17,7 +17,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
-from haku.render import pki
+from haku.render import InvalidSpec, pki
+from haku.render.controlplane import kubernetes_service_ips
 
 RENEW_BEFORE = timedelta(days=30)
 CA_VALIDITY = timedelta(days=3650)
@@ -34,24 +35,48 @@ class Plan:
         return bool(self.issued)
 
 
+def _sources(spec: TenantControlPlaneSpec,
+             addresses: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(field, value) of every name the certificate takes from the spec or the endpoint."""
+    found = [("spec.networkProfile.address", spec.address)]
+    for value in addresses:
+        where = ("spec.networkProfile.advertiseAddress"
+                 if value and value == spec.advertise_address else "status.controlPlaneEndpoint")
+        found.append((where, value))
+    found += [(f"spec.networkProfile.certSANs[{i}]", v) for i, v in enumerate(spec.cert_sans)]
+    return found
+
+
 def apiserver_names(spec: TenantControlPlaneSpec,
                     addresses: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
-    """(DNS names, IPs) the tenant API server's certificate must hold."""
+    """(DNS names, IPs) the tenant API server's certificate must hold. :class:`InvalidSpec`
+    for a service CIDR with no first address, or a name a certificate cannot hold (not an IP,
+    and not ASCII: a DNS SAN is an IA5String, so an internationalised name goes in as its
+    ``xn--`` A-label)."""
     domain = spec.cluster_domain
     svc = f"{spec.name}.{spec.namespace}"
     dns = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
            f"kubernetes.default.svc.{domain}", "localhost",
            spec.name, svc, f"{svc}.svc", f"{svc}.svc.{domain}"]
-    ips = ["127.0.0.1", *spec.kubernetes_service_ips]
-    for value in (spec.address, *addresses, *spec.cert_sans):
+    ips = ["127.0.0.1", *kubernetes_service_ips(spec)]
+    for where, value in _sources(spec, addresses):
         if not value:
             continue
         try:
             ips.append(str(ipaddress.ip_address(value)))
+            continue
         except ValueError:
-            dns.append(value)
+            pass
+        if not value.isascii():
+            raise InvalidSpec(where, f"{value!r} is neither an IP address nor an ASCII DNS "
+                              "name; write an internationalised name as its xn-- A-label")
+        dns.append(value)
     if spec.ingress_hostname:
-        dns.append(spec.ingress_hostname.rsplit(":", 1)[0])
+        host = spec.ingress_hostname.rsplit(":", 1)[0]
+        if not host.isascii():
+            raise InvalidSpec("spec.controlPlane.ingress.hostname",
+                              f"{host!r} is not an ASCII DNS name")
+        dns.append(host)
     return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
 
 

@@ -82,25 +82,25 @@ async def prune_addon(client: AsyncClient, addon: str) -> list[str]:
 
 
 async def reconcile(client: AsyncClient, groups: dict[str, list[dict[str, Any]]],
-                    installed: dict[str, bool]) -> tuple[dict[str, bool], list[str]]:
+                    installed: dict[str, bool]) -> list[str]:
     """Apply ``groups`` (core first); prune addons that are absent now but were installed.
 
-    ``installed`` is the tenant's status.addons as {addon: enabled}. Returns the new value and
-    what was pruned.
+    ``installed`` is the tenant's status.addons as {addon: enabled}, updated in place as each
+    addon is applied or pruned, so that after a failure halfway it still tells what the
+    tenant holds. Returns what was pruned.
     """
     await apply_objects(client, groups[CORE])
-    now: dict[str, bool] = {}
     pruned: list[str] = []
     for addon in ADDONS:
         objects = groups.get(addon) or []
         if objects:
             await apply_objects(client, objects)
-            now[addon] = True
+            installed[addon] = True
         else:
             if installed.get(addon):
                 pruned += await prune_addon(client, addon)
-            now[addon] = False
-    return now, pruned
+            installed[addon] = False
+    return pruned
 
 
 def installed_from_status(status: dict[str, Any]) -> dict[str, bool]:

@@ -1,0 +1,39 @@
+"""The TenantControlPlane's reconcile steps, in order (see haku.controller.pipeline).
+
+=================  ======================  =====================================================
+step               Condition               what it does / undoes on delete
+=================  ======================  =====================================================
+finalizer          —                       sets Haku's finalizer / removes it, last
+datastore          DataStoreReady          the tenant's user and space, owned by its uid / drops
+                                           them once the pods are gone (or abandons them when
+                                           the annotation says so)
+service            ControlPlaneAvailable   the Service and the endpoint derived from it
+certificates       CertificatesReady       kubeadm's certificates and the kubeconfigs
+deployment         ControlPlaneAvailable   the control-plane Deployment / stops its pods first
+ingress            ControlPlaneAvailable   the Ingress, when the spec asks for one
+apiserver          APIServerReady          /readyz through the exposed endpoint
+bootstrap          TenantBootstrapped      kubeadm's join objects and the addons, in the tenant
+=================  ======================  =====================================================
+"""
+
+from __future__ import annotations
+
+from haku.controller.pipeline import Step
+from haku.controller.steps.apiserver import APIServerStep
+from haku.controller.steps.bootstrap import BootstrapStep
+from haku.controller.steps.certificates import CertificatesStep
+from haku.controller.steps.datastore import DataStoreStep
+from haku.controller.steps.deployment import DeploymentStep
+from haku.controller.steps.deps import Deps
+from haku.controller.steps.exposure import IngressStep, ServiceStep
+from haku.controller.steps.finalizer import FinalizerStep
+
+__all__ = ["STEPS", "Deps", "pipeline"]
+
+# The steps of a TenantControlPlane, in the order they apply.
+STEPS = (FinalizerStep, DataStoreStep, ServiceStep, CertificatesStep, DeploymentStep,
+         IngressStep, APIServerStep, BootstrapStep)
+
+
+def pipeline(deps: Deps) -> list[Step]:
+    return [step(deps) for step in STEPS]

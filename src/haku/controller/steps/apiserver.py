@@ -1,0 +1,60 @@
+"""``APIServerReady``: the tenant's /readyz answers through the exposed endpoint, asked with
+the tenant's super-admin identity (so the path a client takes is the one tested)."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+
+import httpx2
+import yaml
+from lightkube import ApiError
+
+from haku.api.conditions import Condition
+from haku.controller.pipeline import Context
+from haku.controller.steps.deps import Deps
+from haku.datastore.base import PrivateFiles
+
+CONDITION = "APIServerReady"
+
+
+async def probe(endpoint: str, super_admin: bytes) -> Condition:
+    """/readyz at ``endpoint`` with the identity of kubeconfig ``super_admin``."""
+    doc = yaml.safe_load(super_admin)
+    user = doc["users"][0]["user"]
+    files = PrivateFiles("haku-probe-")
+    try:
+        ctx = ssl.create_default_context(cadata=base64.b64decode(
+            doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode())
+        ctx.load_cert_chain(
+            files.write("tls.crt", base64.b64decode(user["client-certificate-data"])),
+            files.write("tls.key", base64.b64decode(user["client-key-data"])))
+        async with httpx2.AsyncClient(verify=ctx, timeout=5.0, trust_env=False) as http:
+            response = await http.get(f"{endpoint}/readyz")
+        if response.status_code != 200:
+            return Condition(CONDITION, "False", "NotReady",
+                             f"{endpoint}/readyz answered {response.status_code}")
+    except (httpx2.HTTPError, ApiError, ssl.SSLError, OSError) as e:
+        return Condition(CONDITION, "False", "Unreachable", f"{endpoint}/readyz: {e}")
+    finally:
+        files.cleanup()
+    return Condition(CONDITION, "True", "Serving", f"{endpoint}/readyz answered ok")
+
+
+class APIServerStep:
+    name: str = "apiserver"
+    condition: str | None = CONDITION
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def apply(self, ctx: Context) -> None:
+        available = ctx.conditions.get("ControlPlaneAvailable")
+        if available is None or available.status != "True":
+            ctx.conditions[CONDITION] = Condition(CONDITION, "False", "NoControlPlane",
+                                                  "no control-plane pod is ready yet")
+            return
+        ctx.conditions[CONDITION] = await probe(ctx.endpoint, ctx.admin["super-admin.conf"])
+
+    async def cleanup(self, ctx: Context) -> None:
+        return None

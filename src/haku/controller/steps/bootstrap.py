@@ -1,0 +1,76 @@
+"""``TenantBootstrapped``: kubeadm's bootstrap objects and the addons in ``spec.addons``,
+applied inside the tenant once its API answers (haku.tenant.bootstrap); the tenant's objects
+are watched so that drift is repaired."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import yaml
+from lightkube import ApiError, AsyncClient, KubeConfig
+
+from haku.api.conditions import Condition
+from haku.controller.pipeline import Context
+from haku.controller.resources import FIELD_MANAGER
+from haku.controller.steps.deps import Deps
+from haku.render import tenant_bootstrap
+from haku.tenant import bootstrap
+
+CONDITION = "TenantBootstrapped"
+
+
+class BootstrapStep:
+    name: str = "bootstrap"
+    condition: str | None = CONDITION
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def apply(self, ctx: Context) -> None:
+        installed = bootstrap.installed_from_status(ctx.previous_status)
+        ctx.status["addons"] = bootstrap.status_from_installed(installed)
+        serving = ctx.conditions.get("APIServerReady")
+        if serving is None or serving.status != "True":
+            if self.deps.watches is not None:
+                await self.deps.watches.stop(ctx.key)
+            ctx.conditions[CONDITION] = Condition(CONDITION, "False", "WaitingForAPIServer",
+                                                  "the tenant API does not answer yet")
+            return
+        ctx.conditions[CONDITION] = await self._bootstrap(ctx, installed)
+
+    async def _bootstrap(self, ctx: Context, installed: dict[str, bool]) -> Condition:
+        spec = ctx.spec
+        groups = tenant_bootstrap.bootstrap_objects(spec, ctx.pki["ca.crt"], ctx.endpoint)
+        doc: dict[str, Any] = yaml.safe_load(ctx.admin["super-admin.conf"])
+        tenant = AsyncClient(KubeConfig.from_dict(doc), field_manager=FIELD_MANAGER,
+                             timeout=httpx2.Timeout(10.0), trust_env=False)
+        # What is installed now, updated as each addon is applied or pruned: a failure
+        # halfway keeps the addons already done in the status (and an unfinished prune
+        # marked installed, so it is retried).
+        progress = dict(installed)
+        self.deps.fence.check()  # the tenant's API is not behind the admin client's fence
+        try:
+            pruned = await bootstrap.reconcile(tenant, groups, progress)
+        except bootstrap.BootstrapFailed as e:
+            return Condition(CONDITION, "False", e.reason, e.message)
+        except (httpx2.HTTPError, ApiError, OSError) as e:
+            return Condition(CONDITION, "False", "Unreachable",
+                             f"applying inside the tenant: {e}")
+        finally:
+            ctx.status["addons"] = bootstrap.status_from_installed(progress)
+            await tenant.close()
+        if pruned:
+            self.deps.events.emit(ctx.obj, "Normal", "AddonRemoved",
+                                  "removed from the tenant: " + ", ".join(pruned))
+        if self.deps.watches is not None and self.deps.config.watch_tenants:
+            self.deps.watches.ensure(ctx.key, doc)
+        addons = [a for a in bootstrap.ADDONS if progress.get(a)]
+        return Condition(CONDITION, "True", "Bootstrapped",
+                         "kubeadm's bootstrap objects" +
+                         (" and " + ", ".join(addons) if addons else "") +
+                         " applied; nodes can join")
+
+    async def cleanup(self, ctx: Context) -> None:
+        if self.deps.watches is not None:
+            await self.deps.watches.stop(ctx.key)

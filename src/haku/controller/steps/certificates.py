@@ -1,0 +1,58 @@
+"""kubeadm's certificates for the tenant and its kubeconfigs, kept unless missing or due
+(key generation runs off the event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from haku.api.conditions import Condition
+from haku.controller.metrics import certificate_expiries
+from haku.controller.pipeline import Context
+from haku.controller.steps.deps import Deps
+from haku.render import controlplane, pki, tenant_kubeconfigs, tenant_pki
+
+CONDITION = "CertificatesReady"
+
+
+class CertificatesStep:
+    name: str = "certificates"
+    condition: str | None = CONDITION
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def apply(self, ctx: Context) -> None:
+        spec, deps = ctx.spec, self.deps
+        n = controlplane.names(spec.name)
+        address = ctx.need(ctx.address, "the endpoint address")
+        existing = await deps.secret_data(spec.namespace, n["pki"])
+        sans = (address, spec.advertise_address) if spec.advertise_address else (address,)
+        plan = await asyncio.to_thread(tenant_pki.plan, spec, existing, sans,
+                                       deps.config.key_algorithm)
+        if plan.changed:
+            await deps.apply_secret(ctx, n["pki"], plan.data)
+            deps.events.emit(ctx.obj, "Normal", "CertificatesIssued",
+                             "; ".join(f"{k}: {v}" for k, v in sorted(plan.issued.items())))
+        deps.metrics.tenants.observe_certificates(ctx.key, certificate_expiries(plan.data))
+        ctx.pki = plan.data
+
+        ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
+        local = f"https://127.0.0.1:{spec.port}"
+        old = (await deps.secret_data(spec.namespace, n["kubeconfigs"])
+               | await deps.secret_data(spec.namespace, n["admin-kubeconfig"]))
+        configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca, old,
+                                          ctx.endpoint, local, tenant_kubeconfigs.IDENTITIES,
+                                          deps.config.key_algorithm)
+        ctx.kubeconfigs = {k: configs.data[k]
+                           for k in ("controller-manager.conf", "scheduler.conf")}
+        ctx.admin = {k: configs.data[k] for k in ("admin.conf", "super-admin.conf")}
+        if configs.changed:
+            await deps.apply_secret(ctx, n["kubeconfigs"], ctx.kubeconfigs)
+            await deps.apply_secret(ctx, n["admin-kubeconfig"], ctx.admin)
+        ctx.status["kubeconfig"] = {"admin": {"secretName": n["admin-kubeconfig"]}}
+        ctx.conditions[CONDITION] = Condition(
+            CONDITION, "True", "Issued",
+            "certificates and kubeconfigs valid for " + ", ".join([address, spec.name]))
+
+    async def cleanup(self, ctx: Context) -> None:
+        return None  # owned Secrets: garbage-collected with the TenantControlPlane

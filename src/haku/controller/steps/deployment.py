@@ -1,0 +1,113 @@
+"""The control-plane Deployment (pod-template checksums roll the pods when a Secret changes),
+and Kamaji's ``kubernetesResources.version.status`` from what runs. On delete its pods are
+stopped before the datastore step drops the tenant's data, so no API server writes into a
+space that is being deleted."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Pod
+
+from haku.api.conditions import Condition
+from haku.controller.pipeline import Context, Wait
+from haku.controller.steps.deps import Deps
+from haku.controller.steps.exposure import is_ip
+from haku.render import controlplane
+
+CONDITION = "ControlPlaneAvailable"
+
+
+def sha(data: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(data):
+        h.update(k.encode() + b"\0" + data[k] + b"\0")
+    return h.hexdigest()[:16]
+
+
+def version_status(ready: int, rolled_out: bool, replicas: int, ran_before: bool,
+                   running_version: str | None, wanted: str) -> str:
+    """Kamaji's version.status. ``Upgrading`` only while the version changes (pods rolling
+    from ``running_version`` to ``wanted``), never for a scale-up or a restarted pod."""
+    if replicas == 0:
+        return "Sleeping"
+    if ready == 0:
+        return "NotReady" if ran_before else "Provisioning"
+    if not rolled_out and running_version and running_version != wanted:
+        return "Upgrading"
+    return "Ready"
+
+
+class DeploymentStep:
+    name: str = "deployment"
+    condition: str | None = CONDITION
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def apply(self, ctx: Context) -> None:
+        spec = ctx.spec
+        storage = ctx.need(ctx.storage, "the datastore connection")
+        address = ctx.need(ctx.address, "the endpoint address")
+        checksums = {"pki": sha(ctx.need(ctx.pki, "the certificates")),
+                     "kubeconfigs": sha(ctx.need(ctx.kubeconfigs, "the kubeconfigs")),
+                     "datastore": sha(dict(storage.files)
+                                      | {"endpoint": storage.kine_endpoint.encode()})}
+        advertise = spec.advertise_address or (address if is_ip(address) else "$(POD_IP)")
+        manifest = controlplane.deployment(
+            spec, storage, advertise, checksums, self.deps.config.kine_image,
+            priority_class=self.deps.config.priority_class or None)
+        dep = await self.deps.apply_checked(ctx, manifest, "Deployment")
+        ctx.deployment = dep
+        self.observe(ctx, dep)
+
+    def observe(self, ctx: Context, dep: Any) -> None:
+        spec = ctx.spec
+        s = dep.status
+        ready = (s.readyReplicas or 0) if s else 0
+        updated = (s.updatedReplicas or 0) if s else 0
+        available = (s.availableReplicas or 0) if s else 0
+        rolled_out = bool(s and s.observedGeneration == dep.metadata.generation
+                          and updated == ready == spec.replicas and not s.unavailableReplicas)
+        resources = ctx.status.setdefault("kubernetesResources", {})
+        resources["deployment"] = {
+            "name": dep.metadata.name, "namespace": dep.metadata.namespace,
+            "selector": ",".join(f"{k}={v}" for k, v in controlplane.selector(spec).items()),
+            "replicas": (s.replicas or 0) if s else 0, "readyReplicas": ready,
+            "updatedReplicas": updated, "availableReplicas": available}
+        previous = (ctx.previous_status.get("kubernetesResources") or {}).get("version") or {}
+        ran_before = previous.get("status") in ("Ready", "NotReady", "Upgrading", "Sleeping") \
+            or bool(previous.get("version"))
+        status = version_status(ready, rolled_out, spec.replicas, ran_before,
+                                previous.get("version"), spec.version)
+        version: dict[str, Any] = {"status": status}
+        if (status == "Ready" and rolled_out) or status == "Sleeping":
+            version["version"] = spec.version
+        elif previous.get("version"):
+            version["version"] = previous["version"]  # what still runs
+        resources["version"] = version
+        if spec.replicas == 0:
+            ctx.conditions[CONDITION] = Condition(CONDITION, "False", "Sleeping",
+                                                  "replicas is 0")
+        elif ready == 0:
+            ctx.conditions[CONDITION] = Condition(
+                CONDITION, "False", "NoReadyPods", f"0 of {spec.replicas} control-plane pods ready")
+        else:
+            ctx.conditions[CONDITION] = Condition(
+                CONDITION, "True", "RolledOut" if rolled_out else "RollingOut",
+                f"{ready} of {spec.replicas} control-plane pods ready")
+
+    async def cleanup(self, ctx: Context) -> None:
+        """Delete the Deployment and wait until none of its pods is left."""
+        name = controlplane.names(ctx.spec.name)["deployment"]
+        await self.deps.delete_owned(Deployment, ctx, name)
+        selector: dict[str, Any] = dict(controlplane.selector(ctx.spec))
+        pods = [p async for p in self.deps.client.list(
+            Pod, namespace=ctx.spec.namespace, labels=selector)]
+        if pods:
+            raise Wait(Condition(
+                CONDITION, "False", "Stopping",
+                f"waiting for {len(pods)} control-plane pod(s) to stop before the tenant's "
+                "data is deleted"), 1.0)

@@ -1,0 +1,145 @@
+"""The reconcile pipeline's pure parts: running steps, the retry vocabulary, the requeue
+policy, the step list and Kamaji's version status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from haku.api.conditions import Condition
+from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.controller import steps
+from haku.controller.pipeline import (
+    Context,
+    Fail,
+    RequeuePolicy,
+    Wait,
+    condition_types,
+    run,
+)
+from haku.controller.steps.deployment import version_status
+from haku.render import InvalidSpec
+
+SPEC = TenantControlPlaneSpec.parse({
+    "metadata": {"name": "t", "namespace": "n", "uid": "u", "generation": 2},
+    "spec": {"kubernetes": {"version": "v1.37.2"}, "controlPlane": {}}})
+
+
+class Recorder:
+    def __init__(self, name: str, condition: str | None, raises: Exception | None = None,
+                 log: list[str] | None = None) -> None:
+        self.name, self.condition, self.raises = name, condition, raises
+        self.log = log if log is not None else []
+
+    async def apply(self, ctx: Context) -> None:
+        self.log.append(self.name)
+        if self.raises is not None:
+            raise self.raises
+        if self.condition:
+            ctx.conditions[self.condition] = Condition(self.condition, "True", "Ok", "")
+
+    async def cleanup(self, ctx: Context) -> None:
+        return None
+
+
+def ctx() -> Context:
+    return Context({"metadata": {"name": "t", "uid": "u"}}, SPEC)
+
+
+async def test_steps_run_in_order_until_one_waits() -> None:
+    log: list[str] = []
+    waiting = Wait(Condition("B", "False", "NotYet", "b is coming"), 7.0)
+    pipeline = [Recorder("a", "A", log=log), Recorder("b", "B", waiting, log),
+                Recorder("c", "C", log=log)]
+    c = ctx()
+    outcome = await run(pipeline, c)
+    assert log == ["a", "b"]  # c never ran
+    assert outcome.retry_after == 7.0 and outcome.stopped_at == "b"
+    assert c.conditions["A"].status == "True"
+    assert c.conditions["B"] == waiting.condition
+    assert "C" not in c.conditions
+
+
+async def test_every_step_done_means_no_retry_hint() -> None:
+    outcome = await run([Recorder("a", "A"), Recorder("b", None)], ctx())
+    assert outcome.retry_after is None and outcome.stopped_at is None
+
+
+async def test_a_failure_a_render_error_and_a_crash_each_become_a_condition() -> None:
+    failing = Fail(Condition("A", "False", "InvalidSpec", "spec.x: no"), 30.0)
+    c = ctx()
+    assert (await run([Recorder("a", "A", failing)], c)).retry_after == 30.0
+    assert c.conditions["A"].reason == "InvalidSpec"
+
+    c = ctx()
+    outcome = await run([Recorder("a", "A", InvalidSpec("spec.networkProfile.serviceCidr",
+                                                        "no room"))], c)
+    assert outcome.retry_after is not None
+    assert c.conditions["A"].reason == "InvalidSpec"
+    assert c.conditions["A"].message == "spec.networkProfile.serviceCidr: no room"
+
+    seen: list[tuple[str, str]] = []
+    c = ctx()
+    outcome = await run([Recorder("a", "A", TypeError("boom"))], c,
+                        unexpected=lambda step, e: seen.append((step.name, str(e))))
+    assert seen == [("a", "boom")]
+    assert c.conditions["A"].reason == "ReconcileError"
+    assert "TypeError: boom" in c.conditions["A"].message
+    assert outcome.retry_after is not None
+
+
+def test_requeue_doubles_per_unready_pass_caps_and_resets() -> None:
+    policy = RequeuePolicy(cap=40.0, jitter=0.0)
+    key = ("n", "t")
+    assert [policy.delay(key, 5.0) for _ in range(5)] == [5.0, 10.0, 20.0, 40.0, 40.0]
+    assert policy.delay(("n", "other"), 5.0) == 5.0  # per key
+    policy.reset(key)
+    assert policy.delay(key, 5.0) == 5.0
+
+
+def test_requeue_jitter_stays_within_its_band() -> None:
+    policy = RequeuePolicy(cap=300.0, jitter=0.1)
+    for i in range(50):
+        got = policy.delay(("n", f"t{i}"), 10.0)
+        assert 9.0 <= got <= 11.0
+
+
+def test_condition_types_follow_the_step_order_once_each() -> None:
+    assert condition_types(steps.STEPS) == (
+        "DataStoreReady", "ControlPlaneAvailable", "CertificatesReady", "APIServerReady",
+        "TenantBootstrapped", "Ready")
+    names = [s.name for s in steps.STEPS]
+    assert len(names) == len(set(names))
+    # On delete the pods stop (deployment) before the data goes (datastore), and the
+    # finalizer is removed last.
+    cleanup = list(reversed(names))
+    assert cleanup.index("deployment") < cleanup.index("datastore") < cleanup.index(
+        "finalizer") == len(cleanup) - 1
+
+
+@pytest.mark.parametrize(("args", "want"), [
+    # ready, rolled_out, replicas, ran_before, running, wanted
+    ((0, False, 0, True, "v1.37.2", "v1.37.2"), "Sleeping"),
+    ((0, False, 2, False, None, "v1.37.2"), "Provisioning"),
+    ((0, False, 2, True, "v1.37.2", "v1.37.2"), "NotReady"),
+    ((2, True, 2, True, "v1.37.2", "v1.37.2"), "Ready"),
+    # A scale-up or a restarted pod: still serving the same version, not an upgrade.
+    ((2, False, 3, True, "v1.37.2", "v1.37.2"), "Ready"),
+    ((1, False, 2, False, None, "v1.37.2"), "Ready"),
+    # Pods rolling from one version to another: the only Upgrading.
+    ((2, False, 2, True, "v1.36.3", "v1.37.2"), "Upgrading"),
+    ((2, True, 2, True, "v1.36.3", "v1.37.2"), "Ready"),
+])
+def test_upgrading_only_while_the_version_changes(args: Any, want: str) -> None:
+    assert version_status(*args) == want
+
+
+async def test_a_lost_lease_is_not_a_condition_but_stops_the_pass() -> None:
+    from haku.controller.fencing import LostLeadership
+
+    log: list[str] = []
+    pipeline = [Recorder("a", "A", LostLeadership("gone"), log), Recorder("b", "B", log=log)]
+    with pytest.raises(LostLeadership):
+        await run(pipeline, ctx())
+    assert log == ["a"]
