@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -170,6 +172,9 @@ async def bench_scale(steps: list[int], algorithm: str, workers: int,
     finally:
         await client.close()
         stop(proc)
+        keep = Path(os.environ.get("HAKU_BENCH_SCALE_LOG", "/tmp/haku-bench-scale-operator.log"))
+        with contextlib.suppress(OSError):
+            shutil.copyfile(api.layout.logs / "bench-operator.log", keep)
         for c in (api, stores):
             c.down(purge=True)
     return {"key_algorithm": algorithm, "workers": workers, "settle_s": settle,

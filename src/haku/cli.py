@@ -177,7 +177,7 @@ def cmd_operator_run(args: argparse.Namespace) -> int:
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         namespace=args.namespace, leader_elect=not args.no_leader_elect,
         workers=args.workers, install_crds=not args.no_install_crds,
-        lease_duration=args.lease_duration,
+        lease_duration=args.lease_duration, drain_timeout=args.drain_timeout,
         metrics_bind_address=args.metrics_bind_address,
         health_probe_bind_address=args.health_probe_bind_address)
     config = OperatorConfig(default_datastore=args.default_datastore,
@@ -439,6 +439,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-leader-elect", action="store_true")
     run.add_argument("--lease-duration", type=float, default=15.0,
                      help="seconds a silent leader keeps the Lease")
+    run.add_argument("--drain-timeout", type=float, default=20.0,
+                     help="on SIGTERM, seconds reconciles in flight may finish (the Lease is "
+                          "renewed meanwhile) before they are cancelled")
     run.add_argument("--no-install-crds", action="store_true")
     run.add_argument("--metrics-bind-address", default=":8080", type=_bind_address,
                      help="HOST:PORT or :PORT serving /metrics; 0 disables (default :8080)")

@@ -143,3 +143,18 @@ async def test_a_lost_lease_is_not_a_condition_but_stops_the_pass() -> None:
     with pytest.raises(LostLeadership):
         await run(pipeline, ctx())
     assert log == ["a"]
+
+
+def test_a_spec_that_cannot_be_read_still_gives_what_a_cleanup_needs() -> None:
+    from haku.controller.tenant import bare
+
+    obj = {"metadata": {"name": "t", "namespace": "n", "uid": "u",
+                        "deletionTimestamp": "2026-11-30T00:00:00Z"},
+           "spec": {"dataStore": "ds", "dataStoreSchema": "s", "kubernetes": "garbage",
+                    "networkProfile": {"serviceCidr": 7}}}
+    with pytest.raises((KeyError, TypeError, ValueError, AttributeError)):
+        TenantControlPlaneSpec.parse(obj)
+    spec = TenantControlPlaneSpec.parse(bare(obj))
+    assert (spec.name, spec.namespace, spec.uid) == ("t", "n", "u")
+    assert (spec.data_store, spec.data_store_schema, spec.data_store_username) == \
+        ("ds", "s", "u")

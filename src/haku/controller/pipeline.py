@@ -114,8 +114,11 @@ class Context:
 class Step(Protocol):
     """One part of a tenant. ``condition`` is the Condition type it owns (None: none)."""
 
-    name: str
-    condition: str | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def condition(self) -> str | None: ...
 
     async def apply(self, ctx: Context) -> None: ...
 

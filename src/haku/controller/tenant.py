@@ -61,6 +61,15 @@ PROGRESS_REASONS = frozenset({"Pending", "NoReadyPods", "NoControlPlane", "Sleep
 CONTROLLER = "tenantcontrolplane"
 
 
+def bare(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with only the spec fields a cleanup needs (where its data lives), for a
+    TenantControlPlane being deleted whose spec cannot be read."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    kept = {k: v for k, v in (spec or {}).items()
+            if k in ("dataStore", "dataStoreSchema", "dataStoreUsername") and isinstance(v, str)}
+    return {**obj, "spec": {**kept, "kubernetes": {"version": "v0.0.0"}, "controlPlane": {}}}
+
+
 class StepTimer:
     """Wall time per pipeline step, for the log line and ``haku_reconcile_duration_seconds``;
     entering a step also binds ``step`` for the log lines logged during it."""
@@ -149,7 +158,10 @@ class TenantReconciler:
         obj: dict[str, Any] = current.to_dict()  # type: ignore[no-untyped-call]
         try:
             spec = self._effective_spec(obj)
-        except (InvalidSpec, ValueError, KeyError, TypeError) as e:
+        except (InvalidSpec, ValueError, KeyError, TypeError, AttributeError) as e:
+            if obj["metadata"].get("deletionTimestamp"):
+                # Cleaning up needs only the names and where the data is: never stuck.
+                return await self._finalize(key, Context(obj, self._effective_spec(bare(obj))))
             return await self._unparseable(key, obj, e)
         if obj["metadata"].get("deletionTimestamp"):
             return await self._finalize(key, Context(obj, spec))

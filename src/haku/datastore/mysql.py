@@ -221,6 +221,12 @@ class MySQLDriver:
                 if isinstance(e, pymysql.OperationalError | OSError):
                     self._conn = None  # reconnect next time
                 raise _map_error(e, doing) from e
+            except BaseException:
+                # Cancelled mid-statement (a reconcile's deadline, a lost Lease): the
+                # connection may still owe a result; never reuse it.
+                self._conn = None
+                conn.close()
+                raise
             return results
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from lightkube import ApiError
 
 from haku.api.conditions import Condition
 from haku.controller.pipeline import Context
-from haku.controller.steps.deps import Deps
+from haku.controller.steps.deps import StepBase
 from haku.datastore.base import PrivateFiles
 
 CONDITION = "APIServerReady"
@@ -41,12 +41,9 @@ async def probe(endpoint: str, super_admin: bytes) -> Condition:
     return Condition(CONDITION, "True", "Serving", f"{endpoint}/readyz answered ok")
 
 
-class APIServerStep:
-    name: str = "apiserver"
-    condition: str | None = CONDITION
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class APIServerStep(StepBase):
+    name = "apiserver"
+    condition = CONDITION
 
     async def apply(self, ctx: Context) -> None:
         available = ctx.conditions.get("ControlPlaneAvailable")
@@ -56,5 +53,3 @@ class APIServerStep:
             return
         ctx.conditions[CONDITION] = await probe(ctx.endpoint, ctx.admin["super-admin.conf"])
 
-    async def cleanup(self, ctx: Context) -> None:
-        return None

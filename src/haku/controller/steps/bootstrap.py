@@ -13,19 +13,16 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from haku.api.conditions import Condition
 from haku.controller.pipeline import Context
 from haku.controller.resources import FIELD_MANAGER
-from haku.controller.steps.deps import Deps
+from haku.controller.steps.deps import StepBase
 from haku.render import tenant_bootstrap
 from haku.tenant import bootstrap
 
 CONDITION = "TenantBootstrapped"
 
 
-class BootstrapStep:
-    name: str = "bootstrap"
-    condition: str | None = CONDITION
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class BootstrapStep(StepBase):
+    name = "bootstrap"
+    condition = CONDITION
 
     async def apply(self, ctx: Context) -> None:
         installed = bootstrap.installed_from_status(ctx.previous_status)

@@ -8,18 +8,15 @@ import asyncio
 from haku.api.conditions import Condition
 from haku.controller.metrics import certificate_expiries
 from haku.controller.pipeline import Context
-from haku.controller.steps.deps import Deps
+from haku.controller.steps.deps import StepBase
 from haku.render import controlplane, pki, tenant_kubeconfigs, tenant_pki
 
 CONDITION = "CertificatesReady"
 
 
-class CertificatesStep:
-    name: str = "certificates"
-    condition: str | None = CONDITION
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class CertificatesStep(StepBase):
+    name = "certificates"
+    condition = CONDITION
 
     async def apply(self, ctx: Context) -> None:
         spec, deps = ctx.spec, self.deps
@@ -54,5 +51,3 @@ class CertificatesStep:
             CONDITION, "True", "Issued",
             "certificates and kubeconfigs valid for " + ", ".join([address, spec.name]))
 
-    async def cleanup(self, ctx: Context) -> None:
-        return None  # owned Secrets: garbage-collected with the TenantControlPlane

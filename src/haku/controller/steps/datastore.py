@@ -26,7 +26,7 @@ from haku.api.conditions import Condition
 from haku.api.resources import TenantControlPlane
 from haku.controller.credentials import ensure_password
 from haku.controller.pipeline import Context, Fail, Wait
-from haku.controller.steps.deps import Deps
+from haku.controller.steps.deps import StepBase
 from haku.datastore import DataStoreError, Driver, Tenant
 from haku.datastore.base import InUse, InvalidName
 from haku.datastore.etcd import EtcdDriver
@@ -48,12 +48,9 @@ def checksum(fingerprint: str, names: tuple[str, str], owner: str,
     return h.hexdigest()[:32]
 
 
-class DataStoreStep:
-    name: str = "datastore"
-    condition: str | None = CONDITION
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class DataStoreStep(StepBase):
+    name = "datastore"
+    condition = CONDITION
 
     # ------------------------------------------------------------------ apply
 

@@ -13,7 +13,7 @@ from lightkube.resources.core_v1 import Pod
 
 from haku.api.conditions import Condition
 from haku.controller.pipeline import Context, Wait
-from haku.controller.steps.deps import Deps
+from haku.controller.steps.deps import StepBase
 from haku.controller.steps.exposure import is_ip
 from haku.render import controlplane
 
@@ -40,12 +40,9 @@ def version_status(ready: int, rolled_out: bool, replicas: int, ran_before: bool
     return "Ready"
 
 
-class DeploymentStep:
-    name: str = "deployment"
-    condition: str | None = CONDITION
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class DeploymentStep(StepBase):
+    name = "deployment"
+    condition = CONDITION
 
     async def apply(self, ctx: Context) -> None:
         spec = ctx.spec

@@ -99,3 +99,17 @@ class Deps:
             if e.status.code != 404:
                 raise
         return True
+
+
+class StepBase:
+    """What every step shares: its name, the Condition it owns, the shared :class:`Deps`, and
+    a cleanup that does nothing (objects a TenantControlPlane owns go with it)."""
+
+    name: str = ""
+    condition: str | None = None
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def cleanup(self, ctx: Context) -> None:
+        return None

@@ -12,7 +12,7 @@ from lightkube.resources.networking_v1 import Ingress
 from haku.api.conditions import Condition
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller.pipeline import Context, Wait
-from haku.controller.steps.deps import Deps
+from haku.controller.steps.deps import StepBase
 from haku.render import controlplane
 
 CONDITION = "ControlPlaneAvailable"
@@ -42,12 +42,9 @@ def url_host(address: str) -> str:
     return f"[{address}]" if ":" in address and is_ip(address) else address
 
 
-class ServiceStep:
-    name: str = "service"
-    condition: str | None = CONDITION
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class ServiceStep(StepBase):
+    name = "service"
+    condition = CONDITION
 
     async def apply(self, ctx: Context) -> None:
         spec = ctx.spec
@@ -85,16 +82,11 @@ class ServiceStep:
                                  "no node has an InternalIP for the NodePort"), 10.0)
         return str(svc.spec.clusterIP)
 
-    async def cleanup(self, ctx: Context) -> None:
-        return None  # owned: garbage-collected with the TenantControlPlane
 
 
-class IngressStep:
-    name: str = "ingress"
-    condition: str | None = CONDITION
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class IngressStep(StepBase):
+    name = "ingress"
+    condition = CONDITION
 
     async def apply(self, ctx: Context) -> None:
         ingress = controlplane.ingress(ctx.spec)
@@ -103,5 +95,3 @@ class IngressStep:
         else:
             await self.deps.delete_owned(Ingress, ctx, controlplane.names(ctx.spec.name)["ingress"])
 
-    async def cleanup(self, ctx: Context) -> None:
-        return None  # owned: garbage-collected with the TenantControlPlane

@@ -8,17 +8,14 @@ from lightkube.models.meta_v1 import ObjectMeta
 from haku.api.resources import TenantControlPlane
 from haku.controller.pipeline import Context
 from haku.controller.resources import FIELD_MANAGER
-from haku.controller.steps.deps import Deps
+from haku.controller.steps.deps import StepBase
 
 FINALIZER = "haku.dev/finalizer"
 
 
-class FinalizerStep:
-    name: str = "finalizer"
-    condition: str | None = None
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class FinalizerStep(StepBase):
+    name = "finalizer"
+    condition = None
 
     async def _set(self, ctx: Context, present: bool) -> None:
         patch = TenantControlPlane(
