@@ -295,6 +295,56 @@ async def test_delete_removes_objects_and_the_datastore_tenant(
         await c.close()
 
 
+async def test_a_tenant_deleted_while_it_writes_leaves_no_key_behind(
+    running_operator: DevCluster, tmp_path: Path,
+) -> None:
+    """The pods stop before the data goes: writes racing the delete leave nothing."""
+    from lightkube import KubeConfig
+    from lightkube.resources.core_v1 import ConfigMap
+
+    c = client(running_operator)
+    name = "busy-goner"
+    await apply_tcp(c, name, "dev-etcd", controlPlane={
+        "deployment": {"replicas": 1}, "service": {"serviceType": "ClusterIP"}})
+    await wait_ready(c, name)
+    schema = (await tcp_status(c, name))["storage"]["setup"]["schema"]
+    kc = await admin_kubeconfig(c, name, tmp_path / "admin.conf")
+    tenant = AsyncClient(KubeConfig.from_file(kc), trust_env=False)
+    written = 0
+
+    async def write() -> None:
+        nonlocal written
+        for i in range(100_000):  # until the tenant's API server goes away
+            try:
+                await tenant.create(ConfigMap.from_dict(  # type: ignore[attr-defined]
+                    {"metadata": {"name": f"w{i}", "namespace": "default"}, "data": {"i": "x"}}))
+                written += 1
+            except Exception:  # the API server stopping: refused, reset, timed out
+                await asyncio.sleep(0.05)
+                if written and i > written + 200:
+                    return
+
+    driver = open_driver(driver_settings(running_operator.layout, "etcd"))
+    writer = asyncio.create_task(write())
+    try:
+        await eventually(lambda: asyncio.sleep(0, written > 20), 60, "the tenant to take writes")
+        await c.delete(TenantControlPlane, name, namespace=NS)
+        await wait_finalized(c, name, timeout=120)
+        events = [e.reason async for e in c.list(Event, namespace=NS,
+                                                 fields={"involvedObject.name": name})]
+        assert "DataStoreTenantDeleted" in events
+        assert (await driver.usage(Tenant(schema, schema))).keys == 0
+        await asyncio.sleep(3)  # nothing trickles in afterwards either
+        assert (await driver.usage(Tenant(schema, schema))).keys == 0
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await tenant.close()
+        await driver.close()
+        await c.close()
+
+
 async def test_an_unknown_datastore_is_reported_and_recovers_once_created(
     running_operator: DevCluster,
 ) -> None:

@@ -1,11 +1,12 @@
-"""deploy/: the CRDs are the package's, the RBAC is least-privilege, the pod is locked down."""
+"""deploy/: the CRDs and the admission policy are the package's, the RBAC is least-privilege,
+the pod is locked down."""
 
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from haku.api import crds
+from haku.api import crds, policies
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CRD_SOURCE = Path(crds.__file__).parent
@@ -21,6 +22,17 @@ def test_deploy_crds_are_the_packaged_ones_byte_for_byte() -> None:
     for name in packaged:
         assert (DEPLOY / "crds" / name).read_bytes() == (CRD_SOURCE / name).read_bytes(), (
             f"deploy/crds/{name} differs from src/haku/api/crds/{name}: copy it over")
+
+
+def test_deploy_admission_policy_is_the_packaged_one_byte_for_byte() -> None:
+    packaged = Path(policies.__file__).parent
+    assert sorted(p.name for p in packaged.glob("*.yaml")) == [policies.FILE]
+    assert (DEPLOY / policies.FILE).read_bytes() == (packaged / policies.FILE).read_bytes(), (
+        f"deploy/{policies.FILE} differs from src/haku/api/policies/{policies.FILE}: "
+        "copy it over")
+    namespace = next(d for d in docs("namespace.yaml") if d["kind"] == "Namespace")
+    assert policies.of_kind("ConfigMap")["metadata"]["namespace"] == (
+        namespace["metadata"]["name"])
 
 
 def test_kustomization_lists_every_file() -> None:

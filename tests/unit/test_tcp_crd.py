@@ -1,11 +1,13 @@
-"""The TenantControlPlane CRD: every field is explained, and the extraArgs rules refuse exactly
-the flags the renderer manages."""
+"""The TenantControlPlane CRD: every field is explained, the extraArgs rules refuse exactly
+the flags the renderer manages, and the flags that would weaken a tenant as Python lists them."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from typing import Any
+
+import pytest
 
 from haku.api import crds
 from haku.api import tenantcontrolplane as tcp_api
@@ -42,10 +44,16 @@ def test_every_spec_and_status_field_has_a_description() -> None:
     assert _undescribed({"properties": {"x": {"type": "string"}}}, "spec") == ["spec.x"]
 
 
+def _extra_args() -> dict[str, Any]:
+    props: dict[str, Any] = _schema()["properties"]["spec"]["properties"]["controlPlane"][
+        "properties"]["deployment"]["properties"]["extraArgs"]["properties"]
+    return props
+
+
 def _refused(component: str) -> set[str]:
-    args = _schema()["properties"]["spec"]["properties"]["controlPlane"]["properties"][
-        "deployment"]["properties"]["extraArgs"]["properties"][component]
-    (rule,) = args["x-kubernetes-validations"]
+    """The flags the managed-flags rule of ``extraArgs.<component>`` refuses."""
+    (rule,) = [r for r in _extra_args()[component]["x-kubernetes-validations"]
+               if "a flag Haku manages" in r["message"]]
     match = re.search(r"\^--\(([^)]*)\)", rule["rule"])
     assert match is not None
     flags = {f"--{f}" for f in match.group(1).split("|")}
@@ -167,3 +175,78 @@ def test_pod_fields_have_structural_schemas() -> None:
     assert sc["apiServer"]["properties"]["capabilities"]["properties"]["drop"]["type"] == "array"
     assert d["strategy"]["properties"]["rollingUpdate"]["properties"]["maxSurge"][
         "x-kubernetes-int-or-string"] is True
+
+
+def test_the_weakening_flag_rules_are_the_python_list() -> None:
+    """One list (REFUSED_EXTRA_ARGS): each extraArgs component has the rule generated from it,
+    word for word, beside its managed-flags rule (if any) and nothing else."""
+    extra_args = _extra_args()
+    assert set(tcp_api.REFUSED_EXTRA_ARGS) == set(extra_args)
+    for component, schema in extra_args.items():
+        rules = schema["x-kubernetes-validations"]
+        assert tcp_api.extra_args_rule(component) in rules, component
+        assert len(rules) == (1 if component == "kine" else 2)
+        for flag in tcp_api.REFUSED_EXTRA_ARGS[component]:
+            assert flag.shown in rules[-1]["message"]
+            assert flag.why in rules[-1]["messageExpression"]
+
+
+@pytest.mark.parametrize(("component", "arg", "shown"), [
+    ("apiServer", "--authorization-mode=AlwaysAllow", "--authorization-mode with AlwaysAllow"),
+    ("apiServer", "--authorization-mode=Node,RBAC,AlwaysAllow",
+     "--authorization-mode with AlwaysAllow"),
+    ("apiServer", "--authorization-mode=AlwaysAllow,Node", "--authorization-mode with AlwaysAllow"),
+    ("apiServer", "--etcd-servers-overrides=/events#https://x:2379", "--etcd-servers-overrides"),
+    ("apiServer", "--etcd-servers-overrides", "--etcd-servers-overrides"),
+    ("apiServer", "--insecure-port=8080", "--insecure-*"),
+    ("apiServer", "--insecure-bind-address=0.0.0.0", "--insecure-*"),
+    ("controllerManager", "--master=https://elsewhere", "--master"),
+    ("scheduler", "--master", "--master"),
+    ("kine", "--endpoint=mysql://x", "--endpoint"),
+    ("kine", "--listen-address=0.0.0.0:2379",
+     "--listen-address, --peer-bind-address, --peer-advertise-address"),
+    ("kine", "--peer-bind-address=0.0.0.0:3380",
+     "--listen-address, --peer-bind-address, --peer-advertise-address"),
+    ("kine", "--metrics-bind-address=:8080", "--metrics-bind-address, --metrics-enable-profiling"),
+    ("kine", "--skip-verify", "--ca-file, --skip-verify"),
+    ("kine", "--ca-file=", "--ca-file, --skip-verify"),
+])
+def test_flags_that_weaken_the_tenant_are_refused(component: str, arg: str, shown: str) -> None:
+    flag = tcp_api.refused_flag(component, arg)
+    assert flag is not None and flag.shown == shown
+    assert re.match(tcp_api.refused_pattern(component), arg)
+
+
+@pytest.mark.parametrize(("component", "arg"), [
+    ("apiServer", "--authorization-mode=Node,RBAC"),
+    ("apiServer", "--authorization-mode=Node,RBAC,Webhook"),
+    ("apiServer", "--anonymous-auth=true"),
+    ("apiServer", "--etcd-healthcheck-timeout=5s"),
+    ("apiServer", "--etcd-servers=x"),  # a managed flag: refused by the other rule
+    ("controllerManager", "--master-ish=1"),
+    ("controllerManager", "--controllers=*"),
+    ("scheduler", "--v=2"),
+    ("kine", "--endpoint-x=1"),
+    ("kine", "--datastore-max-open-connections=5"),
+    ("kine", "--compact-interval=5m"),
+])
+def test_flags_next_to_them_are_not(component: str, arg: str) -> None:
+    assert tcp_api.refused_flag(component, arg) is None
+    assert not re.match(tcp_api.refused_pattern(component), arg)
+
+
+def test_every_flag_haku_gives_kine_is_refused_in_extra_args() -> None:
+    """kine's listener, metrics and TLS are Haku's (kine_args), and so is its endpoint (the
+    KINE_ENDPOINT environment variable, which --endpoint would override)."""
+    from haku.render import kine
+
+    container = kine.kine_container(KINE, "kine:x", "secret")
+    assert kine.ENDPOINT_KEY in {e["name"] for e in container["env"]}
+    for arg in [*container["args"], "--endpoint=postgres://other"]:
+        assert tcp_api.refused_flag("kine", arg) is not None, arg
+
+
+def test_the_two_kinds_of_refused_flags_do_not_overlap() -> None:
+    for component in ("apiServer", "controllerManager", "scheduler"):
+        for flag in _refused(component):
+            assert tcp_api.refused_flag(component, f"{flag}=x") is None, flag

@@ -42,6 +42,108 @@ DATASTORE_NAME = re.compile(DATASTORE_NAME_PATTERN)
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 
 
+@dataclass(frozen=True)
+class RefusedFlag:
+    """A flag ``spec.controlPlane.deployment.extraArgs`` refuses because it would weaken the
+    tenant or reach past it (issue 12, "Tenants stay in their lane"; docs/security.md). The
+    flags Haku wires itself have a rule of their own, derived from the renderer.
+
+    ``name`` is a regular expression (RE2 and Python alike) for the flag without its ``--``;
+    ``value``, when given, one its value must match for the flag to be refused (None: refused
+    with any value, or none)."""
+
+    name: str
+    value: str | None
+    shown: str  # how messages name it
+    why: str
+
+    @property
+    def pattern(self) -> str:
+        if self.value is None:
+            return f"^--(?:{self.name})(=|$)"
+        return f"^--(?:{self.name})=(?:{self.value})$"
+
+
+_OTHER_TENANT_DATA = "it would reach storage other than the tenant's own"
+_NOT_THE_TENANTS = ("it would point the component at an API server other than its tenant's, "
+                    "with the tenant's credentials")
+
+# The one list: the CRD's rules are generated from it (extra_args_rule), a unit test keeps
+# them equal, and refused_flag() applies it in Python. The CRD item pattern already makes each
+# item one "--flag" or "--flag=value" (no single dash, no '_', which pflag would turn into '-').
+# --anonymous-auth stays allowed: true is kube-apiserver's default, and Haku's probes call
+# /livez and /readyz anonymously; it opens nothing once AlwaysAllow is refused.
+REFUSED_EXTRA_ARGS: dict[str, tuple[RefusedFlag, ...]] = {
+    "apiServer": (
+        RefusedFlag("authorization-mode", ".*AlwaysAllow.*",
+                    "--authorization-mode with AlwaysAllow",
+                    "every request, anonymous ones included, would be allowed everything"),
+        RefusedFlag("etcd-servers-overrides", None, "--etcd-servers-overrides",
+                    _OTHER_TENANT_DATA),
+        RefusedFlag("insecure-[A-Za-z0-9-]+", None, "--insecure-*",
+                    "it would serve the API without authentication or TLS"),
+    ),
+    "controllerManager": (
+        RefusedFlag("master", None, "--master", _NOT_THE_TENANTS),
+    ),
+    "scheduler": (
+        RefusedFlag("master", None, "--master", _NOT_THE_TENANTS),
+    ),
+    # kine: Haku wires its listener (a unix socket in the pod), its endpoint (from a Secret),
+    # its TLS to the database and its metrics (off); none of them can be overridden.
+    "kine": (
+        RefusedFlag("endpoint", None, "--endpoint", _OTHER_TENANT_DATA),
+        RefusedFlag("listen-address|peer-bind-address|peer-advertise-address", None,
+                    "--listen-address, --peer-bind-address, --peer-advertise-address",
+                    "kine would serve the tenant's data unauthenticated on the pod network"),
+        RefusedFlag("metrics-bind-address|metrics-enable-profiling", None,
+                    "--metrics-bind-address, --metrics-enable-profiling",
+                    "kine would serve its metrics and profiling on the pod network"),
+        RefusedFlag("ca-file|skip-verify", None, "--ca-file, --skip-verify",
+                    "kine would stop verifying the database server Haku set up"),
+    ),
+}
+
+EXTRA_ARGS_FIELD = "spec.controlPlane.deployment.extraArgs"
+
+
+def refused_pattern(component: str) -> str:
+    """One regular expression matching every extraArgs item refused for ``component``."""
+    return "|".join(f.pattern for f in REFUSED_EXTRA_ARGS[component])
+
+
+def refused_flag(component: str, arg: str) -> RefusedFlag | None:
+    """The :class:`RefusedFlag` that refuses ``arg`` in ``extraArgs.<component>``, or None."""
+    for flag in REFUSED_EXTRA_ARGS.get(component, ()):
+        if re.match(flag.pattern, arg):
+            return flag
+    return None
+
+
+def extra_args_rule(component: str) -> dict[str, str]:
+    """The CRD's x-kubernetes-validations rule refusing :data:`REFUSED_EXTRA_ARGS` in
+    ``extraArgs.<component>``, its message naming the field and the first refused flag."""
+    flags = REFUSED_EXTRA_ARGS[component]
+    field_ = f"{EXTRA_ARGS_FIELD}.{component}"
+
+    def said(flag: RefusedFlag) -> str:
+        if flag.value is None:
+            return f'f.split("=")[0] + ": {flag.why}"'
+        return f'"{flag.shown}: {flag.why}"'
+
+    why = said(flags[-1])
+    for flag in reversed(flags[:-1]):
+        why = f"(f.matches('{flag.pattern}') ? {said(flag)} : {why})"
+    pattern = refused_pattern(component)
+    return {
+        "rule": f"self.all(a, !a.matches('{pattern}'))",
+        "messageExpression": (f"self.filter(a, a.matches('{pattern}'))"
+                              f'.map(f, "{field_} must not set " + {why})[0]'),
+        "message": (f"{field_} must not set {', '.join(f.shown for f in flags)}: they would "
+                    "weaken the tenant or reach past it"),
+    }
+
+
 def service_cidr_problem(cidr: str) -> str | None:
     """Why ``cidr`` cannot be a tenant's service range, or None: the CRD's rule, again.
 

@@ -17,7 +17,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Secret, Service
 from lightkube.resources.networking_v1 import Ingress
 
-from haku.api import crds
+from haku.api import crds, policies
 from haku.api.resources import TenantControlPlane
 from haku.controller.datastore_status import reconcile_datastore
 from haku.controller.events import EventRecorder
@@ -63,13 +63,15 @@ def client_for(kubeconfig: Path | None) -> AsyncClient:
 
 
 async def install_crds(client: AsyncClient, namespace: str) -> None:
-    """Apply Haku's CRDs, the operator's namespace and the control-plane pods' PriorityClass
-    (what deploy/ ships beside them), then wait until the CRDs serve."""
+    """Apply Haku's CRDs, the operator's namespace, the control-plane pods' PriorityClass and
+    the TenantControlPlane admission policy with its settings (what deploy/ ships beside
+    them), then wait until the CRDs serve."""
     for crd in crds.all_crds():
         await client.apply(from_dict(crd), force=True)
     await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
                                   "metadata": {"name": namespace}}), force=True)
     await client.apply(from_dict(controlplane.priority_class()), force=True)
+    await policies.install_policies(client, namespace)
     for crd in crds.all_crds():
         await wait_established(client, crd["metadata"]["name"])
 
