@@ -351,3 +351,18 @@ def test_invalid_spec_carries_field_and_message() -> None:
                                             "spec.networkProfile.serviceCidr: too small")
     for twin in (pickle.loads(pickle.dumps(e)), copy.copy(e)):  # noqa: S301
         assert (twin.field, twin.message) == (e.field, e.message)
+
+
+def test_a_weakening_flag_admitted_before_the_rule_is_not_rendered() -> None:
+    from haku.render import InvalidSpec
+
+    old = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "extraArgs": {"apiServer": ["--v=2", "--authorization-mode=Node,AlwaysAllow"]}}})
+    with pytest.raises(InvalidSpec) as refused:
+        controlplane.deployment(old, ETCD, "10.0.0.7", {}, "kine:x")
+    assert refused.value.field == "spec.controlPlane.deployment.extraArgs.apiServer[1]"
+    assert "AlwaysAllow" in str(refused.value)
+    kine = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "extraArgs": {"kine": ["--listen-address=0.0.0.0:2379"]}}})
+    with pytest.raises(InvalidSpec, match=r"extraArgs\.kine"):
+        controlplane.deployment(kine, KINE, "10.0.0.7", {}, "kine:x")

@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from haku.api.tenantcontrolplane import (
+    EXTRA_ARGS_FIELD,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
     TenantControlPlaneSpec,
+    refused_flag,
     service_cidr_problem,
 )
 from haku.render import InvalidSpec
@@ -90,6 +92,19 @@ def kubernetes_service_ips(spec: TenantControlPlaneSpec) -> list[str]:
         if problem:
             raise InvalidSpec(spec.service_cidr_field(i), problem)
     return spec.kubernetes_service_ips
+
+
+def check_extra_args(spec: TenantControlPlaneSpec) -> None:
+    """InvalidSpec for an extraArgs flag the CRD refuses (REFUSED_EXTRA_ARGS): an object
+    admitted before the rule existed must not weaken its tenant either."""
+    for component, attr in (("apiServer", "api_server"),
+                            ("controllerManager", "controller_manager"),
+                            ("scheduler", "scheduler"), ("kine", "kine")):
+        for i, arg in enumerate(getattr(spec.extra_args, attr) or ()):
+            flag = refused_flag(component, str(arg))
+            if flag is not None:
+                raise InvalidSpec(f"{EXTRA_ARGS_FIELD}.{component}[{i}]",
+                                  f"{flag.shown} is refused: {flag.why}")
 
 
 def check_ports(spec: TenantControlPlaneSpec) -> None:
@@ -282,6 +297,7 @@ def deployment(
     name; None: none) for components whose resources the spec does not set.
     :class:`InvalidSpec` for a spec the CRD should have refused."""
     check_name(spec)
+    check_extra_args(spec)
     kubernetes_service_ips(spec)  # --service-cluster-ip-range must be a usable range
     n = names(spec.name)
     pki_mount = {"name": "pki", "mountPath": PKI, "readOnly": True}
