@@ -212,3 +212,45 @@ async def test_a_reconcile_that_overruns_its_deadline_stops_and_says_where(
     assert "datastore" in conds["DataStoreReady"]["message"]
     await r.events.flush()
     await r.close()
+
+
+async def test_a_foreign_object_of_a_tenants_name_is_never_taken_over(
+        client: AsyncClient, fake: CountingDriver) -> None:
+    from lightkube.resources.core_v1 import Service
+
+    mine = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "squat-pki", "namespace": NS},
+            "stringData": {"hello": "not Haku's"}}
+    await client.create(Secret.from_dict(mine))  # type: ignore[attr-defined]
+    await client.apply(from_dict(tcp("squat")), force=True)
+    r = reconciler(client)
+    await r.reconcile((NS, "squat"))
+    conds = await conditions_of(client, "squat")
+    assert conds["CertificatesReady"]["reason"] == "NameConflict"
+    assert f"Secret {NS}/squat-pki" in conds["CertificatesReady"]["message"]
+    assert conds["Ready"]["reason"] == "NameConflict"
+    kept = await client.get(Secret, "squat-pki", namespace=NS)
+    assert set(kept.data or {}) == {"hello"}  # untouched: no certificate written into it
+    assert not kept.metadata.ownerReferences
+
+    # A foreign Service is left alone the same way (before the certificates step).
+    await client.create(Service.from_dict({  # type: ignore[attr-defined]
+        "metadata": {"name": "squat2", "namespace": NS},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}}))
+    await client.apply(from_dict(tcp("squat2")), force=True)
+    await r.reconcile((NS, "squat2"))
+    conds = await conditions_of(client, "squat2")
+    assert conds["ControlPlaneAvailable"]["reason"] == "NameConflict"
+    svc = await client.get(Service, "squat2", namespace=NS)
+    assert svc.spec.selector == {"app": "theirs"} and not svc.metadata.ownerReferences
+
+    # Deleting the tenants leaves both objects where they were.
+    for name in ("squat", "squat2"):
+        await client.delete(TenantControlPlane, name, namespace=NS)
+        await r.reconcile((NS, name))
+    await client.get(Secret, "squat-pki", namespace=NS)
+    await client.get(Service, "squat2", namespace=NS)
+    await client.delete(Secret, "squat-pki", namespace=NS)
+    await client.delete(Service, "squat2", namespace=NS)
+    await r.events.flush()
+    await r.close()

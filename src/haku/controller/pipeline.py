@@ -152,7 +152,11 @@ async def run(steps: Sequence[Step], ctx: Context,
         try:
             await step.apply(ctx)
         except (Wait, Fail) as stop:
-            ctx.conditions[stop.condition.type] = stop.condition
+            found = stop.condition
+            if not found.type:  # raised by a shared helper: the step's own Condition
+                found = Condition(step.condition or "Ready", found.status, found.reason,
+                                  found.message)
+            ctx.conditions[found.type] = found
             return Outcome(stop.retry_after, step.name)
         except LostLeadership:
             raise  # not this step's failure: the operator stops everything at once

@@ -220,6 +220,7 @@ class TenantReconciler:
 
     def _forget(self, key: Key) -> None:
         self.metrics.tenants.forget(key)
+        self.deps.forget(key)
         self.requeue.reset(key)
         self.deps.verified.pop(key, None)
 

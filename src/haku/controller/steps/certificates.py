@@ -22,7 +22,7 @@ class CertificatesStep(StepBase):
         spec, deps = ctx.spec, self.deps
         n = controlplane.names(spec.name)
         address = ctx.need(ctx.address, "the endpoint address")
-        existing = await deps.secret_data(spec.namespace, n["pki"])
+        existing = await deps.secret_data(ctx, n["pki"])
         sans = (address, spec.advertise_address) if spec.advertise_address else (address,)
         plan = await asyncio.to_thread(tenant_pki.plan, spec, existing, sans,
                                        deps.config.key_algorithm)
@@ -35,8 +35,8 @@ class CertificatesStep(StepBase):
 
         ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
         local = f"https://127.0.0.1:{spec.port}"
-        old = (await deps.secret_data(spec.namespace, n["kubeconfigs"])
-               | await deps.secret_data(spec.namespace, n["admin-kubeconfig"]))
+        old = (await deps.secret_data(ctx, n["kubeconfigs"])
+               | await deps.secret_data(ctx, n["admin-kubeconfig"]))
         configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca, old,
                                           ctx.endpoint, local, tenant_kubeconfigs.IDENTITIES,
                                           deps.config.key_algorithm)

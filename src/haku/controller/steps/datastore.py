@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lightkube import ALL_NS
+from lightkube.resources.core_v1 import Secret
 
 from haku.api.conditions import Condition
 from haku.api.resources import TenantControlPlane
@@ -84,6 +85,7 @@ class DataStoreStep(StepBase):
         n = controlplane.names(spec.name)
         password = None
         if driver.driver != "etcd":
+            await self.deps.claim(ctx, Secret, f"{n['datastore']}-password")
             password = await ensure_password(self.deps.client, spec.namespace,
                                              f"{n['datastore']}-password",
                                              labels=controlplane.labels(spec, "secret"),
@@ -135,7 +137,7 @@ class DataStoreStep(StepBase):
         ``<name>-datastore`` Secret, written only when it changes."""
         spec = ctx.spec
         secret = controlplane.names(spec.name)["datastore"]
-        existing = await self.deps.secret_data(spec.namespace, secret)
+        existing = await self.deps.secret_data(ctx, secret)
         if isinstance(driver, EtcdDriver):
             pair = None
             if existing.get("tls.crt") and existing.get("tls.key"):

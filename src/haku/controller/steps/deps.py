@@ -1,6 +1,13 @@
 """What the steps share: the admin-cluster client, the operator's settings, the event
 recorder, metrics, the open drivers, the leader fence, and small helpers for applying
-Haku's objects."""
+Haku's objects.
+
+Never a foreign object: before Haku first writes an object of a tenant (in this process), it
+looks whether one of that name exists without an owner reference to the tenant; if so the
+step fails with ``NameConflict`` and the object is left alone (a forced server-side apply
+would take it over, and garbage collection would delete it with the tenant). Objects seen to
+be the tenant's (or absent) are remembered, so this costs one read per object and process.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,46 @@ class Deps:
     watches: TenantWatches | None = None
     # time.monotonic() a tenant's datastore space was last confirmed (ensured or verified).
     verified: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Per tenant: its uid and the (kind, name) of objects known to be its own or absent.
+    claimed: dict[tuple[str, str], tuple[str, set[tuple[str, str]]]] = field(
+        default_factory=dict)
+
+    def _known(self, ctx: Context) -> set[tuple[str, str]]:
+        entry = self.claimed.get(ctx.key)
+        if entry is None or entry[0] != ctx.spec.uid:  # a new tenant under an old name
+            entry = (ctx.spec.uid, set())
+            self.claimed[ctx.key] = entry
+        return entry[1]
+
+    async def claim(self, ctx: Context, resource: Any, name: str) -> Any:
+        """The object ``name`` of ``resource`` in the tenant's namespace if it exists (None
+        if not), after making sure it is the tenant's own; :class:`Fail` (NameConflict)
+        otherwise. Read at most once per object and process."""
+        uid = ctx.spec.uid
+        known = self._known(ctx)
+        if (resource.__name__, name) in known:
+            return None
+        try:
+            current = await self.client.get(resource, name, namespace=ctx.spec.namespace)
+        except ApiError as e:
+            if e.status.code != 404:
+                raise
+            current = None
+        if current is not None:
+            owners = (current.metadata.ownerReferences if current.metadata else None) or []
+            if not any(o.uid == uid for o in owners):
+                raise Fail(Condition(
+                    "", "False", "NameConflict",
+                    f"{resource.__name__} {ctx.spec.namespace}/{name} already exists and is "
+                    f"not this TenantControlPlane's (no owner reference to it): Haku leaves it "
+                    f"alone; delete or rename it, or give this TenantControlPlane another "
+                    f"name"), 60.0)
+        known.add((resource.__name__, name))
+        return current
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.claimed.pop(key, None)
+        self.verified.pop(key, None)
 
     async def apply(self, manifest: dict[str, Any], owner: dict[str, Any] | None) -> Any:
         """Server-side apply with Haku's field manager (fenced like every write)."""
@@ -49,9 +96,12 @@ class Deps:
                                        force=True)
 
     async def apply_checked(self, ctx: Context, manifest: dict[str, Any], kind: str) -> Any:
-        """Apply a rendered object; the API server refusing it (400/422: an invalid nodePort,
-        toleration, resource quantity, …) is :class:`Fail` with its message on
-        ControlPlaneAvailable (InvalidSpec), retried with the requeue policy's backoff."""
+        """Apply a rendered object (never over a foreign one: :meth:`claim`); the API server
+        refusing it (400/422: an invalid nodePort, toleration, resource quantity, …) is
+        :class:`Fail` with its message on ControlPlaneAvailable (InvalidSpec), retried with
+        the requeue policy's backoff."""
+        obj = from_dict(manifest)
+        await self.claim(ctx, type(obj), manifest["metadata"]["name"])
         try:
             return await self.apply(manifest, ctx.owner)
         except ApiError as e:
@@ -63,13 +113,21 @@ class Deps:
                 f"the API server refused the {kind} rendered from this spec: {message}"),
                 10.0) from e
 
-    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+    async def secret_data(self, ctx: Context, name: str) -> dict[str, bytes]:
+        """The data of the tenant's Secret ``name`` ({} if absent); a foreign Secret of that
+        name is :class:`Fail` (NameConflict), never read."""
         try:
-            secret = await self.client.get(Secret, name, namespace=namespace)
+            secret = await self.client.get(Secret, name, namespace=ctx.spec.namespace)
         except ApiError as e:
             if e.status.code == 404:
+                self._known(ctx).add(("Secret", name))
                 return {}
             raise
+        if ("Secret", name) not in self._known(ctx):
+            owners = (secret.metadata.ownerReferences if secret.metadata else None) or []
+            if not any(o.uid == ctx.spec.uid for o in owners):
+                await self.claim(ctx, Secret, name)  # raises NameConflict
+            self._known(ctx).add(("Secret", name))
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
     async def apply_secret(self, ctx: Context, name: str, data: dict[str, bytes],
@@ -79,6 +137,7 @@ class Deps:
                                     "labels": controlplane.labels(spec, "secret")}
         if annotations:
             metadata["annotations"] = annotations
+        await self.claim(ctx, Secret, name)
         await self.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                           "metadata": metadata, "data": b64(data)}, ctx.owner)
 
