@@ -224,6 +224,9 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
                            .get("kubeconfig", {}).get("admin", {}).get("secretName"))
             if not secret_name:
                 raise LookupError(f"{args.tenant} has no admin kubeconfig yet (not provisioned)")
+            if args.key == "super-admin.conf":  # the operator's own, in the internal Secret
+                from haku.render.controlplane import names
+                secret_name = names(name)["kubeconfigs"]
             secret = await client.get(Secret, secret_name, namespace=namespace or "default")
             return base64.b64decode((secret.data or {})[args.key]).decode()
         finally:

@@ -84,7 +84,8 @@ class Context:
     endpoint: str = ""  # what tenants are told: https://advertiseAddress-or-address:port
     pki: dict[str, bytes] = field(default_factory=dict)
     kubeconfigs: dict[str, bytes] = field(default_factory=dict)  # controller-manager, scheduler
-    admin: dict[str, bytes] = field(default_factory=dict)  # admin.conf, super-admin.conf
+    admin: dict[str, bytes] = field(default_factory=dict)  # admin.conf (user-facing)
+    super_admin: bytes = b""  # super-admin.conf: the operator's own, never user-facing
     deployment: Any = None
 
     @property

@@ -304,8 +304,13 @@ def deployment(
     config_mount = {"name": "kubeconfigs", "mountPath": CONFIG, "readOnly": True}
     volumes: list[dict[str, Any]] = [
         {"name": "pki", "secret": {"secretName": n["pki"], "defaultMode": 0o400}},
+        # Only the components' own kubeconfigs: the Secret also holds the operator's
+        # super-admin.conf, which the pods never need.
         {"name": "kubeconfigs", "secret": {"secretName": n["kubeconfigs"],
-                                           "defaultMode": 0o400}},
+                                           "defaultMode": 0o400,
+                                           "items": [{"key": k, "path": k} for k in (
+                                               "controller-manager.conf",
+                                               "scheduler.conf")]}},
         {"name": "datastore", "secret": {"secretName": n["datastore"], "defaultMode": 0o400,
                                          "items": [{"key": k, "path": k}
                                                    for k in sorted(storage.files)]}},

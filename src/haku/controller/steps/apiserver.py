@@ -51,5 +51,5 @@ class APIServerStep(StepBase):
             ctx.conditions[CONDITION] = Condition(CONDITION, "False", "NoControlPlane",
                                                   "no control-plane pod is ready yet")
             return
-        ctx.conditions[CONDITION] = await probe(ctx.endpoint, ctx.admin["super-admin.conf"])
+        ctx.conditions[CONDITION] = await probe(ctx.endpoint, ctx.super_admin)
 

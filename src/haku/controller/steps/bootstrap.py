@@ -39,7 +39,7 @@ class BootstrapStep(StepBase):
     async def _bootstrap(self, ctx: Context, installed: dict[str, bool]) -> Condition:
         spec = ctx.spec
         groups = tenant_bootstrap.bootstrap_objects(spec, ctx.pki["ca.crt"], ctx.endpoint)
-        doc: dict[str, Any] = yaml.safe_load(ctx.admin["super-admin.conf"])
+        doc: dict[str, Any] = yaml.safe_load(ctx.super_admin)
         tenant = AsyncClient(KubeConfig.from_dict(doc), field_manager=FIELD_MANAGER,
                              timeout=httpx2.Timeout(10.0), trust_env=False)
         # What is installed now, updated as each addon is applied or pruned: a failure

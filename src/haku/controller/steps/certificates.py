@@ -35,16 +35,23 @@ class CertificatesStep(StepBase):
 
         ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
         local = f"https://127.0.0.1:{spec.port}"
-        old = (await deps.secret_data(ctx, n["kubeconfigs"])
-               | await deps.secret_data(ctx, n["admin-kubeconfig"]))
-        configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca, old,
-                                          ctx.endpoint, local, tenant_kubeconfigs.IDENTITIES,
+        internal = await deps.secret_data(ctx, n["kubeconfigs"])
+        user_facing = await deps.secret_data(ctx, n["admin-kubeconfig"])
+        configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca,
+                                          internal | user_facing, ctx.endpoint, local,
+                                          tenant_kubeconfigs.IDENTITIES,
                                           deps.config.key_algorithm)
         ctx.kubeconfigs = {k: configs.data[k]
                            for k in ("controller-manager.conf", "scheduler.conf")}
-        ctx.admin = {k: configs.data[k] for k in ("admin.conf", "super-admin.conf")}
-        if configs.changed:
-            await deps.apply_secret(ctx, n["kubeconfigs"], ctx.kubeconfigs)
+        ctx.admin = {"admin.conf": configs.data["admin.conf"]}
+        ctx.super_admin = configs.data["super-admin.conf"]
+        # super-admin.conf (system:masters, which RBAC cannot take back) stays with the
+        # operator, in the internal Secret (not mounted into the pods), as kubeadm keeps it on
+        # the control-plane node; the user-facing Secret holds admin.conf only.
+        moved = "super-admin.conf" in user_facing or "super-admin.conf" not in internal
+        if configs.changed or moved:
+            await deps.apply_secret(ctx, n["kubeconfigs"],
+                                    ctx.kubeconfigs | {"super-admin.conf": ctx.super_admin})
             await deps.apply_secret(ctx, n["admin-kubeconfig"], ctx.admin)
         ctx.status["kubeconfig"] = {"admin": {"secretName": n["admin-kubeconfig"]}}
         ctx.conditions[CONDITION] = Condition(
