@@ -156,6 +156,7 @@ CAN_I = [
     ("patch", "services", "any", "yes"),
     ("delete", "ingresses.networking.k8s.io", "any", "yes"),
     ("create", "events", "any", "yes"),
+    ("patch", "events", "any", "no"),  # never updated
     ("list", "nodes", "", "yes"),
     ("delete", "deployments.apps", "any", "yes"),  # stopped before the data is dropped
     ("list", "pods", "any", "yes"),  # ... and waited for
