@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint bench bench-cold clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint bench bench-cold bench-density clean
 
 all: test
 
@@ -65,6 +65,11 @@ bench: deps
 ## `make bench` reports the build times recorded in the cache stamps instead
 bench-cold: deps
 	$(VENV)/bin/python bench/dev_cluster.py --cold
+
+## bench-density: how many running tenant control planes stay Ready on this machine (JSON on
+## stdout; about 70 s per tenant, up to --max 60: over an hour)
+bench-density: deps
+	$(VENV)/bin/python bench/density.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
