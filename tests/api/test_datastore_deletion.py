@@ -4,7 +4,6 @@ server; the DataStore points nowhere, so its check says Unreachable, which does 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +18,7 @@ from haku.controller.events import EventRecorder
 from haku.controller.operator import install_crds
 from haku.controller.tenant import OperatorConfig, TenantReconciler
 from haku.dev.cluster import DevCluster
+from tests.kube import list_when_served
 
 NAME = "doomed-ds"
 
@@ -38,15 +38,7 @@ async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
                  "basicAuth": {"username": {"content": b64("u")},
                                "password": {"content": b64("p")}}}}), force=True)
     yield c
-    for _ in range(50):  # 429 "storage is (re)initializing" right after a CRD update
-        try:
-            tenants = [t async for t in c.list(TenantControlPlane, namespace="default")]
-            break
-        except ApiError as e:
-            if e.status.code != 429:
-                raise
-            await asyncio.sleep(0.2)
-    for t in tenants:
+    for t in await list_when_served(c, TenantControlPlane, "default"):
         await c.patch(TenantControlPlane, t.metadata.name, {"metadata": {"finalizers": []}},
                       namespace="default", patch_type=_merge())
         await c.delete(TenantControlPlane, t.metadata.name, namespace="default")

@@ -25,6 +25,7 @@ from haku.datastore.base import SchemaInUse
 from haku.dev.cluster import DevCluster
 from haku.render.pki import KeyAlgorithm
 from tests.fake_datastores import use_fake_datastores
+from tests.kube import list_when_served
 
 NS = "pipeline"
 DS = "fake-pipeline"
@@ -82,15 +83,7 @@ async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
     await install_crds(c, "haku-system")
     await c.apply(Namespace.from_dict({"metadata": {"name": NS}}))  # type: ignore[attr-defined]
     yield c
-    for _ in range(50):  # 429 "storage is (re)initializing" right after a CRD update
-        try:
-            left = [t async for t in c.list(TenantControlPlane, namespace=NS)]
-            break
-        except ApiError as e:
-            if e.status.code != 429:
-                raise
-            await asyncio.sleep(0.2)
-    for t in left:
+    for t in await list_when_served(c, TenantControlPlane, NS):
         await c.patch(TenantControlPlane, t.metadata.name, {"metadata": {"finalizers": []}},
                       namespace=NS, patch_type=PatchType.MERGE)
         await c.delete(TenantControlPlane, t.metadata.name, namespace=NS)
