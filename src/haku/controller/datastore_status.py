@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -80,14 +82,41 @@ async def _set_finalizer(client: AsyncClient, name: str, present: bool) -> None:
     await client.apply(patch, field_manager=FIELD_MANAGER, force=True)
 
 
-async def reconcile_datastore(client: AsyncClient, name: str,
-                              used_by: list[str]) -> dict[str, Any] | None:
+Probed = tuple[conditions.Condition, str | None, int | None]
+
+
+@dataclass
+class RecentProbes:
+    """The last probe of each DataStore, reused for ``max_age`` seconds while its generation
+    is unchanged: a burst of tenant events re-checks who uses a DataStore without connecting
+    to it (and listing its tenants) each time; its periodic check still probes."""
+
+    max_age: float = 50.0
+    found: dict[str, tuple[float, Any, Probed]] = field(default_factory=dict)
+
+    def get(self, name: str, generation: Any) -> Probed | None:
+        hit = self.found.get(name)
+        if hit is None or hit[1] != generation or time.monotonic() - hit[0] > self.max_age:
+            return None
+        return hit[2]
+
+    def put(self, name: str, generation: Any, probed: Probed) -> None:
+        self.found[name] = (time.monotonic(), generation, probed)
+
+    def forget(self, name: str) -> None:
+        self.found.pop(name, None)
+
+
+async def reconcile_datastore(client: AsyncClient, name: str, used_by: list[str],
+                              recent: RecentProbes | None = None) -> dict[str, Any] | None:
     """Keep the finalizer on DataStore ``name`` while it exists or ``used_by`` (its
     TenantControlPlanes, namespace/name) is not empty, and check it; None if it is gone."""
     try:
-        current = await client.get(DataStore, name)
+        current: Any = await client.get(DataStore, name)
     except ApiError as e:
         if e.status.code == 404:
+            if recent is not None:
+                recent.forget(name)
             return None
         raise
     meta = current.metadata
@@ -95,21 +124,31 @@ async def reconcile_datastore(client: AsyncClient, name: str,
     held = FINALIZER in ((meta.finalizers if meta else None) or [])
     if not deleting and not held:
         await _set_finalizer(client, name, present=True)
-    status = await check_datastore(client, name, used_by=used_by)
+        current = None  # changed: read again
+    status = await check_datastore(client, name, used_by=used_by, recent=recent,
+                                   current=current)
     if deleting and not used_by and held:
         await _set_finalizer(client, name, present=False)
     return status
 
 
 async def check_datastore(client: AsyncClient, name: str, now: datetime | None = None,
-                          used_by: list[str] | None = None) -> dict[str, Any]:
+                          used_by: list[str] | None = None, recent: RecentProbes | None = None,
+                          current: Any = None) -> dict[str, Any]:
     """Probe the DataStore ``name`` and server-side-apply its status; return that status.
-    ``used_by`` (namespace/name of its TenantControlPlanes) is recorded when given."""
-    current = await client.get(DataStore, name)
-    obj: dict[str, Any] = current.to_dict()  # type: ignore[no-untyped-call]
-    ready, version, tenants = await probe(obj, client)
-    old = (obj.get("status") or {}).get("conditions")
+    ``used_by`` (namespace/name of its TenantControlPlanes) is recorded when given; a probe
+    in ``recent`` stands in for a new one; ``current`` is the DataStore if just read."""
+    if current is None:
+        current = await client.get(DataStore, name)
+    obj: dict[str, Any] = current.to_dict()
     generation = obj["metadata"].get("generation")
+    probed = recent.get(name, generation) if recent is not None else None
+    if probed is None:
+        probed = await probe(obj, client)
+        if recent is not None:
+            recent.put(name, generation, probed)
+    ready, version, tenants = probed
+    old = (obj.get("status") or {}).get("conditions")
     merged = conditions.merge(old, ready, generation, now)
     if obj["metadata"].get("deletionTimestamp"):
         users = sorted(used_by or [])
@@ -129,6 +168,8 @@ async def check_datastore(client: AsyncClient, name: str, now: datetime | None =
         status["tenantCount"] = tenants
     if used_by is not None:
         status["usedBy"] = sorted(used_by)
+    if obj.get("status") == status:
+        return status  # nothing changed: no write (a no-op apply still costs the API server)
     patch = DataStore.Status(metadata=ObjectMeta(name=name), status=status)
     # lightkube types generic status subresources outside apply()'s overloads.
     await client.apply(patch, field_manager=FIELD_MANAGER, force=True)  # type: ignore[call-overload]

@@ -30,6 +30,8 @@ from haku.datastore.settings import resolve
 # How long resolved DataStore settings (credentials read from its Secrets) are trusted before
 # a reconcile reads the Secrets again: a rotated DataStore credential is picked up within this.
 SETTINGS_TTL = 30.0
+# How long a DataStore delivered by the operator's watch stands in for reading it.
+WATCHED_TTL = 60.0
 
 
 @dataclass
@@ -66,9 +68,26 @@ class DriverCache:
     retired: list[_Entry] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gates: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    # The DataStores as the watch last delivered them, and when (:meth:`observe`).
+    seen: dict[str, tuple[float, Any]] = field(default_factory=dict)
+
+    def observe(self, event: str, datastore: Any) -> None:
+        """A DataStore as the operator's watch delivered it: for :data:`WATCHED_TTL`
+        seconds :meth:`read` hands it out instead of asking the API server each reconcile
+        (gone again when deleted; the TTL bounds what a delete missed by a broken watch
+        could leave behind)."""
+        name = datastore.metadata.name
+        if event == "DELETED":
+            self.seen.pop(name, None)
+        else:
+            self.seen[name] = (time.monotonic(), datastore)
 
     async def read(self, name: str) -> Any:
-        """The DataStore ``name``; :class:`Wait` (DataStoreNotFound) if there is none."""
+        """The DataStore ``name`` (as recently watched, else read); :class:`Wait`
+        (DataStoreNotFound) if there is none."""
+        watched = self.seen.get(name)
+        if watched is not None and time.monotonic() - watched[0] < WATCHED_TTL:
+            return watched[1]
         try:
             return await self.client.get(DataStore, name)
         except ApiError as e:

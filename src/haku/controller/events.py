@@ -21,6 +21,9 @@ class EventRecorder:
         self.client, self.component = client, component
         self.instance = instance or socket.gethostname()
         self._pending: set[asyncio.Task[None]] = set()
+        # Events are written a few at a time: a burst (a thousand new tenants) must not
+        # open a connection each, nor crowd out the reconciles' own requests.
+        self._writing = asyncio.Semaphore(2)
 
     def emit(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """Record an Event about ``obj`` without waiting for the write."""
@@ -46,7 +49,8 @@ class EventRecorder:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            await self.client.create(from_dict(event))
+            async with self._writing:
+                await self.client.create(from_dict(event))
         except Exception as e:  # an Event is best effort: never fail a reconcile for it
             log.warning("could not record event %s on %s: %s", reason, meta["name"], e)
 

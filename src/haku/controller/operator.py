@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from lightkube.resources.networking_v1 import Ingress
 
 from haku.api import crds, policies
 from haku.api.resources import TenantControlPlane
-from haku.controller.datastore_status import reconcile_datastore
+from haku.controller.datastore_status import RecentProbes, reconcile_datastore
 from haku.controller.events import EventRecorder
 from haku.controller.fencing import Fence
 from haku.controller.lease import LeaseElector, LostLeadership
@@ -35,6 +36,9 @@ log = logging.getLogger("haku.operator")
 
 
 LEASE_NAME = "haku-operator"
+# Tenant adds and deletes re-check their DataStore (who uses it) at most this often (s),
+# or this much per tenant known.
+DATASTORE_COALESCE, DATASTORE_COALESCE_PER_TENANT = 2.0, 0.01
 
 
 @dataclass
@@ -189,32 +193,76 @@ async def run(options: RunOptions, config: OperatorConfig,
                     ns, name = key_of(t)
                     used_by.append(f"{ns}/{name}")
             # Keeps the DataStore (finalizer) while any tenant uses it; None once it is gone.
-            if await reconcile_datastore(client, key[1], used_by) is None:
+            if await reconcile_datastore(client, key[1], used_by, recent_probes) is None:
                 return Result()
             return Result(requeue_after=60.0)
 
+        recent_probes = RecentProbes()
         tenant_changes = SpecChanges()
 
         def datastore_of_tenant(event: str, obj: Any) -> list[Key]:
             # Adds, deletes and spec changes only: status writes would re-check needlessly.
-            if not tenant_changes(event, obj):
-                return []
-            name = _datastore_of(obj, config.default_datastore)
-            return [("", name)] if name else []
+            # Coalesced: a burst of new tenants is one re-check, as each lists every tenant
+            # (at most every 2 s, and every 10 s with 1,000 tenants).
+            if tenant_changes(event, obj):
+                name = _datastore_of(obj, config.default_datastore)
+                if name:
+                    stores.queue.add_after(("", name), max(
+                        DATASTORE_COALESCE, len(tcp.known) * DATASTORE_COALESCE_PER_TENANT))
+            return []
 
         # Which tenant owns a datastore space is recorded in the datastore (the datastore
         # step), so no listing of every tenant is needed before the first reconcile.
-        tenant_events = SpecChanges()
+        spec_changes = SpecChanges()
+
+        def tenant_events(event: str, obj: Any) -> list[Key]:
+            keys = spec_changes(event, obj)
+            if not keys:
+                return []
+            if event == "ADDED" and not obj.status:
+                # A new tenant: its first status now, and its first look before the
+                # requeues and resyncs of the tenants already there.
+                tenants.announce(obj)
+                for key in keys:
+                    tcp.queue.add(key, urgent=True)
+            # Our own finalizer write comes back as a change: nothing new to look at.
+            return held_back("TenantControlPlane", event, obj, keys)
+
+        def held_back(kind: str, event: str, obj: Any, keys: list[Key]) -> list[Key]:
+            """``keys`` unless the event is the echo of our own write, or may be one (its
+            tenant is being reconciled, and the write's answer may not be in yet: decided
+            when that reconcile ends)."""
+            if not keys or tenants.deps.echo(kind, event, obj):
+                return []
+            if event != "DELETED" and len(keys) == 1 and keys[0] in tcp.in_flight:
+                tenants.deps.defer(keys[0], kind, obj)
+                return []
+            return keys
+
+        def owned_by_tenant(kind: str) -> Callable[[str, Any], list[Key]]:
+            def mapper(event: str, obj: Any) -> list[Key]:
+                keys = _owned_by_tenant(event, obj)
+                if kind == "Ingress":  # which exist: no reconcile needs to look for one
+                    where = (obj.metadata.namespace or "", obj.metadata.name)
+                    if event == "DELETED":
+                        tenants.deps.ingresses.discard(where)
+                    else:
+                        tenants.deps.ingresses.add(where)
+                # What this operator just wrote coming back through the watch: no news.
+                return held_back(kind, event, obj, keys)
+            return mapper
 
         tcp = Controller("tenantcontrolplane", tenants.reconcile, options.workers,
                          options.resync, telemetry.metrics, key_field="tenant", fence=fence,
                          drain_timeout=options.drain_timeout)
         tenants.watches = TenantWatches(tcp.queue.add)
+        tenants.deps.watches_listed = lambda: tcp.started
         datastore_changes = SpecChanges()
 
         def tenants_of_datastore(event: str, obj: Any) -> list[Key]:
             # A DataStore that appears or whose spec changes may unblock its tenants; its own
             # status writes (every check) need not requeue them.
+            tenants.deps.drivers.observe(event, obj)
             return sorted(tcp.known) if datastore_changes(event, obj) else []
         stores = Controller("datastore", datastore_reconcile, 1, 60.0, telemetry.metrics,
                             key_field="datastore", fence=fence,
@@ -228,11 +276,13 @@ async def run(options: RunOptions, config: OperatorConfig,
                 # Namespaced kinds are watched in every namespace (lightkube's default is the
                 # kubeconfig's namespace).
                 parents=[Watcher(TenantControlPlane, tenant_events, namespace=ALL_NS)],
-                children=[Watcher(kind, _owned_by_tenant, labels=owned, namespace=ALL_NS)
+                children=[Watcher(kind, owned_by_tenant(kind.__name__), labels=owned,
+                                  namespace=ALL_NS)
                           for kind in (Secret, Deployment, Service, Ingress)]
                 + [Watcher(DataStore, tenants_of_datastore)])),
             asyncio.create_task(stores.run(
-                client, parents=[Watcher(DataStore, lambda e, o: [key_of(o)])],
+                # Not on its own status writes (each would check it again at once).
+                client, parents=[Watcher(DataStore, SpecChanges())],
                 children=[Watcher(TenantControlPlane, datastore_of_tenant, namespace=ALL_NS)])),
         ]
         stopping = asyncio.create_task(stop.wait())

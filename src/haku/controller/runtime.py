@@ -16,6 +16,7 @@ Reconcilers read what they need fresh from the API server; the watch streams onl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -42,21 +43,40 @@ class Result:
 
 
 class WorkQueue:
+    """Keys in the order added, except that ``urgent`` ones (a new tenant's first look) go
+    before every other waiting key (requeues and resyncs of the ones already there)."""
+
     def __init__(self, base_delay: float = 0.5, max_delay: float = 300.0) -> None:
         self.base_delay, self.max_delay = base_delay, max_delay
-        self._ready: asyncio.Queue[Key | None] = asyncio.Queue()
+        # (0 urgent | 1 other, sequence, key); a key may be in it more than once (moved up
+        # by an urgent add), only its first entry while dirty counts.
+        self._ready: asyncio.PriorityQueue[tuple[int, int, Key | None]] = \
+            asyncio.PriorityQueue()
+        self._sequence = itertools.count()
         self._dirty: set[Key] = set()
+        self._urgent: set[Key] = set()
         self._processing: set[Key] = set()
         self._failures: dict[Key, int] = {}
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._closed = False
 
-    def add(self, key: Key) -> None:
-        if self._closed or key in self._dirty:
+    def _put(self, key: Key | None, priority: int) -> None:
+        self._ready.put_nowait((priority, next(self._sequence), key))
+
+    def add(self, key: Key, urgent: bool = False) -> None:
+        if self._closed:
+            return
+        if key in self._dirty:
+            if urgent and key not in self._urgent:
+                self._urgent.add(key)
+                if key not in self._processing:
+                    self._put(key, 0)  # moved up; its older entry is skipped later
             return
         self._dirty.add(key)
+        if urgent:
+            self._urgent.add(key)
         if key not in self._processing:
-            self._ready.put_nowait(key)
+            self._put(key, 0 if urgent else 1)
 
     def add_after(self, key: Key, delay: float) -> None:
         if delay <= 0:
@@ -93,19 +113,23 @@ class WorkQueue:
     async def get(self) -> Key | None:
         """The next key to work on; None once the queue is shut down (keys still waiting are
         not handed out then)."""
-        if self._closed:
-            return None
-        key = await self._ready.get()
-        if key is None or self._closed:
-            return None
-        self._dirty.discard(key)
-        self._processing.add(key)
-        return key
+        while True:
+            if self._closed:
+                return None
+            _, _, key = await self._ready.get()
+            if key is None or self._closed:
+                return None
+            if key not in self._dirty or key in self._processing:
+                continue  # an entry left behind when the key was moved up
+            self._dirty.discard(key)
+            self._urgent.discard(key)
+            self._processing.add(key)
+            return key
 
     def done(self, key: Key) -> None:
         self._processing.discard(key)
         if key in self._dirty and not self._closed:
-            self._ready.put_nowait(key)
+            self._put(key, 0 if key in self._urgent else 1)
 
     def __len__(self) -> int:
         return len(self._dirty)
@@ -119,7 +143,7 @@ class WorkQueue:
             timer.cancel()
         self._timers.clear()
         for _ in range(workers):
-            self._ready.put_nowait(None)
+            self._put(None, -1)
 
 
 Mapper = Callable[[str, Any], Iterable[Key]]

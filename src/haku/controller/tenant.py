@@ -59,6 +59,8 @@ PROGRESS_REASONS = frozenset({"Pending", "NoReadyPods", "NoControlPlane", "Sleep
                               "WaitingForLoadBalancer", "WaitingForAPIServer",
                               "DataStoreBusy", "Stopping"})
 CONTROLLER = "tenantcontrolplane"
+# The reasons of the first status (before any step ran).
+FIRST_REASONS = frozenset({"Pending", "Provisioning"})
 
 
 def bare(obj: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +103,19 @@ class StepTimer:
         return f"{total:.2f}s (" + ", ".join(f"{k} {v:.2f}" for k, v in self.steps.items()) + ")"
 
 
+def first_status(generation: int | None) -> dict[str, Any]:
+    """A new tenant's status: ``Provisioning``, every other Condition Unknown."""
+    found = {t: Condition(t, "Unknown", "Pending", "not looked at yet")
+             for t in CONDITION_TYPES[:-1]}
+    found["Ready"] = Condition("Ready", "False", "Provisioning",
+                               "the tenant is being provisioned")
+    merged: list[dict[str, Any]] = []
+    for c in found.values():
+        merged = conditions.merge(merged, c, generation)
+    return {"conditions": merged, "observedGeneration": generation,
+            "kubernetesResources": {"version": {"status": "Provisioning"}}}
+
+
 class TenantReconciler:
     def __init__(self, client: AsyncClient, config: OperatorConfig,
                  recorder: EventRecorder, metrics: Metrics | None = None,
@@ -110,6 +125,10 @@ class TenantReconciler:
                                fence or Unfenced())
         self.steps: list[Step] = steps.pipeline(self.deps)
         self.requeue = RequeuePolicy()
+        # First statuses written straight from watch events (:meth:`announce`).
+        self._announcing: set[Key] = set()
+        self._announce_tasks: set[asyncio.Task[None]] = set()
+        self._announce_gate = asyncio.Semaphore(4)
 
     # The operator sets these once its work queue and Lease exist.
     @property
@@ -147,6 +166,15 @@ class TenantReconciler:
     # ------------------------------------------------------------------ reconcile
 
     async def reconcile(self, key: Key) -> Result:
+        try:
+            result = await self._reconcile(key)
+        finally:
+            # Events held back while it ran that were not its own writes: look again.
+            # (Nothing awaits after this, so no event slips in before the worker lets go.)
+            news = self.deps.settle(key)
+        return Result(requeue_after=0.0) if news else result
+
+    async def _reconcile(self, key: Key) -> Result:
         namespace, name = key
         try:
             current = await self.client.get(TenantControlPlane, name, namespace=namespace)
@@ -280,17 +308,39 @@ class TenantReconciler:
 
     async def _first_status(self, ctx: Context) -> None:
         """``Provisioning`` with every Condition Unknown, before any slow step."""
-        found = {t: Condition(t, "Unknown", "Pending", "not looked at yet")
-                 for t in CONDITION_TYPES[:-1]}
-        found["Ready"] = Condition("Ready", "False", "Provisioning",
-                                   "the tenant is being provisioned")
-        merged: list[dict[str, Any]] = []
-        for c in found.values():
-            merged = conditions.merge(merged, c, ctx.spec.generation)
-        status = {"conditions": merged, "observedGeneration": ctx.spec.generation,
-                  "kubernetesResources": {"version": {"status": "Provisioning"}}}
+        status = first_status(ctx.spec.generation)
         await self._apply_status(ctx.spec.name, ctx.spec.namespace, status)
         ctx.obj["status"] = status
+
+    def announce(self, obj: Any) -> None:
+        """Write the first status of TenantControlPlane ``obj``, just seen by the watch
+        without one, now: not once a worker is free, which under a burst of new tenants can
+        be minutes. Only over the version seen (its resourceVersion is the precondition): if
+        anything wrote the object since, the reconcile got there first and the API server
+        refuses this write (409), which is fine."""
+        meta = obj.metadata
+        key = (meta.namespace or "", meta.name)
+        if meta.deletionTimestamp or not meta.resourceVersion or key in self._announcing:
+            return
+        self._announcing.add(key)
+        task = asyncio.get_running_loop().create_task(
+            self._announce(key, meta.generation, meta.resourceVersion))
+        self._announce_tasks.add(task)
+        task.add_done_callback(self._announce_tasks.discard)
+
+    async def _announce(self, key: Key, generation: int | None, version: str) -> None:
+        try:
+            async with self._announce_gate:
+                await self._apply_status(key[1], key[0], first_status(generation), version)
+        except ApiError as e:
+            if e.status.code not in (404, 409):  # gone, or written meanwhile
+                log.warning("%s/%s: first status not written: %s", *key, e)
+        except LostLeadership:
+            pass  # not leading (any more): the workers stop the operator
+        except Exception as e:  # best effort: the reconcile writes it anyway
+            log.warning("%s/%s: first status not written: %s", *key, e)
+        finally:
+            self._announcing.discard(key)
 
     async def _write_status(self, ctx: Context, deleting: bool = False) -> bool:
         """Apply the status; True if the tenant is Ready. While deleting, only what the
@@ -316,10 +366,17 @@ class TenantReconciler:
             merged = conditions.merge(merged, c, spec.generation)
         for c in found.values():
             before = conditions.find(old, c.type)
-            if before is None or before.get("status") != c.status or \
-                    before.get("reason") != c.reason:
-                self.events.emit(ctx.obj, "Normal" if c.status == "True" else "Warning",
-                                 c.reason, f"{c.type}={c.status}: {c.message}")
+            if before is not None and before.get("status") == c.status and \
+                    before.get("reason") == c.reason:
+                continue
+            # A Condition not looked at yet (the first status) moving on to a progress
+            # reason (NoReadyPods, WaitingForAPIServer, …) is the expected course of a new
+            # tenant, not news: no Warning for it (and a write less per Condition).
+            if c.status != "True" and c.reason in PROGRESS_REASONS and \
+                    (before is None or before.get("reason") in FIRST_REASONS):
+                continue
+            self.events.emit(ctx.obj, "Normal" if c.status == "True" else "Warning",
+                             c.reason, f"{c.type}={c.status}: {c.message}")
         status = ctx.status
         status["conditions"] = merged
         status["observedGeneration"] = spec.generation
@@ -332,12 +389,15 @@ class TenantReconciler:
         full = tenant_status.merge_status(previous, status)
         status.clear()
         status.update(full)
-        await self._apply_status(spec.name, spec.namespace, status)
+        if full != previous:  # unchanged (a routine pass): no write
+            await self._apply_status(spec.name, spec.namespace, status)
         return found["Ready"].status == "True"
 
-    async def _apply_status(self, name: str, namespace: str, status: dict[str, Any]) -> None:
+    async def _apply_status(self, name: str, namespace: str, status: dict[str, Any],
+                            resource_version: str | None = None) -> None:
         patch = TenantControlPlane.Status(
-            metadata=ObjectMeta(name=name, namespace=namespace), status=status)
+            metadata=ObjectMeta(name=name, namespace=namespace,
+                                resourceVersion=resource_version), status=status)
         await self.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
 
     # ------------------------------------------------------------------ metrics
@@ -357,6 +417,9 @@ class TenantReconciler:
             self.metrics.reconcile_errors.labels(CONTROLLER, reason).inc()
 
     async def close(self) -> None:
+        for task in list(self._announce_tasks):
+            task.cancel()
+        await asyncio.gather(*self._announce_tasks, return_exceptions=True)
         if self.watches is not None:
             await self.watches.close()
         await self.deps.drivers.close()

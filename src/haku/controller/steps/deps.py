@@ -12,6 +12,7 @@ be the tenant's (or absent) are remembered, so this costs one read per object an
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,20 @@ class Deps:
     # Per tenant: its uid and the (kind, name) of objects known to be its own or absent.
     claimed: dict[tuple[str, str], tuple[str, set[tuple[str, str]]]] = field(
         default_factory=dict)
+    # (kind, namespace, name) -> the resourceVersion our last write of it returned, until
+    # the watch delivers that version (:meth:`echo`).
+    written: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # Per tenant being reconciled: watch events held back until it ends (:meth:`defer`).
+    deferred: dict[tuple[str, str], list[tuple[tuple[str, str, str], str | None]]] = field(
+        default_factory=dict)
+    # (namespace, name) of Haku's Ingresses as the operator's watch delivers them; complete
+    # once ``watches_listed()`` (every watch delivered its first list): :meth:`no_ingress`.
+    ingresses: set[tuple[str, str]] = field(default_factory=set)
+    watches_listed: Callable[[], bool] = lambda: False
+
+    def no_ingress(self, namespace: str, name: str) -> bool:
+        """True if surely no Ingress ``name`` of Haku's is there (no need to look)."""
+        return self.watches_listed() and (namespace, name) not in self.ingresses
 
     def _known(self, ctx: Context) -> set[tuple[str, str]]:
         entry = self.claimed.get(ctx.key)
@@ -92,8 +107,49 @@ class Deps:
         """Server-side apply with Haku's field manager (fenced like every write)."""
         if owner:
             manifest["metadata"]["ownerReferences"] = [owner]
-        return await self.client.apply(from_dict(manifest), field_manager=FIELD_MANAGER,
-                                       force=True)
+        applied = await self.client.apply(from_dict(manifest), field_manager=FIELD_MANAGER,
+                                          force=True)
+        self.wrote(manifest["kind"], applied)
+        return applied
+
+    def wrote(self, kind: str, obj: Any) -> None:
+        """Remember the version of ``obj`` (a ``kind``) that one of our writes returned."""
+        meta = getattr(obj, "metadata", None)
+        if meta is not None and meta.resourceVersion and meta.name:
+            self.written[(kind, meta.namespace or "", meta.name)] = meta.resourceVersion
+
+    def echo(self, kind: str, event: str, obj: Any) -> bool:
+        """True if watch event ``event`` only delivers a version of ``obj`` that this
+        operator wrote itself: the reconcile that wrote it knew that state already, so it
+        need not run again (a new tenant's own Secrets, Service and Deployment would
+        otherwise reconcile it once more). Another writer's change, a controller updating
+        a status, or a delete is no echo."""
+        meta = obj.metadata
+        if event == "DELETED":
+            self.written.pop((kind, meta.namespace or "", meta.name), None)
+            return False
+        return self._echo((kind, meta.namespace or "", meta.name), meta.resourceVersion)
+
+    def _echo(self, what: tuple[str, str, str], version: str | None) -> bool:
+        if version and self.written.get(what) == version:
+            del self.written[what]
+            return True
+        return False
+
+    def defer(self, key: tuple[str, str], kind: str, obj: Any) -> None:
+        """An event about tenant ``key``'s ``obj`` while it is being reconciled: it may be
+        the echo of a write whose answer is not in yet; :meth:`settle` decides."""
+        meta = obj.metadata
+        self.deferred.setdefault(key, []).append(
+            ((kind, meta.namespace or "", meta.name), meta.resourceVersion))
+
+    def settle(self, key: tuple[str, str]) -> bool:
+        """At the end of tenant ``key``'s reconcile: True if an event :meth:`defer` held
+        back was not the echo of one of its writes (so the tenant must be looked at again)."""
+        news = False
+        for what, version in self.deferred.pop(key, ()):
+            news = not self._echo(what, version) or news
+        return news
 
     async def apply_checked(self, ctx: Context, manifest: dict[str, Any], kind: str) -> Any:
         """Apply a rendered object (never over a foreign one: :meth:`claim`); the API server

@@ -93,5 +93,7 @@ class IngressStep(StepBase):
         if ingress:
             await self.deps.apply_checked(ctx, ingress, "Ingress")
         else:
-            await self.deps.delete_owned(Ingress, ctx, controlplane.names(ctx.spec.name)["ingress"])
+            name = controlplane.names(ctx.spec.name)["ingress"]
+            if not self.deps.no_ingress(ctx.spec.namespace, name):
+                await self.deps.delete_owned(Ingress, ctx, name)
 

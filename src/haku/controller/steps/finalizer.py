@@ -21,7 +21,8 @@ class FinalizerStep(StepBase):
         patch = TenantControlPlane(
             metadata=ObjectMeta(name=ctx.spec.name, namespace=ctx.spec.namespace,
                                 finalizers=[FINALIZER] if present else []))
-        await self.deps.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
+        applied = await self.deps.client.apply(patch, field_manager=FIELD_MANAGER, force=True)
+        self.deps.wrote("TenantControlPlane", applied)
 
     async def apply(self, ctx: Context) -> None:
         if FINALIZER not in (ctx.obj["metadata"].get("finalizers") or []):
