@@ -102,7 +102,7 @@ async def test_kube_apiserver_image_runs_as_a_pod_and_serves(
         pods = [p async for p in c.list(Pod, namespace=NS, labels={"app": "tenant-cp"})]
         assert len(pods) == 1
         pod = pods[0]
-        assert pod.status.podIP.startswith("10.244.")
+        assert pod.status.podIP.startswith("10.240.")
         images = {s.name: s.image for s in pod.status.containerStatuses}
         assert images["kube-apiserver"] == (
             f"registry.k8s.io/kube-apiserver:{node_cluster.versions.kubernetes}")

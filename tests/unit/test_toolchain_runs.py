@@ -15,7 +15,7 @@ from haku.errors import CommandTimedOut
 
 from .fakes import go_that_must_not_run, on_path, script, stamped_cache
 
-ALL = ["kubernetes", "etcd", "kine", "coredns"]
+ALL = ["kubernetes", "etcd", "kine", "coredns", "kube-network-policies"]
 
 
 @pytest.fixture

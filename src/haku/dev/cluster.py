@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from haku import __version__
-from haku.dev import config, datastores, host, https, images, packages, toolchain, worker
+from haku.dev import (
+    config,
+    datastores,
+    host,
+    https,
+    images,
+    netpol,
+    packages,
+    toolchain,
+    worker,
+)
 from haku.dev.layout import STATE_FORMAT, Layout
 from haku.dev.processes import ProcessSpec, Supervisor
 from haku.dev.versions import Versions
@@ -36,11 +46,12 @@ OPERATOR = "haku-operator"
 ETCD, APISERVER = "etcd", "kube-apiserver"
 CONTROLLER_MANAGER, SCHEDULER = "kube-controller-manager", "kube-scheduler"
 CONTAINERD, KUBELET, KUBE_PROXY = "containerd", "kubelet", "kube-proxy"
+NETWORK_POLICIES = netpol.NAME
 
 # Stop order: consumers first, the store last. The operator goes first of all: once the node
 # bridge is gone, addresses it talks to (tenant Services, the node IP) would leave the machine.
 STOP_ORDER = (
-    OPERATOR, KUBE_PROXY, KUBELET, SCHEDULER, CONTROLLER_MANAGER, APISERVER, ETCD,
+    OPERATOR, NETWORK_POLICIES, KUBE_PROXY, KUBELET, SCHEDULER, CONTROLLER_MANAGER, APISERVER, ETCD,
     datastores.ETCD, datastores.POSTGRES, datastores.MARIADB, CONTAINERD,
 )
 
@@ -76,6 +87,7 @@ class DownReport:
     netns: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     chains: list[host.Chain] = field(default_factory=list)
+    nft_tables: list[str] = field(default_factory=list)
     cgroups: int = 0
     workers: list[str] = field(default_factory=list)
 
@@ -103,7 +115,8 @@ class DevCluster:
         if lay.control_plane:
             names += [ETCD, APISERVER]
         if lay.node:
-            names += [CONTROLLER_MANAGER, SCHEDULER, CONTAINERD, KUBELET, KUBE_PROXY]
+            names += [CONTROLLER_MANAGER, SCHEDULER, CONTAINERD, KUBELET, KUBE_PROXY,
+                      NETWORK_POLICIES]
         if lay.datastores:
             names += [datastores.ETCD, datastores.POSTGRES, datastores.MARIADB]
         return tuple(names)
@@ -215,7 +228,7 @@ class DevCluster:
             packages.check()
         self.print(f"haku dev up: state in {lay.state_dir}")
         wanted = ["kubernetes", "etcd"] + (["kine"] if lay.node or lay.datastores else []) \
-            + (["coredns"] if lay.node else [])
+            + (["coredns", "kube-network-policies"] if lay.node else [])
         self.bins = self._timed(report, "upstream binaries (cached per version)",
                                 lambda: toolchain.ensure(wanted, self.versions, self.cache))
         self._check_ports()
@@ -252,6 +265,8 @@ class DevCluster:
                     future.result()
             if lay.node:
                 self._timed(report, "kubelet + kube-proxy, node Ready", lambda: self._node(report))
+                self._timed(report, "kube-network-policies enforcing",
+                            lambda: self._network_policies(report))
             if stores:
                 stores.result()
         self._link_tools()
@@ -379,6 +394,21 @@ class DevCluster:
         self.supervisor.wait_ready(KUBELET, lambda: self.node_ready(since if started else None),
                                    120, f"Ready as node {lay.node_name}")
 
+    def _network_policies(self, report: Report) -> None:
+        """kube-network-policies with a fresh token, then the rules that queue to it.
+
+        The steering goes in only once the process listens on the queue (it fails closed:
+        packets queued to nobody are dropped)."""
+        lay = self.layout
+        netpol.write_credentials(lay, netpol.issue_token(lay))
+        self._start(report, ProcessSpec(
+            NETWORK_POLICIES,
+            netpol.argv(self.bins["kube-network-policies"] / "kube-network-policies", lay),
+            env=netpol.env(lay)))
+        self.supervisor.wait_ready(NETWORK_POLICIES, netpol.queue_bound, 60,
+                                   f"listening on NFQUEUE {netpol.QUEUE}")
+        netpol.ensure_steering(lay)
+
     def _link_tools(self) -> None:
         self.layout.bin.mkdir(parents=True, exist_ok=True)
         tools = {"kubectl": self.bins["kubernetes"] / "kubectl",
@@ -416,6 +446,8 @@ class DevCluster:
             _, sandboxes = worker.sandbox_netns(lay.containerd_socket)
             netns = sorted(set(netns) | {ns for ns in sandboxes if host.netns_exists(ns)})
         kube_proxy = self.supervisor.record(KUBE_PROXY)
+        if lay.node:  # nothing is queued to a listener about to go
+            result.chains += netpol.remove_steering()
         for name in STOP_ORDER:
             if name not in recorded:
                 continue
@@ -435,6 +467,8 @@ class DevCluster:
                     and not _kube_proxy_running():
                 subprocess.run([kube_proxy.argv[0], "--cleanup"], capture_output=True,
                                check=False, timeout=60)
+            if not netpol.running_elsewhere() and netpol.remove_nft_table():
+                result.nft_tables.append(" ".join(netpol.NFT_TABLE))
             result.unmounted = host.unmount_under([lay.state_dir])
             for ns in netns:
                 if host.netns_exists(ns):
@@ -446,7 +480,7 @@ class DevCluster:
             baseline = {tuple(c) for c in state.get("baseline_chains", [])}
             ours = sorted(c for c in host.kube_chains()
                           if c not in baseline and kubernetes_chain(c[2]))
-            result.chains = host.remove_chains(ours)
+            result.chains += host.remove_chains(ours)
             result.cgroups = host.remove_cgroups(lay.pods_cgroup)
             _remove_cni_cache(lay.cni_network)
         else:
@@ -506,6 +540,9 @@ class DevCluster:
             info["admin_kubeconfig"] = str(lay.admin_kubeconfig)
         if lay.node:
             info["node_ready"] = info["apiserver_ready"] and self.node_ready()
+            info["network_policies"] = {
+                "nfqueue": netpol.QUEUE, "listening": netpol.queue_bound(),
+                "steering": netpol.steering_present()}
             info["workers"] = worker.status(lay)
         if lay.datastores:
             conns = lay.datastores_dir / "connections.json"

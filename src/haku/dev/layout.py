@@ -27,6 +27,7 @@ class Ports:
     kubelet_healthz: int = 10248
     kube_proxy_metrics: int = 10249
     kube_proxy_healthz: int = 10256
+    network_policy_metrics: int = 9080  # kube-network-policies (its default), on loopback
     datastore_etcd_client: int = 12379
     datastore_etcd_peer: int = 12380
     postgres: int = 15432
@@ -52,8 +53,10 @@ class Layout:
     node_ip: str = "10.245.0.1"
     cni_bridge: str = "haku-cni0"
     cni_network: str = "haku"
-    pod_cidr: str = "10.244.0.0/24"
-    service_cidr: str = "10.96.0.0/16"
+    # Apart from the tenants' defaults (Kamaji's serviceCidr 10.96.0.0/16 and podCidr
+    # 10.244.0.0/16), so a tenant's Service or pod address never lands in the admin cluster.
+    pod_cidr: str = "10.240.0.0/24"
+    service_cidr: str = "10.32.0.0/16"
 
     @classmethod
     def api_only(cls, state_dir: Path) -> Layout:
@@ -120,6 +123,11 @@ class Layout:
     @property
     def cni_dir(self) -> Path:
         return self.state_dir / "cni"
+
+    @property
+    def network_policy_dir(self) -> Path:
+        """kube-network-policies' files: what it sees as ``/run`` (its API credentials)."""
+        return self.state_dir / "kube-network-policies"
 
     @property
     def datastores_dir(self) -> Path:
@@ -189,6 +197,7 @@ class Layout:
                 p.kubelet_healthz: "kubelet (healthz)",
                 p.kube_proxy_metrics: "kube-proxy (metrics)",
                 p.kube_proxy_healthz: "kube-proxy (healthz)",
+                p.network_policy_metrics: "kube-network-policies (metrics)",
             }
         if self.datastores:
             ports |= {

@@ -1,9 +1,9 @@
 """Build the upstream binaries from the Go module proxy, cached per version.
 
-Kubernetes, etcd, kine and CoreDNS are compiled from their published Go modules at the versions
-pinned in :mod:`haku.dev.versions`. Results land in ``~/.cache/haku/bin/<component>-<version>/``
-(``HAKU_CACHE`` overrides the root); a stamp file written last marks a finished build, so an
-interrupted one is redone rather than trusted.
+Kubernetes, etcd, kine, CoreDNS and kube-network-policies are compiled from their published Go
+modules at the versions pinned in :mod:`haku.dev.versions`. Results land in
+``~/.cache/haku/bin/<component>-<version>/`` (``HAKU_CACHE`` overrides the root); a stamp file
+written last marks a finished build, so an interrupted one is redone rather than trusted.
 """
 
 from __future__ import annotations
@@ -51,12 +51,14 @@ MODULES = {
     "etcd": "go.etcd.io/etcd/server/v3",
     "kine": "github.com/k3s-io/kine",
     "coredns": "github.com/coredns/coredns",
+    "kube-network-policies": "sigs.k8s.io/kube-network-policies",
 }
 VERSION_SETTINGS = {
     "k8s.io/kubernetes": "pass --kubernetes-version / set HAKU_KUBERNETES_VERSION",
     "go.etcd.io/etcd/server/v3": "set HAKU_ETCD_VERSION",
     "github.com/k3s-io/kine": "set HAKU_KINE_VERSION",
     "github.com/coredns/coredns": "set HAKU_COREDNS_VERSION",
+    "sigs.k8s.io/kube-network-policies": "set HAKU_KUBE_NETWORK_POLICIES_VERSION",
 }
 
 Progress = Callable[[str], None]
@@ -96,6 +98,8 @@ def components(versions: Versions) -> dict[str, Component]:
         "etcd": Component("etcd", versions.etcd, ("etcd", "etcdctl")),
         "kine": Component("kine", versions.kine, ("kine",)),
         "coredns": Component("coredns", versions.coredns, ("coredns",)),
+        "kube-network-policies": Component(
+            "kube-network-policies", versions.kube_network_policies, ("kube-network-policies",)),
     }
 
 
@@ -413,8 +417,10 @@ def _build_etcd(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     )
 
 
-def _build_module_root(module: str, binary: str, ldflags: str) -> Builder:
-    """Builder for a module whose root package is ``main`` and whose go.mod has no replaces."""
+def _build_module_root(module: str, binary: str, ldflags: str, package: str = "") -> Builder:
+    """Builder for a module whose go.mod has no replaces and whose ``main`` package is its root
+    (or ``package``, a path inside it)."""
+    target = f"{module}/{package}" if package else module
 
     def build(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
         go.module_info(module, c.version, work)
@@ -422,7 +428,7 @@ def _build_module_root(module: str, binary: str, ldflags: str) -> Builder:
         go.output(["get", f"{module}@{c.version}"], work)
         go.build(
             ["-trimpath", "-ldflags", ldflags.format(version=c.version), "-o", str(out / binary),
-             module],
+             target],
             work,
             f"{binary} {c.version}",
         )
@@ -442,6 +448,11 @@ BUILDERS: dict[str, Builder] = {
     "coredns": _build_module_root(
         "github.com/coredns/coredns", "coredns",
         "-s -w -X github.com/coredns/coredns/coremain.GitCommit={version}",
+    ),
+    # One main package, cmd/ (upstream's Dockerfile: `go build ./cmd`, CGO off); it carries
+    # no version variable to stamp.
+    "kube-network-policies": _build_module_root(
+        "sigs.k8s.io/kube-network-policies", "kube-network-policies", "-s -w", package="cmd",
     ),
 }
 

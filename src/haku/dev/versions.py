@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from haku.errors import HakuError
 
@@ -17,6 +17,8 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 KINE_VERSION = "v0.17.5"
 COREDNS_VERSION = "v1.14.6"
+# SIG Network's reference NetworkPolicy implementation, enforcing policy on the admin node.
+KUBE_NETWORK_POLICIES_VERSION = "v0.8.0"
 PAUSE_VERSION = "3.10.2"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
 BUSYBOX_IMAGE = "docker.io/library/busybox:haku"
@@ -37,6 +39,7 @@ class Versions:
     kine: str = KINE_VERSION
     coredns: str = COREDNS_VERSION
     pause: str = PAUSE_VERSION
+    kube_network_policies: str = KUBE_NETWORK_POLICIES_VERSION
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Versions:
@@ -47,14 +50,16 @@ class Versions:
             kine=env.get("HAKU_KINE_VERSION", KINE_VERSION),
             coredns=env.get("HAKU_COREDNS_VERSION", COREDNS_VERSION),
             pause=env.get("HAKU_PAUSE_VERSION", PAUSE_VERSION),
+            kube_network_policies=env.get("HAKU_KUBE_NETWORK_POLICIES_VERSION",
+                                          KUBE_NETWORK_POLICIES_VERSION),
         )
-        for name in ("kubernetes", "etcd", "kine", "coredns"):
+        for name in ("kubernetes", "etcd", "kine", "coredns", "kube_network_policies"):
             parse_semver(getattr(versions, name), what=name)
         return versions
 
     def with_kubernetes(self, version: str) -> Versions:
         parse_semver(version, what="kubernetes")
-        return Versions(version, self.etcd, self.kine, self.coredns, self.pause)
+        return replace(self, kubernetes=version)
 
 
 def parse_semver(version: str, what: str = "version") -> tuple[int, int, int]:
