@@ -73,13 +73,17 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+# More `haku operator run` flags for every operator the benchmark starts (--operator-arg).
+OPERATOR_ARGS: list[str] = []
+
+
 def start_operator(kubeconfig: Path, algorithm: str, workers: int,
                    logfile: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "haku", "operator", "run", f"--kubeconfig={kubeconfig}",
          f"--key-algorithm={algorithm}", f"--workers={workers}", "--lease-duration=5",
          # No fixed ports: a full cluster may run beside the API-only tier.
-         "--metrics-bind-address=0", "--health-probe-bind-address=0"],
+         "--metrics-bind-address=0", "--health-probe-bind-address=0", *OPERATOR_ARGS],
         stdout=logfile.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -504,8 +508,13 @@ def main() -> int:
                         default=int(os.environ.get("HAKU_BENCH_PORT_OFFSET", "0")),
                         help="added to every port of the scale part's API-only and "
                              "datastores-only tiers (keep the sums below 32768)")
+    parser.add_argument("--operator-arg", action="append", default=[], metavar="FLAG",
+                        help="a `haku operator run` flag for the operators it starts "
+                             "(repeatable), e.g. --operator-arg=--no-tenant-network-policy")
     args = parser.parse_args()
-    result: dict[str, Any] = {"benchmark": "operator", "cpus": os.cpu_count()}
+    OPERATOR_ARGS[:] = args.operator_arg
+    result: dict[str, Any] = {"benchmark": "operator", "cpus": os.cpu_count(),
+                              "operator_args": OPERATOR_ARGS}
     if args.ready:
         result["ready"] = asyncio.run(bench_ready(args.ready, args.ready_algorithm))
     steps = [int(s) for s in args.scale.split(",") if s]

@@ -20,8 +20,13 @@ def use_fake_datastores(monkeypatch: pytest.MonkeyPatch, drivers: Mapping[str, A
 
     async def fake_read(self: DriverCache, name: str) -> Any:
         if name in drivers:
-            return SimpleNamespace(metadata=SimpleNamespace(
-                name=name, generation=1, deletionTimestamp=None))
+            # Where the fake "is" (a driver may say, by an ``endpoints`` attribute): what the
+            # tenant's NetworkPolicy lets its pods reach.
+            endpoints = list(getattr(drivers[name], "endpoints", ("127.0.0.1:1",)))
+            return SimpleNamespace(
+                metadata=SimpleNamespace(name=name, generation=1, deletionTimestamp=None),
+                to_dict=lambda: {"metadata": {"name": name},
+                                 "spec": {"endpoints": endpoints}})
         return await read(self, name)
 
     def fake_lease(self: DriverCache, datastore: Any) -> Any:

@@ -182,7 +182,13 @@ def cmd_operator_run(args: argparse.Namespace) -> int:
         health_probe_bind_address=args.health_probe_bind_address)
     config = OperatorConfig(default_datastore=args.default_datastore,
                             key_algorithm=KeyAlgorithm(args.key_algorithm),
-                            node_address=args.node_address)
+                            node_address=args.node_address,
+                            tenant_network_policy=not args.no_tenant_network_policy,
+                            tenant_networks=tuple(args.tenant_network),
+                            admin_service_cidrs=tuple(args.admin_service_cidr),
+                            admin_pod_cidrs=tuple(args.admin_pod_cidr),
+                            admin_node_cidrs=tuple(args.admin_node_cidr),
+                            discover_admin_ranges=not args.no_discover_admin_ranges)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -193,6 +199,15 @@ def cmd_operator_run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _cidr(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR") from e
 
 
 def _bind_address(text: str) -> str:
@@ -439,6 +454,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--key-algorithm", default="RSA-2048",
                      choices=["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "ECDSA-P384"])
     run.add_argument("--node-address", help="NodePort endpoint address (default: a node's IP)")
+    run.add_argument("--tenant-network", action="append", default=[], metavar="CIDR",
+                     type=_cidr,
+                     help="where tenants' nodes live: the tenant control planes' egress for "
+                          "logs/exec/webhooks (repeatable; default: every address outside the "
+                          "admin cluster's ranges)")
+    run.add_argument("--no-tenant-network-policy", action="store_true",
+                     help="apply no NetworkPolicy around tenant control planes (isolate them "
+                          "by other means)")
+    for what in ("service", "pod", "node"):
+        run.add_argument(f"--admin-{what}-cidr", action="append", default=[], metavar="CIDR",
+                         type=_cidr,
+                         help=f"an admin-cluster {what} range tenants must keep clear of, "
+                              "besides those the API tells (repeatable)")
+    run.add_argument("--no-discover-admin-ranges", action="store_true",
+                     help="take the admin ranges from the --admin-*-cidr flags alone (no "
+                          "ServiceCIDR and Node reads)")
     run.add_argument("--no-leader-elect", action="store_true")
     run.add_argument("--lease-duration", type=float, default=15.0,
                      help="seconds a silent leader keeps the Lease")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBi
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller.tenant_watches import TenantWatches
 from haku.dev.cluster import DevCluster
+from haku.dev.layout import Layout
 from haku.render import pki
 from haku.render.tenant_bootstrap import bootstrap_objects, object_key
 from haku.tenant import bootstrap
@@ -29,11 +32,14 @@ from haku.tenant.access import TenantAccess, create_join_command
 from haku.tenant.tokens import NODE_TOKEN_GROUP, JoinCommand, ca_cert_hash
 
 ENDPOINT = "https://10.245.0.1:31443"
+# The API-only cluster stands in for a tenant: its service range is the tenant's.
+SERVICE_CIDR = Layout.api_only(Path("/unused")).service_cidr
+DNS_IP = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 10)
 
 
 def spec(addons: dict[str, Any] | None) -> TenantControlPlaneSpec:
     body: dict[str, Any] = {"kubernetes": {"version": "v1.37.2"},
-                            "networkProfile": {"serviceCidr": "10.96.0.0/16",
+                            "networkProfile": {"serviceCidr": SERVICE_CIDR,
                                                "podCidr": "10.244.0.0/16"}}
     if addons is not None:
         body["addons"] = addons
@@ -80,7 +86,7 @@ async def test_bootstrap_applies_all_and_a_second_apply_changes_nothing(
     assert await _versions(tenant, groups) == first  # idempotent: no write happened
 
     dns = await tenant.get(Service, "kube-dns", namespace="kube-system")
-    assert dns.spec.clusterIP == "10.96.0.10"
+    assert dns.spec.clusterIP == DNS_IP
     info = await tenant.get(ConfigMap, "cluster-info", namespace="kube-public")
     kubeconfig = yaml.safe_load(info.data["kubeconfig"])
     assert kubeconfig["clusters"][0]["cluster"]["server"] == ENDPOINT

@@ -158,6 +158,9 @@ CAN_I = [
     ("create", "events", "any", "yes"),
     ("patch", "events", "any", "no"),  # never updated
     ("list", "nodes", "", "yes"),
+    ("patch", "networkpolicies.networking.k8s.io", "any", "yes"),
+    ("list", "servicecidrs.networking.k8s.io", "", "yes"),
+    ("create", "servicecidrs.networking.k8s.io", "", "no"),
     ("delete", "deployments.apps", "any", "yes"),  # stopped before the data is dropped
     ("list", "pods", "any", "yes"),  # ... and waited for
     ("patch", "datastores.haku.dev", "", "yes"),  # its finalizer while tenants use it

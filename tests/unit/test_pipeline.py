@@ -107,8 +107,8 @@ def test_requeue_jitter_stays_within_its_band() -> None:
 
 def test_condition_types_follow_the_step_order_once_each() -> None:
     assert condition_types(steps.STEPS) == (
-        "DataStoreReady", "ControlPlaneAvailable", "CertificatesReady", "APIServerReady",
-        "TenantBootstrapped", "Ready")
+        "NetworkIsolated", "DataStoreReady", "ControlPlaneAvailable", "CertificatesReady",
+        "APIServerReady", "TenantBootstrapped", "Ready")
     names = [s.name for s in steps.STEPS]
     assert len(names) == len(set(names))
     # On delete the pods stop (deployment) before the data goes (datastore), and the
@@ -116,6 +116,8 @@ def test_condition_types_follow_the_step_order_once_each() -> None:
     cleanup = list(reversed(names))
     assert cleanup.index("deployment") < cleanup.index("datastore") < cleanup.index(
         "finalizer") == len(cleanup) - 1
+    # The ranges are checked, and the pods fenced in, before anything is provisioned or runs.
+    assert names.index("network") < names.index("datastore") < names.index("deployment")
 
 
 @pytest.mark.parametrize(("args", "want"), [

@@ -279,6 +279,7 @@ class TenantControlPlaneSpec:
     automount_service_account_token: bool = False  # Haku's default; Kamaji leaves it unset
     # Where service_cidrs came from, for messages: serviceCidrs (a list) or serviceCidr.
     service_cidrs_field: str = "spec.networkProfile.serviceCidr"
+    pod_cidrs_field: str = "spec.networkProfile.podCidr"
 
     @classmethod
     def parse(cls, obj: dict[str, Any]) -> TenantControlPlaneSpec:
@@ -354,6 +355,8 @@ class TenantControlPlaneSpec:
                                                          False)),
             service_cidrs_field=("spec.networkProfile.serviceCidrs" if net.get("serviceCidrs")
                                  else "spec.networkProfile.serviceCidr"),
+            pod_cidrs_field=("spec.networkProfile.podCidrs" if net.get("podCidrs")
+                             else "spec.networkProfile.podCidr"),
         )
 
     def image(self, component: str) -> str:
@@ -364,6 +367,12 @@ class TenantControlPlaneSpec:
         if self.service_cidrs_field.endswith("serviceCidrs"):
             return f"{self.service_cidrs_field}[{index}]"
         return self.service_cidrs_field
+
+    def pod_cidr_field(self, index: int) -> str:
+        """The spec path of ``pod_cidrs[index]``."""
+        if self.pod_cidrs_field.endswith("podCidrs"):
+            return f"{self.pod_cidrs_field}[{index}]"
+        return self.pod_cidrs_field
 
     @property
     def kubernetes_service_ips(self) -> list[str]:

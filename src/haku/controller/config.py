@@ -24,3 +24,14 @@ class OperatorConfig:
     # How long a provisioned tenant is trusted without asking the DataStore (a cheap
     # read-only check) whether its user and space are still there.
     verify_every: float = 600.0
+    # A NetworkPolicy around every tenant control plane (haku.render.netpol); off only for a
+    # cluster admin who isolates them by other means.
+    tenant_network_policy: bool = True
+    # Where tenants' nodes live (egress for logs/exec/webhooks); empty: every address outside
+    # the admin cluster's ranges.
+    tenant_networks: tuple[str, ...] = ()
+    # The admin cluster's ranges, besides those the API tells (discover_admin_ranges).
+    admin_service_cidrs: tuple[str, ...] = ()
+    admin_pod_cidrs: tuple[str, ...] = ()
+    admin_node_cidrs: tuple[str, ...] = ()
+    discover_admin_ranges: bool = True

@@ -16,7 +16,7 @@ from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Secret, Service
-from lightkube.resources.networking_v1 import Ingress
+from lightkube.resources.networking_v1 import Ingress, NetworkPolicy
 
 from haku.api import crds, policies
 from haku.api.resources import TenantControlPlane
@@ -278,7 +278,7 @@ async def run(options: RunOptions, config: OperatorConfig,
                 parents=[Watcher(TenantControlPlane, tenant_events, namespace=ALL_NS)],
                 children=[Watcher(kind, owned_by_tenant(kind.__name__), labels=owned,
                                   namespace=ALL_NS)
-                          for kind in (Secret, Deployment, Service, Ingress)]
+                          for kind in (Secret, Deployment, Service, Ingress, NetworkPolicy)]
                 + [Watcher(DataStore, tenants_of_datastore)])),
             asyncio.create_task(stores.run(
                 # Not on its own status writes (each would check it again at once).

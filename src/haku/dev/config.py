@@ -8,6 +8,7 @@ logs/exec reaching the kubelet by InternalIP.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,11 @@ def controller_manager_argv(binary: Path, layout: Layout) -> list[str]:
         f"--cluster-signing-cert-file={pki / 'ca.crt'}",
         f"--cluster-signing-key-file={pki / 'ca.key'}",
         f"--service-cluster-ip-range={layout.service_cidr}",
+        # The node's pod range in its spec.podCIDRs, as kubeadm's --pod-network-cidr gives it:
+        # where the operator learns the admin cluster's pod range.
+        "--allocate-node-cidrs=true",
+        f"--cluster-cidr={layout.pod_cidr}",
+        f"--node-cidr-mask-size={ipaddress.ip_network(layout.pod_cidr).prefixlen}",
         f"--cert-dir={layout.state_dir / 'controller-manager-certs'}",
         f"--flex-volume-plugin-dir={layout.kubelet_dir / 'volume-plugins'}",
         "--profiling=false",

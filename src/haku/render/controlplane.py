@@ -67,6 +67,7 @@ def names(tcp: str) -> dict[str, str]:
         "deployment": tcp,
         "service": tcp,
         "ingress": tcp,
+        "network-policy": tcp,
         "pki": f"{tcp}-pki",
         "kubeconfigs": f"{tcp}-kubeconfigs",
         "admin-kubeconfig": f"{tcp}-admin-kubeconfig",

@@ -4,6 +4,8 @@
 step               Condition               what it does / undoes on delete
 =================  ======================  =====================================================
 finalizer          —                       sets Haku's finalizer / removes it, last
+network            NetworkIsolated         refuses ranges that overlap the admin cluster's;
+                                           the NetworkPolicy around the control-plane pods
 datastore          DataStoreReady          the tenant's user and space, owned by its uid / drops
                                            them once the pods are gone (or abandons them when
                                            the annotation says so)
@@ -27,11 +29,12 @@ from haku.controller.steps.deployment import DeploymentStep
 from haku.controller.steps.deps import Deps
 from haku.controller.steps.exposure import IngressStep, ServiceStep
 from haku.controller.steps.finalizer import FinalizerStep
+from haku.controller.steps.network import NetworkStep
 
 __all__ = ["STEPS", "Deps", "pipeline"]
 
 # The steps of a TenantControlPlane, in the order they apply.
-STEPS = (FinalizerStep, DataStoreStep, ServiceStep, CertificatesStep, DeploymentStep,
+STEPS = (FinalizerStep, NetworkStep, DataStoreStep, ServiceStep, CertificatesStep, DeploymentStep,
          IngressStep, APIServerStep, BootstrapStep)
 
 

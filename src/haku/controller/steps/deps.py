@@ -22,6 +22,7 @@ from lightkube.resources.core_v1 import Secret
 
 from haku.api.conditions import Condition
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.controller.admin_network import AdminNetwork
 from haku.controller.config import OperatorConfig
 from haku.controller.drivers import DriverCache
 from haku.controller.events import EventRecorder
@@ -61,6 +62,12 @@ class Deps:
     # once ``watches_listed()`` (every watch delivered its first list): :meth:`no_ingress`.
     ingresses: set[tuple[str, str]] = field(default_factory=set)
     watches_listed: Callable[[], bool] = lambda: False
+    # The admin cluster's own ranges (tenants keep clear of them); made from client and config.
+    admin_network: AdminNetwork = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.admin_network is None:
+            self.admin_network = AdminNetwork(self.client, self.config)
 
     def no_ingress(self, namespace: str, name: str) -> bool:
         """True if surely no Ingress ``name`` of Haku's is there (no need to look)."""
