@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from haku.dev import host
+from haku.dev import host, netpol
 from haku.dev.cluster import DevCluster
 from haku.dev.processes import process_start_time
 
@@ -70,6 +70,7 @@ def test_down_leaves_no_process_mount_netns_link_or_chain(node_cluster: DevClust
     assert host.cgroup_pids(lay.pods_cgroup)  # the pod runs under the cluster's cgroup root
     baseline = {tuple(c) for c in json.loads(lay.state_file.read_text())["baseline_chains"]}
     assert host.kube_chains() - baseline  # the cluster made chains of its own
+    assert netpol.steering_present()  # what feeds kube-network-policies' queue
     _remove_foreign_things()
     _plant_foreign_things()
     try:
@@ -89,6 +90,9 @@ def test_down_leaves_no_process_mount_netns_link_or_chain(node_cluster: DevClust
         assert not [ns for ns in netns if ns in listed]
         assert not host.link_exists(lay.cni_bridge) and not host.link_exists(lay.node_bridge)
         assert host.kube_chains() <= baseline | {("iptables", "filter", FOREIGN_CHAIN)}
+        assert not [chain for chain in netpol.JUMPS if subprocess.run(
+            ["iptables", "-w", "-t", netpol.STEERING_TABLE, "-S", chain],
+            capture_output=True).returncode == 0]
         assert host.listeners(lay.listen_ports()) == {}
         # ... and nothing it did not make is touched.
         assert ("iptables", "filter", FOREIGN_CHAIN) in host.kube_chains()
