@@ -160,3 +160,39 @@ def test_a_spec_that_cannot_be_read_still_gives_what_a_cleanup_needs() -> None:
     assert (spec.name, spec.namespace, spec.uid) == ("t", "n", "u")
     assert (spec.data_store, spec.data_store_schema, spec.data_store_username) == \
         ("ds", "s", "u")
+
+
+class Stopping(Recorder):
+    """A step whose cleanup waits, as the deployment step does while pods stop."""
+
+    def __init__(self, poll: bool) -> None:
+        super().__init__("deployment", "ControlPlaneAvailable")
+        self.poll = poll
+
+    async def cleanup(self, ctx: Context) -> None:
+        raise Wait(Condition("ControlPlaneAvailable", "False", "Stopping", "pods stop"), 1.0,
+                   poll=self.poll)
+
+
+@pytest.mark.parametrize("poll", [True, False])
+async def test_a_cleanup_that_polls_is_looked_at_again_at_its_hint_every_time(
+        poll: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pods stopping within their grace period (30 s) must not push the next look past it by
+    doubling (1, 2, 4, 8, 16, 32 s: a delete that took a minute); other waits back off."""
+    from haku.controller.config import OperatorConfig
+    from haku.controller.steps.finalizer import FINALIZER
+    from haku.controller.tenant import TenantReconciler
+
+    r = TenantReconciler(None, OperatorConfig(), None)  # type: ignore[arg-type]
+    r.steps = [Stopping(poll)]
+
+    async def no_status(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(r, "_write_status", no_status)
+    c = Context({"metadata": {"name": "t", "uid": "u", "finalizers": [FINALIZER]}}, SPEC)
+    delays = [(await r._finalize(("n", "t"), c)).requeue_after for _ in range(6)]
+    if poll:
+        assert delays == [1.0] * 6
+    else:
+        assert delays[-1] is not None and delays[-1] > 20  # 32 s ± jitter

@@ -35,12 +35,15 @@ from haku.render.storage import TenantConnection
 
 
 class Wait(Exception):
-    """A step cannot go on yet; ``condition`` says why, ``retry_after`` is the hint (s)."""
+    """A step cannot go on yet; ``condition`` says why, ``retry_after`` is the hint (s).
+    ``poll``: the wait is known to end soon by itself (pods within their grace period), so
+    look again after ``retry_after`` every time instead of backing off."""
 
-    def __init__(self, condition: Condition, retry_after: float) -> None:
+    def __init__(self, condition: Condition, retry_after: float, poll: bool = False) -> None:
         super().__init__(condition.message)
         self.condition = condition
         self.retry_after = retry_after
+        self.poll = poll
 
 
 class Fail(Exception):

@@ -273,6 +273,8 @@ class TenantReconciler:
                 timer.finish()
                 ctx.conditions[stop.condition.type] = stop.condition
                 await self._write_status(ctx, deleting=True)
+                if isinstance(stop, Wait) and stop.poll:
+                    return Result(requeue_after=stop.retry_after)
                 return Result(requeue_after=self.requeue.delay(key, stop.retry_after))
             except LostLeadership:
                 raise

@@ -107,4 +107,4 @@ class DeploymentStep(StepBase):
             raise Wait(Condition(
                 CONDITION, "False", "Stopping",
                 f"waiting for {len(pods)} control-plane pod(s) to stop before the tenant's "
-                "data is deleted"), 1.0)
+                "data is deleted"), 1.0, poll=True)  # they stop within their grace period
