@@ -63,6 +63,7 @@ class World:
     worker_node: str
     worker_pod_ip: str
     admin_targets: list[Target]
+    own_datastore: Target
 
 
 def pod_ready(pod: Pod) -> bool:
@@ -164,7 +165,9 @@ async def world(running_operator: DevCluster) -> AsyncIterator[World]:
             mine = await running_ip(t, "mine", "default")
         finally:
             await t.close()
-        yield World(cluster, tenant, kubeconfig, added.worker.node_name, mine, targets)
+        own = Target("its own etcd datastore", node_ip, ports.datastore_etcd_client, "https",
+                     "/version")
+        yield World(cluster, tenant, kubeconfig, added.worker.node_name, mine, targets, own)
     finally:
         with contextlib.suppress(ApiError):
             await admin.delete(Pod, "stand-in", namespace=ADMIN_NS, grace_period=0)
@@ -314,3 +317,22 @@ async def test_the_same_requests_reach_the_tenants_own_worker(world: World) -> N
     got = tenant_kubectl(world, "exec", "-n", "default", "mine", "--", "cat",
                          "/www/index.html")
     assert got.returncode == 0 and got.stdout.strip() == "tenant-own", got.stderr
+
+
+async def test_its_own_datastore_port_opens_nothing_without_its_client_certificate(
+        world: World) -> None:
+    """The one admin address the policy lets the tenant's pods reach is its datastore's port
+    (here etcd, which the tenant's kube-apiserver uses): asked to proxy there, the API server
+    has no client certificate the datastore accepts, so the TLS handshake fails ("http2: client
+    conn could not be established") and nothing is read."""
+    paths = await baits(world, world.own_datastore, "own-ds")
+    loop = asyncio.get_running_loop()
+    with pool() as p:
+        results = await asyncio.gather(*[loop.run_in_executor(p, attempt, world, path)
+                                         for _, path in paths])
+    # Reached (not dropped: the policy allows the port), refused at the handshake, nothing read
+    # (etcd's /version would answer {"etcdserver": ...}).
+    wrong = [f"{how}: rc={rc} {out!r}" for (how, _), (rc, out) in zip(paths, results, strict=True)
+             if rc == 0 or "etcdserver" in out or dropped(out)
+             or "error trying to reach service" not in out]
+    assert not wrong, "\n".join(wrong)
