@@ -337,12 +337,13 @@ def processes_rss(cluster: DevCluster, operator: subprocess.Popen[bytes]) -> dic
 
 # --------------------------------------------------------------------------------- the run
 
-def start_operator(kubeconfig: Path, algorithm: str, logfile: Path) -> subprocess.Popen[bytes]:
+def start_operator(kubeconfig: Path, algorithm: str, logfile: Path,
+                   extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "haku", "operator", "run", f"--kubeconfig={kubeconfig}",
          f"--key-algorithm={algorithm}", "--lease-duration=5",
          # no listeners: the default :8080/:8081 may be taken by another operator here
-         "--metrics-bind-address=0", "--health-probe-bind-address=0"],
+         "--metrics-bind-address=0", "--health-probe-bind-address=0", *(extra or [])],
         stdout=logfile.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -478,7 +479,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     cluster.down(purge=True)
     cluster.up()
     lay = cluster.layout
-    operator = start_operator(lay.admin_kubeconfig, args.key_algorithm, args.operator_log)
+    operator = start_operator(lay.admin_kubeconfig, args.key_algorithm, args.operator_log,
+                              args.operator_arg)
     client = AsyncClient(KubeConfig.from_file(lay.admin_kubeconfig), field_manager="bench",
                          trust_env=False)
     try:
@@ -493,7 +495,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "key_algorithm": args.key_algorithm,
             "parameters": {"max": args.max, "window_s": args.window, "settle_s": args.settle,
                            "idle_s": args.idle, "time_limit_s": args.time_limit,
-                           "poll_s": POLL_S},
+                           "poll_s": POLL_S, "operator_args": args.operator_arg},
             **result}
 
 
@@ -512,6 +514,10 @@ def main() -> int:
     parser.add_argument("--key-algorithm", default="RSA-2048")
     parser.add_argument("--operator-log", type=Path,
                         default=Path("/tmp/haku-bench-density-operator.log"))
+    parser.add_argument("--operator-arg", action="append", default=[], metavar="FLAG",
+                        help="a `haku operator run` flag for the operator (repeatable), e.g. "
+                             "--operator-arg=--no-leader-elect: a lone operator that loses its "
+                             "Lease on a saturated machine exits, which ends the run")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(bench(args)), indent=2))
     return 0
