@@ -593,16 +593,7 @@ def kubernetes_chain(name: str) -> bool:
 
 def _kube_proxy_running() -> bool:
     """Whether any kube-proxy process runs on this host."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
-        except OSError:
-            continue
-        if Path(argv0.decode(errors="replace")).name == "kube-proxy":
-            return True
-    return False
+    return host.binary_running("kube-proxy")
 
 
 def _chain_baseline(recorded: list[Any] | None, nothing_running: bool,

@@ -448,3 +448,17 @@ def remove_cgroups(name: str) -> int:
             except OSError:
                 continue
     return removed
+
+
+def binary_running(name: str) -> bool:
+    """Whether any process on this host runs a binary called ``name`` (argv[0]'s last part)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if Path(argv0.decode(errors="replace")).name == name:
+            return True
+    return False

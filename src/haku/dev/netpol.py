@@ -236,13 +236,4 @@ def remove_nft_table() -> bool:
 
 def running_elsewhere() -> bool:
     """Whether some kube-network-policies process runs on this host."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
-        except OSError:
-            continue
-        if Path(argv0.decode(errors="replace")).name == NAME:
-            return True
-    return False
+    return host.binary_running(NAME)

@@ -14,8 +14,8 @@ from lightkube.resources.core_v1 import Pod
 from haku.api.conditions import Condition
 from haku.controller.pipeline import Context, Wait
 from haku.controller.steps.deps import StepBase
-from haku.controller.steps.exposure import is_ip
 from haku.render import controlplane
+from haku.render.netpol import is_ip
 
 CONDITION = "ControlPlaneAvailable"
 

@@ -3,7 +3,6 @@ when the spec asks for one, an Ingress."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from lightkube.resources.core_v1 import Node
@@ -14,6 +13,7 @@ from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller.pipeline import Context, Wait
 from haku.controller.steps.deps import StepBase
 from haku.render import controlplane
+from haku.render.netpol import is_ip
 
 CONDITION = "ControlPlaneAvailable"
 
@@ -27,14 +27,6 @@ def endpoint_port(spec: TenantControlPlaneSpec, svc: Any) -> int:
             if p.name == "kube-apiserver" and p.nodePort:
                 return int(p.nodePort)
     return spec.port
-
-
-def is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def url_host(address: str) -> str:
