@@ -8,34 +8,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from lightkube import AsyncClient, KubeConfig
+from lightkube import AsyncClient
 from lightkube.codecs import from_dict
-from lightkube.resources.core_v1 import Namespace
-from lightkube.types import PatchType
 
 from haku.api.resources import TenantControlPlane
 from haku.controller.config import OperatorConfig
 from haku.controller.events import EventRecorder
-from haku.controller.operator import install_crds
 from haku.controller.tenant import TenantReconciler
 from haku.dev.cluster import DevCluster
-from tests.kube import list_when_served
+from tests.kube import namespace_client
 
 NS = "first-status"
 
 
 @pytest.fixture
 async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
-    c = AsyncClient(KubeConfig.from_file(api_cluster.layout.admin_kubeconfig),
-                    field_manager="haku-test", trust_env=False)
-    await install_crds(c, "haku-system")
-    await c.apply(Namespace.from_dict({"metadata": {"name": NS}}))  # type: ignore[attr-defined]
-    yield c
-    for t in await list_when_served(c, TenantControlPlane, NS):
-        await c.patch(TenantControlPlane, t.metadata.name, {"metadata": {"finalizers": []}},
-                      namespace=NS, patch_type=PatchType.MERGE)
-        await c.delete(TenantControlPlane, t.metadata.name, namespace=NS)
-    await c.close()
+    async with namespace_client(api_cluster, NS) as c:
+        yield c
 
 
 async def settled(r: TenantReconciler) -> None:

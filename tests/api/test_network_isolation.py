@@ -10,23 +10,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Namespace, Secret
+from lightkube.resources.core_v1 import Secret
 from lightkube.resources.networking_v1 import NetworkPolicy, ServiceCIDR
-from lightkube.types import PatchType
 
 from haku.api.resources import TenantControlPlane
-from haku.controller.config import OperatorConfig
-from haku.controller.events import EventRecorder
-from haku.controller.operator import install_crds
-from haku.controller.tenant import TenantReconciler
 from haku.dev.cluster import DevCluster
-from haku.render.pki import KeyAlgorithm
-from tests.api.test_pipeline_api import CountingDriver
+from tests.api.test_pipeline_api import CountingDriver, reconciler
 from tests.fake_datastores import use_fake_datastores
-from tests.kube import list_when_served
+from tests.kube import conditions_of, namespace_client
 
 NS = "netiso"
 DS = "fake-netiso"
@@ -43,18 +37,10 @@ def tcp(name: str, **net: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
-    c = AsyncClient(KubeConfig.from_file(api_cluster.layout.admin_kubeconfig),
-                    field_manager="haku-test", trust_env=False)
-    await install_crds(c, "haku-system")
-    await c.apply(Namespace.from_dict({"metadata": {"name": NS}}))  # type: ignore[attr-defined]
-    yield c
-    for t in await list_when_served(c, TenantControlPlane, NS):
-        await c.patch(TenantControlPlane, t.metadata.name, {"metadata": {"finalizers": []}},
-                      namespace=NS, patch_type=PatchType.MERGE)
-        await c.delete(TenantControlPlane, t.metadata.name, namespace=NS)
-    async for p in c.list(NetworkPolicy, namespace=NS):
-        await c.delete(NetworkPolicy, p.metadata.name, namespace=NS)
-    await c.close()
+    async with namespace_client(api_cluster, NS) as c:
+        yield c
+        async for p in c.list(NetworkPolicy, namespace=NS):
+            await c.delete(NetworkPolicy, p.metadata.name, namespace=NS)
 
 
 @pytest.fixture
@@ -63,16 +49,6 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> CountingDriver:
     driver.endpoints = ("10.245.0.1:15432",)  # type: ignore[attr-defined]
     use_fake_datastores(monkeypatch, {DS: driver})
     return driver
-
-
-def reconciler(client: AsyncClient, **config: Any) -> TenantReconciler:
-    return TenantReconciler(client, OperatorConfig(key_algorithm=KeyAlgorithm.ECDSA_P256,
-                                                   **config), EventRecorder(client))
-
-
-async def conditions_of(client: AsyncClient, name: str) -> dict[str, dict[str, Any]]:
-    got = (await client.get(TenantControlPlane, name, namespace=NS)).to_dict()
-    return {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
 
 
 async def service_ranges(client: AsyncClient) -> list[str]:
@@ -100,7 +76,7 @@ async def test_a_tenant_is_fenced_in_by_a_network_policy_it_owns(
     admin = await service_ranges(client)
     assert admin and all(str(ipaddress.ip_network(c)) in v4["except"] for c in admin
                          if ipaddress.ip_network(c).version == 4)
-    conds = await conditions_of(client, "fenced")
+    conds = await conditions_of(client, NS, "fenced")
     assert conds["NetworkIsolated"]["status"] == "True"
     assert conds["NetworkIsolated"]["reason"] == "PolicyApplied"
 
@@ -110,7 +86,7 @@ async def test_ranges_that_overlap_the_admin_clusters_are_refused_before_anythin
     admin = (await service_ranges(client))[0]
     await client.apply(from_dict(tcp("overlap", serviceCidr=admin)), force=True)
     await reconciler(client).reconcile((NS, "overlap"))
-    conds = await conditions_of(client, "overlap")
+    conds = await conditions_of(client, NS, "overlap")
     got = conds["NetworkIsolated"]
     assert (got["status"], got["reason"]) == ("False", "RangesOverlap")
     assert f"spec.networkProfile.serviceCidr {admin} overlaps the admin cluster's service " \
@@ -126,7 +102,7 @@ async def test_ranges_the_operator_is_told_count_too(client: AsyncClient,
                                                      fake: CountingDriver) -> None:
     await client.apply(from_dict(tcp("told")), force=True)  # podCidr 10.244.0.0/16
     await reconciler(client, admin_pod_cidrs=("10.244.0.0/14",)).reconcile((NS, "told"))
-    got = (await conditions_of(client, "told"))["NetworkIsolated"]
+    got = (await conditions_of(client, NS, "told"))["NetworkIsolated"]
     assert got["reason"] == "RangesOverlap"
     assert "spec.networkProfile.podCidr 10.244.0.0/16 overlaps the admin cluster's pod range " \
         "10.244.0.0/14 (--admin-pod-cidr)" in got["message"]
@@ -141,7 +117,7 @@ async def test_the_switch_lifts_the_policy_and_says_so(client: AsyncClient,
     with pytest.raises(ApiError) as e:
         await client.get(NetworkPolicy, "lifted", namespace=NS)
     assert e.value.status.code == 404
-    got = (await conditions_of(client, "lifted"))["NetworkIsolated"]
+    got = (await conditions_of(client, NS, "lifted"))["NetworkIsolated"]
     assert (got["status"], got["reason"]) == ("True", "PolicyOff")
 
 
@@ -153,7 +129,7 @@ async def test_a_foreign_network_policy_of_that_name_is_left_alone(
     await client.create(from_dict(foreign))
     await client.apply(from_dict(tcp("squat")), force=True)
     await reconciler(client).reconcile((NS, "squat"))
-    got = (await conditions_of(client, "squat"))["NetworkIsolated"]
+    got = (await conditions_of(client, NS, "squat"))["NetworkIsolated"]
     assert got["reason"] == "NameConflict"
     kept = await client.get(NetworkPolicy, "squat", namespace=NS)
     assert not kept.metadata.ownerReferences and kept.spec.policyTypes == ["Ingress"]

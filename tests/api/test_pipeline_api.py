@@ -10,22 +10,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
-from lightkube.resources.core_v1 import Namespace, Secret
-from lightkube.types import PatchType
+from lightkube.resources.core_v1 import Secret
 
 from haku.api.resources import TenantControlPlane
 from haku.controller.config import OperatorConfig
 from haku.controller.events import EventRecorder
-from haku.controller.operator import install_crds
 from haku.controller.tenant import TenantReconciler
 from haku.datastore import Tenant, TenantConnection
 from haku.datastore.base import SchemaInUse
 from haku.dev.cluster import DevCluster
 from haku.render.pki import KeyAlgorithm
 from tests.fake_datastores import use_fake_datastores
-from tests.kube import list_when_served
+from tests.kube import conditions_of, namespace_client
 
 NS = "pipeline"
 DS = "fake-pipeline"
@@ -78,16 +76,8 @@ def tcp(name: str, **spec: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
-    c = AsyncClient(KubeConfig.from_file(api_cluster.layout.admin_kubeconfig),
-                    field_manager="haku-test", trust_env=False)
-    await install_crds(c, "haku-system")
-    await c.apply(Namespace.from_dict({"metadata": {"name": NS}}))  # type: ignore[attr-defined]
-    yield c
-    for t in await list_when_served(c, TenantControlPlane, NS):
-        await c.patch(TenantControlPlane, t.metadata.name, {"metadata": {"finalizers": []}},
-                      namespace=NS, patch_type=PatchType.MERGE)
-        await c.delete(TenantControlPlane, t.metadata.name, namespace=NS)
-    await c.close()
+    async with namespace_client(api_cluster, NS) as c:
+        yield c
 
 
 @pytest.fixture
@@ -102,11 +92,6 @@ def reconciler(client: AsyncClient, **config: Any) -> TenantReconciler:
                                                    **config), EventRecorder(client))
 
 
-async def conditions_of(client: AsyncClient, name: str) -> dict[str, dict[str, Any]]:
-    got = (await client.get(TenantControlPlane, name, namespace=NS)).to_dict()
-    return {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
-
-
 async def test_routine_reconciles_run_no_ddl(client: AsyncClient,
                                              fake: CountingDriver) -> None:
     await client.apply(from_dict(tcp("routine")), force=True)
@@ -115,7 +100,7 @@ async def test_routine_reconciles_run_no_ddl(client: AsyncClient,
         await r.reconcile((NS, "routine"))
     assert len(fake.ensured) == 1  # provisioned once; the checksum held since
     assert fake.verified == 0  # confirmed by the ensure itself, within verify_every
-    conds = await conditions_of(client, "routine")
+    conds = await conditions_of(client, NS, "routine")
     assert conds["DataStoreReady"]["status"] == "True"
 
     # A restarted operator knows nothing: one cheap read-only check, still no DDL.
@@ -175,7 +160,7 @@ async def test_a_refused_tenant_names_the_holder_and_its_delete_touches_nothing(
     fake.refuse = holder.metadata.uid
     r = reconciler(client)
     await r.reconcile((NS, "late"))
-    conds = await conditions_of(client, "late")
+    conds = await conditions_of(client, NS, "late")
     assert conds["DataStoreReady"]["reason"] == "SchemaInUse"
     assert f"TenantControlPlane {NS}/holder" in conds["DataStoreReady"]["message"]
     got = (await client.get(TenantControlPlane, "late", namespace=NS)).to_dict()
@@ -200,7 +185,7 @@ async def test_a_reconcile_that_overruns_its_deadline_stops_and_says_where(
     result = await r.reconcile((NS, "slow"))
     assert asyncio.get_running_loop().time() - started < 10
     assert result.requeue_after is not None
-    conds = await conditions_of(client, "slow")
+    conds = await conditions_of(client, NS, "slow")
     assert conds["DataStoreReady"]["reason"] == "Timeout"
     assert "datastore" in conds["DataStoreReady"]["message"]
     await r.events.flush()
@@ -218,7 +203,7 @@ async def test_a_foreign_object_of_a_tenants_name_is_never_taken_over(
     await client.apply(from_dict(tcp("squat")), force=True)
     r = reconciler(client)
     await r.reconcile((NS, "squat"))
-    conds = await conditions_of(client, "squat")
+    conds = await conditions_of(client, NS, "squat")
     assert conds["CertificatesReady"]["reason"] == "NameConflict"
     assert f"Secret {NS}/squat-pki" in conds["CertificatesReady"]["message"]
     assert conds["Ready"]["reason"] == "NameConflict"
@@ -232,7 +217,7 @@ async def test_a_foreign_object_of_a_tenants_name_is_never_taken_over(
         "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}}))
     await client.apply(from_dict(tcp("squat2")), force=True)
     await r.reconcile((NS, "squat2"))
-    conds = await conditions_of(client, "squat2")
+    conds = await conditions_of(client, NS, "squat2")
     assert conds["ControlPlaneAvailable"]["reason"] == "NameConflict"
     svc = await client.get(Service, "squat2", namespace=NS)
     assert svc.spec.selector == {"app": "theirs"} and not svc.metadata.ownerReferences

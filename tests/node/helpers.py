@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 from lightkube import AsyncClient, KubeConfig
+from lightkube.resources.core_v1 import Pod
 
+from haku.api.resources import TenantControlPlane
+from haku.dev import worker as workers
 from haku.dev.cluster import DevCluster
+from haku.dev.worker_config import Timeouts
+from haku.tenant import access
+from haku.tenant.access import TenantAccess
 
 
 def client(cluster: DevCluster) -> AsyncClient:
@@ -30,3 +37,39 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(0.5)
+
+
+def pod_ready(pod: Pod) -> bool:
+    return pod.status is not None and pod.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+async def wait_tenant_ready(c: AsyncClient, namespace: str, name: str,
+                            timeout: float = 180) -> TenantAccess:
+    """TenantControlPlane ``namespace/name``'s admin access once it is Ready (which includes
+    TenantBootstrapped); the assertion shows its status if it does not get there."""
+    got: list[TenantAccess] = []
+
+    async def ready() -> bool:
+        try:
+            tenant = await access.load(c, namespace, name)
+        except LookupError:
+            return False
+        got[:] = [tenant]
+        return (tenant.condition("Ready") or {}).get("status") == "True"
+
+    try:
+        await eventually(ready, timeout, f"{name} Ready")
+    except AssertionError:
+        obj = await c.get(TenantControlPlane, name, namespace=namespace)
+        raise AssertionError(f"{name} not Ready: {obj.to_dict().get('status')}") from None
+    return got[0]
+
+
+async def add_worker(cluster: DevCluster, tenant: TenantAccess,
+                     timeouts: Timeouts | None = None) -> workers.AddResult:
+    """A dev worker joined to ``tenant`` with a fresh 30-minute join command."""
+    join = await access.create_join_command(tenant, timedelta(minutes=30))
+    return await asyncio.to_thread(workers.add, cluster.layout,
+                                   f"{tenant.namespace}/{tenant.name}", join, timeouts=timeouts,
+                                   printer=lambda line: print(line, flush=True))

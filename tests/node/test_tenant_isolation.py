@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,14 @@ from lightkube.resources.core_v1 import Node, Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
 
-from haku.api.resources import TenantControlPlane
 from haku.dev import samples
 from haku.dev import worker as workers
 from haku.dev.cluster import DevCluster
 from haku.dev.versions import BUSYBOX_IMAGE
 from haku.render.controlplane import TENANT_LABEL
-from haku.tenant import access
 from haku.tenant.access import TenantAccess
 
-from .helpers import client, eventually, kubectl
+from .helpers import add_worker, client, eventually, kubectl, pod_ready, wait_tenant_ready
 
 NS = "isolation"
 VERSION = "v1.37.2"
@@ -66,38 +63,8 @@ class World:
     own_datastore: Target
 
 
-def pod_ready(pod: Pod) -> bool:
-    return pod.status is not None and pod.status.phase == "Running" and any(
-        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-
-async def add_worker(cluster: DevCluster, tenant: TenantAccess) -> workers.AddResult:
-    join = await access.create_join_command(tenant, timedelta(minutes=30))
-    return await asyncio.to_thread(workers.add, cluster.layout, f"{NS}/{tenant.name}", join,
-                                   printer=lambda line: print(line, flush=True))
-
-
 def tenant_kubectl(world: World, *args: str) -> Any:
     return kubectl(world.cluster, *args, kubeconfig=world.kubeconfig, check=False)
-
-
-async def ready(c: AsyncClient, name: str, timeout: float = 180) -> TenantAccess:
-    got: list[TenantAccess] = []
-
-    async def is_ready() -> bool:
-        try:
-            tenant = await access.load(c, NS, name)
-        except LookupError:
-            return False
-        got[:] = [tenant]
-        return (tenant.condition("Ready") or {}).get("status") == "True"
-
-    try:
-        await eventually(is_ready, timeout, f"{name} Ready")
-    except AssertionError:
-        obj = await c.get(TenantControlPlane, name, namespace=NS)
-        raise AssertionError(f"{name} not Ready: {obj.to_dict().get('status')}") from None
-    return got[0]
 
 
 def httpd_pod(name: str, namespace: str, node: str | None, body: str) -> dict[str, Any]:
@@ -139,7 +106,8 @@ async def world(running_operator: DevCluster) -> AsyncIterator[World]:
         # A pod of the admin cluster, where the operator and its /metrics live in-cluster.
         await admin.apply(from_dict(httpd_pod("stand-in", ADMIN_NS, None, "admin-secret")),
                           force=True)
-        tenant, _ = await asyncio.gather(ready(admin, "iso-a"), ready(admin, "iso-b"))
+        tenant, _ = await asyncio.gather(wait_tenant_ready(admin, NS, "iso-a"),
+                                         wait_tenant_ready(admin, NS, "iso-b"))
         b_pods = [p async for p in admin.list(Pod, namespace=NS,
                                               labels={TENANT_LABEL: "iso-b"})]
         assert b_pods and b_pods[0].status.podIP

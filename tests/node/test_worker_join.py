@@ -34,7 +34,7 @@ from haku.dev.worker_config import Timeouts, WorkerError, worker_paths
 from haku.tenant import access
 from haku.tenant.access import TenantAccess
 
-from .helpers import client, eventually
+from .helpers import add_worker, client, eventually, pod_ready, wait_tenant_ready
 
 NS = "joins"
 VERSION = "v1.37.2"
@@ -56,31 +56,9 @@ async def ready_tenant(cluster: DevCluster, name: str, datastore: str, port: int
         doc = samples.tenant_control_plane(name, NS, datastore, VERSION, service_type="NodePort",
                                            port=port, addons=True)
         await c.apply(from_dict(doc), force=True)
-        got: list[TenantAccess] = []
-
-        async def ready() -> bool:
-            try:
-                tenant = await access.load(c, NS, name)
-            except LookupError:
-                return False
-            got[:] = [tenant]
-            return (tenant.condition("Ready") or {}).get("status") == "True"
-
-        try:
-            await eventually(ready, 180, f"{name} Ready")
-        except AssertionError:
-            obj = await c.get(TenantControlPlane, name, namespace=NS)
-            raise AssertionError(f"{name} not Ready: {obj.to_dict().get('status')}") from None
-        return got[0]
+        return await wait_tenant_ready(c, NS, name)
     finally:
         await c.close()
-
-
-async def add_worker(cluster: DevCluster, tenant: TenantAccess,
-                     timeouts: Timeouts | None = None) -> workers.AddResult:
-    join = await access.create_join_command(tenant, timedelta(minutes=30))
-    return await asyncio.to_thread(workers.add, cluster.layout, f"{NS}/{tenant.name}", join,
-                                   timeouts=timeouts, printer=lambda line: print(line, flush=True))
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +84,6 @@ async def node_ready(tenant: AsyncClient, name: str) -> bool:
 async def pods_on(tenant: AsyncClient, node: str, selector: dict[str, str]) -> list[Pod]:
     return [p async for p in tenant.list(Pod, namespace="kube-system", labels=selector,
                                          fields={"spec.nodeName": node})]
-
-
-def pod_ready(pod: Pod) -> bool:
-    return pod.status is not None and pod.status.phase == "Running" and any(
-        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 async def wait_addons(joined: Joined) -> None:
