@@ -258,15 +258,15 @@ class Stop(Exception):
 
 async def watch(client: AsyncClient, tenants: dict[str, Tenant], window: float,
                 deadline: float, until: Any, limit: float,
-                operator: subprocess.Popen[bytes] | None = None) -> None:
+                operator: Operator | None = None) -> None:
     """Observe every ``POLL_S`` until ``until()`` holds or ``limit`` seconds pass; raise
-    :class:`Stop` when a tenant fails or the ``operator`` exits (both only if ``operator`` is
-    given) or at the deadline. Bounded by ``limit``."""
+    :class:`Stop` when a tenant fails (only if ``operator`` is given) or at the deadline;
+    restart the ``operator`` when it exited, as its Deployment would. Bounded by ``limit``."""
     end = time.monotonic() + limit
     check = operator is not None
     while True:
-        if operator is not None and operator.poll() is not None:
-            raise Stop(f"the operator exited with code {operator.returncode}")
+        if operator is not None:
+            operator.restart_if_exited()
         try:
             await observe(client, tenants)
         except Exception as e:  # an overloaded admin API: look again
@@ -328,7 +328,7 @@ def stats(values: list[float]) -> dict[str, float] | None:
             "min": round(min(values), 1), "max": round(max(values), 1)}
 
 
-def processes_rss(cluster: DevCluster, operator: subprocess.Popen[bytes]) -> dict[str, float]:
+def processes_rss(cluster: DevCluster, operator: Operator) -> dict[str, float]:
     found = {r.name: round(vmrss_mib(r.pid), 1)
              for r in cluster.supervisor.records() if r.alive()}
     found["operator"] = round(vmrss_mib(operator.pid), 1)
@@ -337,14 +337,42 @@ def processes_rss(cluster: DevCluster, operator: subprocess.Popen[bytes]) -> dic
 
 # --------------------------------------------------------------------------------- the run
 
-def start_operator(kubeconfig: Path, algorithm: str, logfile: Path,
-                   extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "haku", "operator", "run", f"--kubeconfig={kubeconfig}",
-         f"--key-algorithm={algorithm}", "--lease-duration=5",
-         # no listeners: the default :8080/:8081 may be taken by another operator here
-         "--metrics-bind-address=0", "--health-probe-bind-address=0", *(extra or [])],
-        stdout=logfile.open("wb"), stderr=subprocess.STDOUT)
+@dataclass
+class Operator:
+    """The operator process, restarted when it exits (a lone operator that loses its Lease
+    on a saturated machine exits on purpose; its Deployment would start it again)."""
+
+    kubeconfig: Path
+    algorithm: str
+    logfile: Path
+    extra: list[str] = field(default_factory=list)
+    restarts: list[dict[str, Any]] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.logfile.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "haku", "operator", "run",
+                 f"--kubeconfig={self.kubeconfig}", f"--key-algorithm={self.algorithm}",
+                 "--lease-duration=5",
+                 # no listeners: the default :8080/:8081 may be taken by another operator
+                 "--metrics-bind-address=0", "--health-probe-bind-address=0", *self.extra],
+                stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def restart_if_exited(self) -> None:
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is None:
+            return
+        self.restarts.append({"exit_code": code, "loadavg": loadavg(),
+                              "at": datetime.now(UTC).strftime("%H:%M:%S")})
+        log(f"  the operator exited with code {code} (load {loadavg()}); restarting it")
+        self.start()
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -356,7 +384,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=30)
 
 
-async def run(cluster: DevCluster, operator: subprocess.Popen[bytes], client: AsyncClient,
+async def run(cluster: DevCluster, operator: Operator, client: AsyncClient,
               args: argparse.Namespace) -> dict[str, Any]:
     lay = cluster.layout
     root = lay.pods_cgroup
@@ -469,6 +497,7 @@ async def run(cluster: DevCluster, operator: subprocess.Popen[bytes], client: As
             "rss_mib_per_container_median": {c: round(statistics.median(v), 1)
                                              for c, v in sorted(by_container.items())},
             "processes_rss_mib": processes_rss(cluster, operator)},
+        "operator_restarts": operator.restarts,
         "steps": steps,
         "per_tenant": per_tenant,
     }
@@ -479,15 +508,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     cluster.down(purge=True)
     cluster.up()
     lay = cluster.layout
-    operator = start_operator(lay.admin_kubeconfig, args.key_algorithm, args.operator_log,
-                              args.operator_arg)
+    args.operator_log.write_bytes(b"")
+    operator = Operator(lay.admin_kubeconfig, args.key_algorithm, args.operator_log,
+                        args.operator_arg)
+    operator.start()
     client = AsyncClient(KubeConfig.from_file(lay.admin_kubeconfig), field_manager="bench",
                          trust_env=False)
     try:
         result = await run(cluster, operator, client, args)
     finally:
         await client.close()
-        stop_process(operator)
+        if operator.proc is not None:
+            stop_process(operator.proc)
         cluster.down(purge=True)
     return {"benchmark": "density", "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "cpus": os.cpu_count(), "kubernetes": cluster.versions.kubernetes,
@@ -516,8 +548,9 @@ def main() -> int:
                         default=Path("/tmp/haku-bench-density-operator.log"))
     parser.add_argument("--operator-arg", action="append", default=[], metavar="FLAG",
                         help="a `haku operator run` flag for the operator (repeatable), e.g. "
-                             "--operator-arg=--no-leader-elect: a lone operator that loses its "
-                             "Lease on a saturated machine exits, which ends the run")
+                             "--operator-arg=--no-leader-elect (a lone operator that loses its "
+                             "Lease on a saturated machine exits; the bench restarts it and "
+                             "reports each exit in operator_restarts)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(bench(args)), indent=2))
     return 0

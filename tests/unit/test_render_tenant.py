@@ -366,3 +366,17 @@ def test_a_weakening_flag_admitted_before_the_rule_is_not_rendered() -> None:
         "extraArgs": {"kine": ["--listen-address=0.0.0.0:2379"]}}})
     with pytest.raises(InvalidSpec, match=r"extraArgs\.kine"):
         controlplane.deployment(kine, KINE, "10.0.0.7", {}, "kine:x")
+
+
+def test_kube_apiserver_listens_and_is_probed_on_its_secure_port() -> None:
+    """A NodePort's allocated port (controlplane.secure_port): the flag, the named container
+    port the NetworkPolicy admits, and the probes all use it."""
+    api = _containers(controlplane.deployment(tcp(), ETCD, "10.0.0.7", {}, "kine:x",
+                                              secure_port=31234))["kube-apiserver"]
+    assert "--secure-port=31234" in api["args"]
+    assert api["ports"] == [{"name": controlplane.API_PORT_NAME, "containerPort": 31234,
+                             "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert api[probe]["httpGet"]["port"] == 31234
+    default = _containers(controlplane.deployment(tcp(), ETCD, "10.0.0.7", {}, "kine:x"))
+    assert "--secure-port=6443" in default["kube-apiserver"]["args"]

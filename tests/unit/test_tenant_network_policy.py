@@ -55,7 +55,9 @@ def test_ingress_is_only_the_served_ports_and_egress_keeps_out_of_the_admin_rang
     # The same pods as the Deployment's selector.
     assert policy["spec"]["podSelector"] == {"matchLabels": controlplane.selector(spec())}
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 6443},
+    # The API port by its container port's name (a NodePort's kube-apiserver listens on the
+    # allocated port).
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "kube-apiserver"},
                                                     {"protocol": "TCP", "port": 18132}]}]
     assert not dns
     assert allowed(policy, "10.245.0.1", 12379)  # its datastore

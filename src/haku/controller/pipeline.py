@@ -83,7 +83,8 @@ class Context:
     storage: TenantConnection | None = None
     service: Any = None
     address: str = ""
-    port: int = 0
+    port: int = 0  # the port clients dial
+    secure_port: int = 0  # the port kube-apiserver listens on (render.controlplane.secure_port)
     endpoint: str = ""  # what tenants are told: https://advertiseAddress-or-address:port
     pki: dict[str, bytes] = field(default_factory=dict)
     kubeconfigs: dict[str, bytes] = field(default_factory=dict)  # controller-manager, scheduler

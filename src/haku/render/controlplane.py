@@ -30,6 +30,8 @@ CONFIG = "/etc/kubernetes/config"
 MANAGED_BY = "haku"
 TENANT_LABEL = "haku.dev/tenant-control-plane"
 CONTROLLER_MANAGER_PORT, SCHEDULER_PORT = 10257, 10259
+# The name of the API port, on the Service and on the kube-apiserver container.
+API_PORT_NAME = "kube-apiserver"
 
 # kubeadm's static-pod probes (cmd/kubeadm/app/util/staticpod/utils.go, v1.37). On a node
 # packed with tenants a probe can take seconds to answer: 15 s timeouts and 8 failures before a
@@ -156,12 +158,12 @@ def merge_args(managed: Mapping[str, str], defaults: Mapping[str, str],
 
 
 def apiserver_managed(spec: TenantControlPlaneSpec, storage: TenantConnection,
-                      advertise_address: str) -> dict[str, str]:
+                      advertise_address: str, secure_port: int | None = None) -> dict[str, str]:
     """Flags that wire kube-apiserver into the pod; the CRD refuses them in extraArgs."""
     managed = {
         "--advertise-address": advertise_address,
         "--bind-address": "0.0.0.0",  # noqa: S104  (inside the pod)
-        "--secure-port": str(spec.port),
+        "--secure-port": str(secure_port or spec.port),
         "--client-ca-file": f"{PKI}/ca.crt",
         "--tls-cert-file": f"{PKI}/apiserver.crt",
         "--tls-private-key-file": f"{PKI}/apiserver.key",
@@ -182,8 +184,8 @@ def apiserver_managed(spec: TenantControlPlaneSpec, storage: TenantConnection,
 
 
 def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
-                   advertise_address: str) -> list[str]:
-    managed = apiserver_managed(spec, storage, advertise_address)
+                   advertise_address: str, secure_port: int | None = None) -> list[str]:
+    managed = apiserver_managed(spec, storage, advertise_address, secure_port)
     # From spec fields, but a user's extraArgs value wins (as in Kamaji).
     defaults = {
         "--kubelet-preferred-address-types": ",".join(spec.preferred_address_types),
@@ -290,9 +292,11 @@ def deployment(
     kine_image: str,
     priority_class: str | None = DEFAULT_PRIORITY_CLASS,
     default_resources: Mapping[str, Mapping[str, Any]] | None = DEFAULT_RESOURCES,
+    secure_port: int | None = None,
 ) -> dict[str, Any]:
     """The control-plane Deployment. ``checksums`` (one per Secret it mounts) go into the pod
-    template, so new certificates or credentials roll the pods. The pods get
+    template, so new certificates or credentials roll the pods. kube-apiserver listens on
+    ``secure_port`` (default networkProfile.port; see :func:`secure_port`). The pods get
     ``priorityClassName: priority_class`` (None: none; the PriorityClass must exist, or the
     Priority admission plugin refuses the pods), and ``default_resources`` (per container
     name; None: none) for components whose resources the spec does not set.
@@ -301,6 +305,7 @@ def deployment(
     check_extra_args(spec)
     kubernetes_service_ips(spec)  # --service-cluster-ip-range must be a usable range
     n = names(spec.name)
+    api_port = secure_port or spec.port
     pki_mount = {"name": "pki", "mountPath": PKI, "readOnly": True}
     config_mount = {"name": "kubeconfigs", "mountPath": CONFIG, "readOnly": True}
     volumes: list[dict[str, Any]] = [
@@ -322,9 +327,10 @@ def deployment(
                                  "readOnly": True})
     containers = [
         _container("kube-apiserver", spec.image("kube-apiserver"),
-                   apiserver_args(spec, storage, advertise_address), apiserver_mounts,
+                   apiserver_args(spec, storage, advertise_address, api_port),
+                   apiserver_mounts,
                    _resources("kube-apiserver", spec.resources.api_server, default_resources),
-                   "/readyz", spec.port, spec.container_security_contexts.api_server),
+                   "/readyz", api_port, spec.container_security_contexts.api_server),
         _container("kube-controller-manager", spec.image("kube-controller-manager"),
                    controller_manager_args(spec), [pki_mount, config_mount],
                    _resources("kube-controller-manager", spec.resources.controller_manager,
@@ -336,7 +342,8 @@ def deployment(
                    _resources("kube-scheduler", spec.resources.scheduler, default_resources),
                    "/healthz", SCHEDULER_PORT, spec.container_security_contexts.scheduler),
     ]
-    containers[0]["ports"] = [{"name": "kube-apiserver", "containerPort": spec.port,
+    # Named: the NetworkPolicy admits the port by this name (render/netpol.py).
+    containers[0]["ports"] = [{"name": API_PORT_NAME, "containerPort": api_port,
                                "protocol": "TCP"}]
     # For --advertise-address=$(POD_IP) when the endpoint is a host name, not an IP.
     containers[0]["env"] = [{"name": "POD_IP",
@@ -394,15 +401,27 @@ def deployment(
     }
 
 
-def service(spec: TenantControlPlaneSpec) -> dict[str, Any]:
+def secure_port(spec: TenantControlPlaneSpec, node_port: int | None) -> int:
+    """The port kube-apiserver listens on. It is also the port it advertises (the tenant's
+    ``kubernetes`` Service endpoints are ``--advertise-address``:``--secure-port``; there is no
+    separate advertised port), so it must be the port clients dial at the advertised address:
+    for a NodePort Service whose node port the API server allocated (networkProfile.port not
+    given), that node port; otherwise networkProfile.port."""
+    if spec.service_type == "NodePort" and spec.port_given is None and node_port:
+        return node_port
+    return spec.port
+
+
+def service(spec: TenantControlPlaneSpec, api_target_port: int | None = None) -> dict[str, Any]:
     """The Service in front of kube-apiserver. For NodePort, ``nodePort`` is
     networkProfile.port only when the user set it; otherwise the API server allocates one
-    (and keeps it), and the endpoint uses the allocated port. :class:`InvalidSpec` for a spec
-    the CRD should have refused."""
+    (and keeps it), the endpoint uses the allocated port, and kube-apiserver listens on it
+    (``api_target_port``, :func:`secure_port`). :class:`InvalidSpec` for a spec the CRD should
+    have refused."""
     check_name(spec)
     check_ports(spec)
-    port: dict[str, Any] = {"name": "kube-apiserver", "protocol": "TCP", "port": spec.port,
-                            "targetPort": spec.port}
+    port: dict[str, Any] = {"name": API_PORT_NAME, "protocol": "TCP", "port": spec.port,
+                            "targetPort": api_target_port or spec.port}
     if spec.service_type == "NodePort" and spec.port_given is not None:
         port["nodePort"] = spec.port_given
     ports = [port] + [_additional_port(p) for p in spec.additional_ports]

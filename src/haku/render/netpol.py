@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
-from haku.render.controlplane import labels, names, selector
+from haku.render.controlplane import API_PORT_NAME, labels, names, selector
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EVERYWHERE = ("0.0.0.0/0", "::/0")
@@ -146,7 +146,9 @@ def _sort_key(cidr: str) -> tuple[int, int, int]:
 
 
 def _served_ports(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
-    ports: list[dict[str, Any]] = [{"protocol": "TCP", "port": spec.port}]
+    # The API port by its container port's name: kube-apiserver listens on a NodePort's
+    # allocated port, known only once the Service exists (controlplane.secure_port).
+    ports: list[dict[str, Any]] = [{"protocol": "TCP", "port": API_PORT_NAME}]
     for p in spec.additional_ports:
         target = p.get("targetPort", p["port"])
         entry = {"protocol": p.get("protocol") or "TCP", "port": target}

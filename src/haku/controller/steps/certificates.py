@@ -34,7 +34,7 @@ class CertificatesStep(StepBase):
         ctx.pki = plan.data
 
         ca = pki.KeyPair(plan.data["ca.crt"], plan.data["ca.key"])
-        local = f"https://127.0.0.1:{spec.port}"
+        local = f"https://127.0.0.1:{ctx.need(ctx.secure_port, 'kube-apiserver port')}"
         internal = await deps.secret_data(ctx, n["kubeconfigs"])
         user_facing = await deps.secret_data(ctx, n["admin-kubeconfig"])
         configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca,

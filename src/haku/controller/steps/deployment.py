@@ -55,7 +55,8 @@ class DeploymentStep(StepBase):
         advertise = spec.advertise_address or (address if is_ip(address) else "$(POD_IP)")
         manifest = controlplane.deployment(
             spec, storage, advertise, checksums, self.deps.config.kine_image,
-            priority_class=self.deps.config.priority_class or None)
+            priority_class=self.deps.config.priority_class or None,
+            secure_port=ctx.need(ctx.secure_port, "kube-apiserver's port"))
         dep = await self.deps.apply_checked(ctx, manifest, "Deployment")
         ctx.deployment = dep
         self.observe(ctx, dep)

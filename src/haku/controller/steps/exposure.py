@@ -22,10 +22,9 @@ def endpoint_port(spec: TenantControlPlaneSpec, svc: Any) -> int:
     """The port clients dial: for NodePort the Service's node port (networkProfile.port when
     given, else the one the API server allocated), else networkProfile.port."""
     if spec.service_type == "NodePort":
-        ports = getattr(getattr(svc, "spec", None), "ports", None) or []
-        for p in ports:
-            if p.name == "kube-apiserver" and p.nodePort:
-                return int(p.nodePort)
+        allocated = node_port(svc)
+        if allocated:
+            return allocated
     return spec.port
 
 
@@ -40,18 +39,31 @@ class ServiceStep(StepBase):
 
     async def apply(self, ctx: Context) -> None:
         spec = ctx.spec
-        svc = await self.deps.apply_checked(ctx, controlplane.service(spec), "Service")
+        previous = service_status(ctx.previous_status)
+        # kube-apiserver's port as last seen (a NodePort's allocated port), so that a steady
+        # reconcile applies the Service once.
+        target = int(previous.get("apiServerPort") or spec.port)
+        svc = await self.deps.apply_checked(ctx, controlplane.service(spec, target), "Service")
+        secure = controlplane.secure_port(spec, node_port(svc))
+        if secure != target:
+            svc = await self.deps.apply_checked(ctx, controlplane.service(spec, secure),
+                                                "Service")
         ctx.service = svc
-        ctx.address = await self.endpoint_address(spec, svc)
+        ctx.secure_port = secure
+        ctx.address = await self.endpoint_address(ctx, svc)
         ctx.port = endpoint_port(spec, svc)
         # What tenants are told (admin.conf, cluster-info): advertiseAddress when given.
         ctx.endpoint = f"https://{url_host(spec.advertise_address or ctx.address)}:{ctx.port}"
         ctx.status["controlPlaneEndpoint"] = f"{ctx.address}:{ctx.port}"
-        ctx.status.setdefault("kubernetesResources", {})["service"] = {
+        status: dict[str, Any] = {
             "name": controlplane.names(spec.name)["service"], "namespace": spec.namespace,
-            "port": ctx.port}
+            "port": ctx.port, "apiServerPort": secure}
+        if spec.service_type == "NodePort" and not spec.address:
+            status["nodeAddress"] = ctx.address
+        ctx.status.setdefault("kubernetesResources", {})["service"] = status
 
-    async def endpoint_address(self, spec: TenantControlPlaneSpec, svc: Any) -> str:
+    async def endpoint_address(self, ctx: Context, svc: Any) -> str:
+        spec = ctx.spec
         if spec.address:
             return spec.address
         if spec.service_type == "LoadBalancer":
@@ -66,14 +78,62 @@ class ServiceStep(StepBase):
         if spec.service_type == "NodePort":
             if self.deps.config.node_address:
                 return self.deps.config.node_address
-            async for node in self.deps.client.list(Node):
-                for a in (node.status.addresses if node.status else None) or []:
-                    if a.type == "InternalIP":
-                        return str(a.address)
-            raise Wait(Condition(CONDITION, "False", "NoNodeAddress",
-                                 "no node has an InternalIP for the NodePort"), 10.0)
+            nodes = [node async for node in self.deps.client.list(Node)]
+            chosen = choose_node_address(nodes, previous_node_address(ctx.previous_status))
+            if chosen is None:
+                raise Wait(Condition(CONDITION, "False", "NoNodeAddress",
+                                     "no Ready node has an InternalIP for the NodePort"), 10.0)
+            return chosen
         return str(svc.spec.clusterIP)
 
+
+def service_status(status: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = (status.get("kubernetesResources") or {}).get("service") or {}
+    return found
+
+
+def node_port(svc: Any) -> int | None:
+    """The node port of the Service's API port, if it has one."""
+    for p in getattr(getattr(svc, "spec", None), "ports", None) or []:
+        if p.name == controlplane.API_PORT_NAME and p.nodePort:
+            return int(p.nodePort)
+    return None
+
+
+def previous_node_address(status: dict[str, Any]) -> str | None:
+    """The node address a NodePort tenant was given before (status; for tenants from before
+    it was recorded, the host of its controlPlaneEndpoint)."""
+    recorded = service_status(status).get("nodeAddress")
+    if recorded:
+        return str(recorded)
+    endpoint = status.get("controlPlaneEndpoint") or ""
+    host = endpoint.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    return host if is_ip(host) else None
+
+
+def _internal_ips(node: Any) -> list[str]:
+    return [str(a.address) for a in (node.status.addresses if node.status else None) or []
+            if a.type == "InternalIP"]
+
+
+def _ready(node: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True"
+               for c in (node.status.conditions if node.status else None) or [])
+
+
+def choose_node_address(nodes: list[Any], previous: str | None) -> str | None:
+    """The address a NodePort tenant's endpoint uses. The one it had, as long as a node still
+    has it (Ready or not: a node that is down for a while does not move every endpoint and
+    reissue every certificate); otherwise the first InternalIP of the first Ready node by
+    name, so the choice does not depend on the order nodes are listed in. None: no Ready
+    node has an InternalIP."""
+    if previous and any(previous in _internal_ips(n) for n in nodes):
+        return previous
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
+        ips = _internal_ips(node)
+        if ips and _ready(node):
+            return ips[0]
+    return None
 
 
 class IngressStep(StepBase):
