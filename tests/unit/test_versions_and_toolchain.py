@@ -83,3 +83,101 @@ def test_a_component_counts_as_built_only_with_its_stamp(tmp_path) -> None:
 def test_cache_root_honours_overrides(tmp_path) -> None:
     assert toolchain.cache_root({"HAKU_CACHE": str(tmp_path)}) == tmp_path
     assert toolchain.cache_root({"XDG_CACHE_HOME": "/c"}).as_posix() == "/c/haku"
+
+
+# ------------------------------------------------ addons: Konnectivity, metrics-server
+
+
+def test_addon_versions_are_pinned_and_overridable() -> None:
+    from haku.dev.versions import konnectivity_image_names, metrics_server_image_name
+
+    v = Versions.from_env({})
+    assert (v.konnectivity, v.metrics_server) == ("v0.36.0", "v0.8.0")
+    v = Versions.from_env({"HAKU_KONNECTIVITY_VERSION": "v0.35.1",
+                           "HAKU_METRICS_SERVER_VERSION": "v0.7.2"})
+    assert (v.konnectivity, v.metrics_server) == ("v0.35.1", "v0.7.2")
+    with pytest.raises(VersionError, match="konnectivity"):
+        Versions.from_env({"HAKU_KONNECTIVITY_VERSION": "0.36"})
+    assert konnectivity_image_names("v0.36.0") == (
+        "registry.k8s.io/kas-network-proxy/proxy-server:v0.36.0",
+        "registry.k8s.io/kas-network-proxy/proxy-agent:v0.36.0")
+    assert metrics_server_image_name("v0.8.0") == \
+        "registry.k8s.io/metrics-server/metrics-server:v0.8.0"
+
+
+def test_addon_components() -> None:
+    table = toolchain.components(Versions())
+    assert table["konnectivity"].binaries == ("proxy-server", "proxy-agent")
+    assert table["konnectivity"].version == "v0.36.0"
+    assert table["metrics-server"].binaries == ("metrics-server",)
+    assert toolchain.MODULES["metrics-server"] == "sigs.k8s.io/metrics-server"
+    assert "konnectivity" not in toolchain.MODULES  # the proxy refuses its module path
+
+
+def test_third_party_dir_is_beside_the_repository_unless_overridden(tmp_path) -> None:
+    from pathlib import Path
+
+    repo = Path(toolchain.__file__).resolve().parents[3]
+    assert toolchain.third_party_dir({}) == repo.parent / "shared" / "third_party"
+    assert toolchain.third_party_dir({"HAKU_THIRD_PARTY_DIR": str(tmp_path)}) == tmp_path
+
+
+def test_a_missing_tarball_names_both_ways_out(tmp_path) -> None:
+    env = {"HAKU_THIRD_PARTY_DIR": str(tmp_path)}
+    with pytest.raises(toolchain.ToolchainError) as e:
+        toolchain.source_tarball("konnectivity", "v0.36.0", env)
+    assert "apiserver-network-proxy-v0.36.0.tar.gz" in str(e.value)
+    assert str(tmp_path) in str(e.value) and "HAKU_THIRD_PARTY_DIR" in str(e.value)
+    (tmp_path / "apiserver-network-proxy-v0.36.0.tar.gz").write_bytes(b"x")
+    assert toolchain.source_tarball("konnectivity", "v0.36.0", env).is_file()
+
+
+def test_ensure_fails_before_go_without_the_tarball(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HAKU_THIRD_PARTY_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(toolchain, "GoBuilder", lambda *a, **k: pytest.fail("go was run"))
+    with pytest.raises(toolchain.ToolchainError, match="HAKU_THIRD_PARTY_DIR") as e:
+        toolchain.ensure(["konnectivity"], Versions(), tmp_path / "cache")
+    assert "konnectivity-v0.36.0" in str(e.value)  # where a build would be cached
+
+
+def test_a_cached_konnectivity_needs_no_tarball_and_no_go(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HAKU_THIRD_PARTY_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(toolchain, "GoBuilder", lambda *a, **k: pytest.fail("go was run"))
+    c = toolchain.components(Versions())["konnectivity"]
+    d = c.directory(tmp_path)
+    d.mkdir(parents=True)
+    for b in c.binaries:
+        (d / b).write_text("x")
+    (d / toolchain.STAMP).write_text("{}")
+    assert toolchain.ensure(["konnectivity"], Versions(), tmp_path) == {"konnectivity": d}
+    toolchain.check_available(["konnectivity"], Versions(), tmp_path)
+
+
+def test_metrics_server_ldflags_follow_its_makefile() -> None:
+    flags = toolchain.metrics_server_ldflags("v0.8.0", "d66279c",
+                                             datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    pkg = "k8s.io/client-go/pkg/version"
+    assert f"-X {pkg}.gitVersion=v0.8.0" in flags
+    assert f"-X {pkg}.gitCommit=d66279c" in flags
+    assert f"-X {pkg}.buildDate=2026-01-02T03:04:05Z" in flags
+    assert "gitCommit" not in toolchain.metrics_server_ldflags(
+        "v0.8.0", "", datetime(2026, 1, 2, tzinfo=UTC))
+
+
+def test_extract_tarball_returns_its_top_directory(tmp_path) -> None:
+    import io
+    import tarfile
+
+    tarball = tmp_path / "src.tar.gz"
+    with tarfile.open(tarball, "w:gz") as t:
+        data = b"module x\n"
+        info = tarfile.TarInfo("proj-v1/go.mod")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    into = tmp_path / "out"
+    into.mkdir()
+    top = toolchain.extract_tarball(tarball, into)
+    assert top == into / "proj-v1" and (top / "go.mod").read_text() == "module x\n"
+    (tmp_path / "bad.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(toolchain.ToolchainError, match="cannot unpack"):
+        toolchain.extract_tarball(tmp_path / "bad.tar.gz", into)

@@ -28,7 +28,9 @@ from haku.dev.versions import (
     Versions,
     coredns_image_name,
     etcd_image_tag,
+    konnectivity_image_names,
     kube_proxy_image_name,
+    metrics_server_image_name,
 )
 from haku.errors import CommandFailed, CommandTimedOut, HakuError, output_tail
 
@@ -260,6 +262,50 @@ def coredns_image(binary: Path, tag: str, user: str = COREDNS_USER) -> oci.Image
         name=coredns_image_name(tag),
         entrypoint=("/coredns",),
         files=tuple(files),
+        user=user,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Addon images: Konnectivity and metrics-server (built only on demand, see haku.dev.addons)
+
+# Upstream's images are distroless: konnectivity's on static-debian12:nonroot (user 65532),
+# metrics-server's on distroless/static with `USER 65534` (nobody, group 65534 from the base's
+# /etc/passwd). Both have just the binary at the root, as the entrypoint.
+KONNECTIVITY_USER = "65532:65532"
+METRICS_SERVER_USER = "65534:65534"
+
+
+def _distroless_files(binary: Path, path: str, what: str) -> tuple[oci.LayerFile, ...]:
+    if not binary.is_file():
+        raise ImageBuildError(f"{binary} is missing: build it with `haku dev addons {what}`")
+    files = [oci.LayerFile(path, source=binary)]
+    if Path(CA_BUNDLE).is_file():  # distroless ships the CA bundle
+        files.append(oci.LayerFile(CA_BUNDLE, source=Path(os.path.realpath(CA_BUNDLE)),
+                                   mode=0o644))
+    return tuple(files)
+
+
+def konnectivity_images(directory: Path, version: str,
+                        user: str = KONNECTIVITY_USER) -> list[oci.ImageSpec]:
+    """``registry.k8s.io/kas-network-proxy/proxy-server:<v>`` (``/proxy-server``) and
+    ``…/proxy-agent:<v>`` (``/proxy-agent``), from the konnectivity component's directory."""
+    server, agent = konnectivity_image_names(version)
+    return [
+        oci.ImageSpec(name=name, entrypoint=(f"/{binary}",),
+                      files=_distroless_files(directory / binary, f"/{binary}", "konnectivity"),
+                      user=user)
+        for name, binary in ((server, "proxy-server"), (agent, "proxy-agent"))
+    ]
+
+
+def metrics_server_image(binary: Path, version: str,
+                         user: str = METRICS_SERVER_USER) -> oci.ImageSpec:
+    """``registry.k8s.io/metrics-server/metrics-server:<v>``: ``/metrics-server``."""
+    return oci.ImageSpec(
+        name=metrics_server_image_name(version),
+        entrypoint=("/metrics-server",),
+        files=_distroless_files(binary, "/metrics-server", "metrics-server"),
         user=user,
     )
 

@@ -1,7 +1,9 @@
 """Build the upstream binaries from the Go module proxy, cached per version.
 
-Kubernetes, etcd, kine, CoreDNS and kube-network-policies are compiled from their published Go
-modules at the versions pinned in :mod:`haku.dev.versions`. Results land in
+Kubernetes, etcd, kine, CoreDNS, kube-network-policies and metrics-server are compiled from
+their published Go modules at the versions pinned in :mod:`haku.dev.versions`; Konnectivity
+(whose module path the proxy refuses) from its release tarball in the project's
+``shared/third_party`` (:func:`third_party_dir`), its dependencies from the proxy. Results land in
 ``~/.cache/haku/bin/<component>-<version>/`` (``HAKU_CACHE`` overrides the root); a stamp file
 written last marks a finished build, so an interrupted one is redone rather than trusted.
 """
@@ -16,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -52,6 +55,12 @@ MODULES = {
     "kine": "github.com/k3s-io/kine",
     "coredns": "github.com/coredns/coredns",
     "kube-network-policies": "sigs.k8s.io/kube-network-policies",
+    "metrics-server": "sigs.k8s.io/metrics-server",
+}
+# Components built from a source tarball rather than the module proxy: the file in
+# third_party_dir(), by version.
+TARBALLS = {
+    "konnectivity": "apiserver-network-proxy-{version}.tar.gz",
 }
 VERSION_SETTINGS = {
     "k8s.io/kubernetes": "pass --kubernetes-version / set HAKU_KUBERNETES_VERSION",
@@ -59,6 +68,7 @@ VERSION_SETTINGS = {
     "github.com/k3s-io/kine": "set HAKU_KINE_VERSION",
     "github.com/coredns/coredns": "set HAKU_COREDNS_VERSION",
     "sigs.k8s.io/kube-network-policies": "set HAKU_KUBE_NETWORK_POLICIES_VERSION",
+    "sigs.k8s.io/metrics-server": "set HAKU_METRICS_SERVER_VERSION",
 }
 
 Progress = Callable[[str], None]
@@ -100,7 +110,38 @@ def components(versions: Versions) -> dict[str, Component]:
         "coredns": Component("coredns", versions.coredns, ("coredns",)),
         "kube-network-policies": Component(
             "kube-network-policies", versions.kube_network_policies, ("kube-network-policies",)),
+        "konnectivity": Component(
+            "konnectivity", versions.konnectivity, KONNECTIVITY_BINARIES),
+        "metrics-server": Component(
+            "metrics-server", versions.metrics_server, ("metrics-server",)),
     }
+
+
+# Konnectivity's two commands, under the names upstream's images give them.
+KONNECTIVITY_BINARIES = ("proxy-server", "proxy-agent")
+KONNECTIVITY_PACKAGES = {"proxy-server": "./cmd/server", "proxy-agent": "./cmd/agent"}
+
+
+def third_party_dir(env: dict[str, str] | None = None) -> Path:
+    """Where upstream sources the module proxy does not serve are kept: ``HAKU_THIRD_PARTY_DIR``,
+    else ``shared/third_party`` beside the repository (``<repo>/../shared/third_party``)."""
+    env = dict(os.environ) if env is None else env
+    if env.get("HAKU_THIRD_PARTY_DIR"):
+        return Path(env["HAKU_THIRD_PARTY_DIR"])
+    repo = Path(__file__).resolve().parents[3]  # src/haku/dev/toolchain.py
+    return repo.parent / "shared" / "third_party"
+
+
+def source_tarball(name: str, version: str, env: dict[str, str] | None = None) -> Path:
+    """The tarball ``name`` (a key of :data:`TARBALLS`) is built from; a clear error if absent."""
+    path = third_party_dir(env) / TARBALLS[name].format(version=version)
+    if not path.is_file():
+        raise ToolchainError(
+            f"{name} {version} is not built and its source {path.name} is not in "
+            f"{path.parent}: put the upstream release tarball there, or point "
+            "HAKU_THIRD_PARTY_DIR at the directory holding it (the module proxy does not "
+            f"serve {name})")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +396,9 @@ def check_available(
         c = table[name]
         if c.is_built(root):
             continue
+        if name in TARBALLS:
+            source_tarball(name, c.version)
+            continue
         builder = builder or GoBuilder(progress)
         with tempfile.TemporaryDirectory(prefix="haku-version-check-") as tmp:
             builder.check_version(MODULES[name], c.version, Path(tmp))
@@ -436,6 +480,74 @@ def _build_module_root(module: str, binary: str, ldflags: str, package: str = ""
     return build
 
 
+def metrics_server_ldflags(version: str, commit: str, build_date: datetime) -> str:
+    """Upstream's Makefile: the version in client-go's version package (``-w`` there; ``-s``
+    too here, like the other components)."""
+    pkg = "k8s.io/client-go/pkg/version"
+    flags = ["-s", "-w", f"-X {pkg}.gitVersion={version}",
+             f"-X {pkg}.buildDate={build_date.strftime('%Y-%m-%dT%H:%M:%SZ')}"]
+    if commit:
+        flags.insert(3, f"-X {pkg}.gitCommit={commit}")
+    return " ".join(flags)
+
+
+def _build_metrics_server(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    module = MODULES["metrics-server"]
+    info = go.module_info(module, c.version, work)
+    commit = ""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        origin = json.loads(Path(info["Info"]).read_text()).get("Origin") or {}
+        commit = str(origin.get("Hash") or "")
+    (work / "go.mod").write_text("module local.invalid/haku-metrics-server-build\n\ngo 1.26.0\n")
+    go.output(["get", f"{module}@{c.version}"], work)
+    go.build(
+        ["-trimpath", "-ldflags", metrics_server_ldflags(c.version, commit, datetime.now(UTC)),
+         "-o", str(out / "metrics-server"), f"{module}/cmd/metrics-server"],
+        work,
+        f"metrics-server {c.version}",
+    )
+
+
+def extract_tarball(tarball: Path, into: Path) -> Path:
+    """Unpack a source release (``git archive``: one top directory) and return that directory."""
+    try:
+        with tarfile.open(tarball) as archive:
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(into, filter="data")
+            else:  # pragma: no cover - Python without the extraction filters
+                archive.extractall(into)  # noqa: S202
+    except (OSError, tarfile.TarError) as e:
+        raise ToolchainError(f"cannot unpack {tarball}: {e}") from e
+    entries = [p for p in into.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    if (into / "go.mod").is_file():
+        return into
+    raise ToolchainError(f"{tarball} holds no single source directory with a go.mod")
+
+
+def _build_konnectivity(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # Upstream builds each command with `go build -mod=vendor` (CGO off, no version stamp);
+    # the tarball has no vendor/, so its go.mod resolves through the proxy (GOFLAGS=-mod=mod).
+    # `go build -o DIR/ ./cmd/server ./cmd/agent` writes DIR/server and DIR/agent; the images
+    # name them proxy-server and proxy-agent.
+    top = extract_tarball(source_tarball("konnectivity", c.version), work)
+    go.progress(f"  konnectivity {c.version}: building from {top.name} (first time: modules "
+                "are downloaded too)")
+    raw = work / "bin"
+    raw.mkdir()
+    go.build(
+        ["-trimpath", "-ldflags", "-s -w", "-o", str(raw) + "/",
+         *KONNECTIVITY_PACKAGES.values()],
+        top,
+        f"konnectivity {c.version}",
+    )
+    for binary, package in KONNECTIVITY_PACKAGES.items():
+        built = raw / Path(package).name
+        if built.is_file():
+            shutil.move(str(built), str(out / binary))
+
+
 Builder = Callable[[Component, GoBuilder, Path, Path], None]
 
 BUILDERS: dict[str, Builder] = {
@@ -454,6 +566,8 @@ BUILDERS: dict[str, Builder] = {
     "kube-network-policies": _build_module_root(
         "sigs.k8s.io/kube-network-policies", "kube-network-policies", "-s -w", package="cmd",
     ),
+    "konnectivity": _build_konnectivity,
+    "metrics-server": _build_metrics_server,
 }
 
 
@@ -476,8 +590,16 @@ def ensure(
         if c.is_built(root):
             result[name] = c.directory(root)
             continue
+        source = "the Go module proxy"
+        if name in TARBALLS:  # before go: a missing tarball is the first thing to say
+            try:
+                source = str(source_tarball(name, c.version))
+            except ToolchainError as e:
+                raise ToolchainError(f"{e}; once built, the binaries are cached in "
+                                     f"{c.directory(root)} and the tarball is not needed "
+                                     "again") from None
         builder = builder or GoBuilder(progress)
-        builder.progress(f"building {c.name} {c.version} from the Go module proxy "
+        builder.progress(f"building {c.name} {c.version} from {source} "
                          f"into {c.directory(root)}")
         started = time.monotonic()
         root.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,11 @@ KINE_VERSION = "v0.17.5"
 COREDNS_VERSION = "v1.14.6"
 # SIG Network's reference NetworkPolicy implementation, enforcing policy on the admin node.
 KUBE_NETWORK_POLICIES_VERSION = "v0.8.0"
+# Konnectivity (kubernetes-sigs/apiserver-network-proxy): proxy-server beside a tenant's API
+# server, proxy-agent on its nodes. Built from the release tarball in shared/third_party (the
+# module proxy refuses the module path).
+KONNECTIVITY_VERSION = "v0.36.0"
+METRICS_SERVER_VERSION = "v0.8.0"
 PAUSE_VERSION = "3.10.2"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
 BUSYBOX_IMAGE = "docker.io/library/busybox:haku"
@@ -40,6 +45,8 @@ class Versions:
     coredns: str = COREDNS_VERSION
     pause: str = PAUSE_VERSION
     kube_network_policies: str = KUBE_NETWORK_POLICIES_VERSION
+    konnectivity: str = KONNECTIVITY_VERSION
+    metrics_server: str = METRICS_SERVER_VERSION
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Versions:
@@ -52,8 +59,11 @@ class Versions:
             pause=env.get("HAKU_PAUSE_VERSION", PAUSE_VERSION),
             kube_network_policies=env.get("HAKU_KUBE_NETWORK_POLICIES_VERSION",
                                           KUBE_NETWORK_POLICIES_VERSION),
+            konnectivity=env.get("HAKU_KONNECTIVITY_VERSION", KONNECTIVITY_VERSION),
+            metrics_server=env.get("HAKU_METRICS_SERVER_VERSION", METRICS_SERVER_VERSION),
         )
-        for name in ("kubernetes", "etcd", "kine", "coredns", "kube_network_policies"):
+        for name in ("kubernetes", "etcd", "kine", "coredns", "kube_network_policies",
+                     "konnectivity", "metrics_server"):
             parse_semver(getattr(versions, name), what=name)
         return versions
 
@@ -94,6 +104,21 @@ def coredns_image_name(coredns_version: str) -> str:
     """registry.k8s.io/coredns/coredns keeps the v in its tags: v1.14.6 -> ...:v1.14.6."""
     parse_semver(coredns_version, what="coredns")
     return f"registry.k8s.io/coredns/coredns:{coredns_version}"
+
+
+def konnectivity_image_names(konnectivity_version: str) -> tuple[str, str]:
+    """(proxy-server, proxy-agent) images: ``registry.k8s.io/kas-network-proxy/proxy-server:
+    v0.36.0`` and ``…/proxy-agent:v0.36.0`` (upstream keeps the v)."""
+    parse_semver(konnectivity_version, what="konnectivity")
+    base = "registry.k8s.io/kas-network-proxy"
+    return (f"{base}/proxy-server:{konnectivity_version}",
+            f"{base}/proxy-agent:{konnectivity_version}")
+
+
+def metrics_server_image_name(metrics_server_version: str) -> str:
+    """``registry.k8s.io/metrics-server/metrics-server:v0.8.0``."""
+    parse_semver(metrics_server_version, what="metrics-server")
+    return f"registry.k8s.io/metrics-server/metrics-server:{metrics_server_version}"
 
 
 def operator_image_name(haku_version: str | None = None) -> str:
