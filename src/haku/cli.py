@@ -136,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             procs = ", ".join(f"{k} " + (f"running (pid {v['pid']})" if v["running"]
                                          else "stopped") for k, v in w["processes"].items())
             print(f"  worker {w['name']}: node {w['node']} of {w['tenant']}, {w['address']}, "
-                  f"{w['state']}; {procs}")
+                  f"{w['state']}{', behind NAT' if w.get('behind_nat') else ''}; {procs}")
     running = all(c["running"] for c in info["components"].values()) and all(
         p["running"] for w in info.get("workers", []) for p in w["processes"].values())
     return 0 if running and info.get("apiserver_ready", True) else 3
@@ -155,6 +155,23 @@ def cmd_build(args: argparse.Namespace) -> int:
     built = toolchain.ensure(names, _versions(args))
     for name, path in built.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def cmd_addons(args: argparse.Namespace) -> int:
+    from haku.dev import addons
+
+    lay = _worker_layout(args)
+    report = addons.ensure(lay, args.addons, versions=_versions(args),
+                           import_images=not args.build_only)
+    print(f"addons {', '.join(addons.check_names(args.addons))}: "
+          + (f"built {', '.join(report.built)}; " if report.built else "binaries cached; ")
+          + ("archives written (not imported)" if args.build_only else
+             f"admin node {len(report.admin)} imported, "
+             f"{len(report.workers)} workers" +
+             (f", skipped (containerd stopped): {', '.join(report.skipped_workers)}"
+              if report.skipped_workers else ""))
+          + f" in {report.seconds:.1f}s")
     return 0
 
 
@@ -310,7 +327,8 @@ def cmd_worker_add(args: argparse.Namespace) -> int:
     try:
         tenant = asyncio.run(worker.tenant_join(admin, args.tenant))
         result = worker.add(lay, args.tenant, tenant.join, versions=_versions(args),
-                            keep_on_failure=args.keep_on_failure, avoid_nodes=tenant.nodes)
+                            keep_on_failure=args.keep_on_failure, avoid_nodes=tenant.nodes,
+                            behind_nat=args.behind_nat)
     except worker.WorkerError as e:
         print(f"haku: {e}", file=sys.stderr)
         return 1
@@ -322,7 +340,8 @@ def cmd_worker_add(args: argparse.Namespace) -> int:
     kubeconfig.write_text(yaml.safe_dump(tenant.kubeconfig))
     total = sum(seconds for _, seconds in result.steps)
     print(f"kubeadm: {result.joined_line}   (log: {result.log})")
-    print(f"worker {w.name} joined {w.tenant} as node {w.node_name} (Ready) in {total:.1f}s")
+    print(f"worker {w.name} joined {w.tenant} as node {w.node_name} (Ready) in {total:.1f}s"
+          + (" (behind NAT: the admin side cannot connect to it)" if w.behind_nat else ""))
     print(f"tenant admin kubeconfig: {kubeconfig}")
     print(f"see it: {lay.bin / 'kubectl'} --kubeconfig {kubeconfig} get nodes -o wide")
     print(f"remove it: haku dev worker remove {w.name}")
@@ -378,7 +397,8 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
         procs = ", ".join(f"{k} {'pid ' + str(v['pid']) if v['running'] else 'stopped'}"
                           for k, v in w["processes"].items())
         print(f"{w['name']:<5} node {w['node']:<24} tenant {w['tenant']:<20} {w['address']:<12} "
-              f"pods {w['pod_cidr']:<15} {w['state']:<8} {procs}")
+              f"pods {w['pod_cidr']:<15} {w['state']:<8} "
+              f"{'behind NAT ' if w.get('behind_nat') else ''}{procs}")
     if not workers:
         print("no workers")
     return 0
@@ -417,10 +437,21 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(fn=cmd_status)
     build = dev_sub.add_parser("build", help="build and cache the upstream binaries")
     build.add_argument("components", nargs="*",
-                       help="kubernetes, etcd, kine, coredns, operator-image "
-                       "(default: the first three)")
+                       help="kubernetes, etcd, kine, coredns, kube-network-policies, "
+                       "konnectivity, metrics-server, operator-image (default: the first three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)
+    addons_p = dev_sub.add_parser(
+        "addons", help="build the Konnectivity and metrics-server images if missing and import "
+        "them (proxy-server into the admin node, proxy-agent and metrics-server into every "
+        "worker)")
+    addons_p.add_argument("addons", nargs="*", metavar="ADDON",
+                          help="konnectivity, metrics-server (default: both)")
+    addons_p.add_argument("--build-only", action="store_true",
+                          help="build the binaries and write the archives; import nothing")
+    addons_p.add_argument("--state-dir",
+                          help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+    addons_p.set_defaults(fn=cmd_addons)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
 
@@ -430,6 +461,10 @@ def parser() -> argparse.ArgumentParser:
     wadd.add_argument("tenant", help="NAMESPACE/NAME of a Ready TenantControlPlane")
     wadd.add_argument("--keep-on-failure", action="store_true",
                       help="leave a worker that failed to join in place, to inspect it")
+    wadd.add_argument("--behind-nat", action="store_true",
+                      help="as a remote site behind NAT: the admin node and its pods cannot "
+                      "open connections to the worker or its pods; what it sends reaches them "
+                      "from the admin node IP")
     wremove = worker_sub.add_parser("remove", help="delete its node in the tenant (best "
                                     "effort) and remove all it made on the host")
     wremove.add_argument("worker", nargs="?", help="w1, 1, or its node name")

@@ -144,6 +144,43 @@ def test_jump_positions() -> None:
     assert worker_net._jump_positions("-P FORWARD ACCEPT", "HAKU-FORWARD") == []
 
 
+def test_behind_nat_rejects_what_the_admin_side_opens_towards_the_worker() -> None:
+    rules = worker_net.nat_filter_rules(NET)
+    chain = worker_net.nat_chain(NET)
+    assert chain == "HAKU-NAT-W3"
+    body = [r for r in rules if r[0] == "-A"]
+    assert len(body) == 1 and body[0][1] == chain
+    r = body[0]
+    # anything but replies (and ICMP errors) of connections the worker opened
+    assert r[r.index("--ctstate") - 1:r.index("--ctstate") + 2] == \
+        ["!", "--ctstate", "ESTABLISHED,RELATED"]
+    assert r[-3:] == ["REJECT", "--reject-with", "icmp-host-unreachable"]
+    # from the host itself and from forwarded traffic (admin pods, other workers), first
+    jumps = [x for x in rules if x[0] == "-I"]
+    assert jumps == [["-I", "OUTPUT", "1", "-o", "hkw3", "-j", chain],
+                     ["-I", "FORWARD", "1", "-o", "hkw3", "-j", chain]]
+    assert rules.index(body[0]) < rules.index(jumps[0])  # the chain is full before any jump
+
+
+def test_behind_nat_snats_the_worker_and_its_pods_to_the_admin_node_ip() -> None:
+    rules = worker_net.nat_snat_rules(NET)
+    snat = [r for r in rules if r[1] == "HAKU-NAT-W3"]
+    assert [(r[r.index("-s") + 1], r[-3:]) for r in snat] == [
+        ("10.245.1.3/32", ["SNAT", "--to-source", "10.245.0.1"]),
+        ("10.246.3.0/24", ["SNAT", "--to-source", "10.245.0.1"]),
+    ]
+    # appended: kube-proxy's masquerading of NodePort traffic stays as for any worker
+    assert [r for r in rules if r[1] != "HAKU-NAT-W3"] == [
+        ["-A", "POSTROUTING", "-j", "HAKU-NAT-W3"], ["-A", "INPUT", "-j", "HAKU-NAT-W3"]]
+
+
+def test_nat_jumps_carry_no_comment() -> None:
+    """host.remove_chains deletes jumps from ``iptables -S`` split on spaces."""
+    for rule in worker_net.nat_filter_rules(NET) + worker_net.nat_snat_rules(NET):
+        if rule[1] in ("OUTPUT", "FORWARD", "POSTROUTING", "INPUT"):
+            assert "--comment" not in rule
+
+
 # ------------------------------------------------------------------ configuration files
 
 
@@ -312,6 +349,10 @@ def test_worker_record_round_trip_ignores_unknown_keys(tmp_path: Path) -> None:
     worker._save(paths, w)
     data = json.loads(paths.record.read_text())
     paths.record.write_text(json.dumps(data | {"from_the_future": 1}))
+    assert worker.load(layout, 2) == w
+    assert not w.behind_nat  # records from before --behind-nat load as not behind NAT
+    w.behind_nat = True
+    worker._save(paths, w)
     assert worker.load(layout, 2) == w
     assert [x.name for x in worker.list_workers(layout)] == ["w2"]
     assert worker.resolve(layout, "np-w2") == 2

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from haku.dev import config, host, images, toolchain
+from haku.dev import addons, config, host, images, toolchain
 from haku.dev import worker_net as wnet
 from haku.dev.layout import Layout
 from haku.dev.processes import ComponentFailed, ProcessSpec, Supervisor, log_tail
@@ -117,6 +117,7 @@ class Worker:
     created: str
     state: str = "creating"  # creating | joined | ready
     pids: dict[str, int] = field(default_factory=dict)
+    behind_nat: bool = False  # the admin side cannot open connections to it (worker_net)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Worker:
@@ -312,12 +313,16 @@ def add(
     timeouts: Timeouts | None = None,
     keep_on_failure: bool = False,
     avoid_nodes: frozenset[str] = frozenset(),
+    behind_nat: bool = False,
 ) -> AddResult:
     """Make a worker and join it to ``tenant`` (``NAMESPACE/NAME``) with ``join``.
 
     ``join.endpoint`` must be reachable from the worker (a NodePort on the admin node IP).
     ``avoid_nodes``: Node names the tenant has already (kubeadm refuses to join as a Node
     that exists and is Ready, e.g. one left by a worker of an earlier ``haku dev up``).
+    ``behind_nat``: the admin node and its pods cannot open a connection to the worker or its
+    pods, and see what it sends as coming from the admin node IP (``worker_net.ensure_nat``).
+    The addon images (``haku.dev.addons``) that are built already are imported too.
     Returns when kubeadm has joined and the Node is Ready. On failure everything made is
     removed again (unless ``keep_on_failure``) and WorkerError or ComponentFailed says why,
     with the tail of the log that shows it.
@@ -337,10 +342,10 @@ def add(
         name=name, index=index, tenant=tenant, node_name=node_name(tenant_name, index),
         endpoint=join.endpoint, address=net.address, pod_cidr=net.pod_cidr, netns=net.netns,
         host_link=net.host_link, cgroup=f"/{net.netns}", kubernetes=versions.kubernetes,
-        created=datetime.now(UTC).isoformat(timespec="seconds"))
+        created=datetime.now(UTC).isoformat(timespec="seconds"), behind_nat=behind_nat)
     _save(paths, worker)
     out(f"haku dev worker add {tenant}: worker {name}, node {worker.node_name}, "
-        f"{net.address}, pods {net.pod_cidr}")
+        f"{net.address}, pods {net.pod_cidr}" + (", behind NAT" if behind_nat else ""))
     try:
         result = _add(layout, worker, join, bins, versions, cache, out, timeouts)
     except BaseException:
@@ -435,14 +440,17 @@ def _add(layout: Layout, worker: Worker, join: JoinCommand, bins: dict[str, Path
     containerd_name, kubelet_name = process_names(worker.name)
     steps = _Steps(out)
 
-    # 1. network
+    # 1. network (behind NAT before its link exists: never a moment without)
     _prepare_host(layout)
+    if worker.behind_nat:
+        wnet.ensure_nat(net)
     wnet.create(net)
     problem = wnet.reaches(net, join.endpoint)
     if problem:
         raise WorkerError(f"the worker cannot reach the tenant endpoint {join.endpoint}: "
                           f"{problem}")
-    steps.done(f"network namespace {net.netns} (reaches {join.endpoint})")
+    steps.done(f"network namespace {net.netns} (reaches {join.endpoint})" +
+               (", behind NAT" if worker.behind_nat else ""))
 
     # 2. containerd
     for d in (paths.containerd_dir / "root", paths.containerd_dir / "state",
@@ -470,6 +478,7 @@ def _add(layout: Layout, worker: Worker, join: JoinCommand, bins: dict[str, Path
     cache = cache or toolchain.cache_root()
     pause = images.build_pause(cache)
     specs = [s for s in images.image_specs(bins, versions, pause) if s.name in wanted]
+    specs += addons.cached_worker_specs(versions, cache)  # built already: never built here
     built = images.build_archives(specs, cache)
     pool = ThreadPoolExecutor(max_workers=1)  # a deadline tighter than ctr's own
     try:
@@ -688,6 +697,7 @@ def remove_all(layout: Layout, printer: Printer | None = None,
             reports.append(RemoveReport(worker_name(index), errors=[f"{type(e).__name__}: {e}"]))
             out(f"  worker {worker_name(index)}: removal failed: {e}")
     final = RemoveReport(name="(host)")
+    final.removed += wnet.remove_all_nat()  # a NAT chain whose worker left nothing else
     _finish(layout, final, out, everything=guard)
     if reports:
         reports[-1].removed += final.removed
@@ -744,6 +754,7 @@ def _remove(layout: Layout, index: int, tenant_kubeconfig: dict[str, Any] | None
             host.delete_netns(ns)
             report.removed.append(f"pod netns {ns}")
     report.removed += wnet.delete(net)
+    report.removed += wnet.remove_nat(net)
     deadline = time.monotonic() + 10
     while host.cgroup_pids(net.netns) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -820,7 +831,8 @@ def status(layout: Layout) -> list[dict[str, Any]]:
             processes[role] = {"running": bool(record), "pid": record.pid if record else None}
         result.append({"name": w.name, "tenant": w.tenant, "node": w.node_name,
                        "address": w.address, "pod_cidr": w.pod_cidr, "state": w.state,
-                       "endpoint": w.endpoint, "processes": processes})
+                       "endpoint": w.endpoint, "behind_nat": w.behind_nat,
+                       "processes": processes})
     return result
 
 

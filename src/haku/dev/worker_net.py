@@ -199,3 +199,96 @@ def remove_forward_guard() -> bool:
 def forward_guard_present() -> bool:
     return host.run(["iptables", "-w", "-t", "filter", "-S", FORWARD_CHAIN],
                     check=False).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Behind NAT: a worker the admin side cannot open a connection to
+#
+# A real remote site behind NAT reaches the control plane, never the other way round. For a
+# worker added with --behind-nat, two chains of its own (removed with it):
+#
+# - filter ``HAKU-NAT-W<N>``, jumped to first from OUTPUT and FORWARD for packets leaving on
+#   ``hkw<N>``: whatever is not part of a connection the worker opened (conntrack ESTABLISHED
+#   or RELATED) is rejected with "host unreachable", so the admin node and every admin pod
+#   fail at once to connect to the worker's node IP or its pods, while replies pass. The host
+#   routes stay: the replies need them.
+# - nat ``HAKU-NAT-W<N>``, jumped to last from POSTROUTING (forwarded traffic, after
+#   kube-proxy's own masquerading) and from INPUT (traffic to the node's own addresses): what
+#   the worker and its pods send is SNATed to the admin node IP, so the admin side sees
+#   connections from a NAT gateway's address, not the worker's.
+
+NAT_CHAIN_PREFIX = "HAKU-NAT-W"
+NAT_REJECT_WITH = "icmp-host-unreachable"
+
+
+def nat_chain(net: WorkerNet) -> str:
+    return f"{NAT_CHAIN_PREFIX}{net.index}"
+
+
+def nat_filter_rules(net: WorkerNet) -> list[list[str]]:
+    """``iptables -t filter`` argument lists: the chain's rule, then the jumps (pure)."""
+    chain = nat_chain(net)
+    return [
+        ["-A", chain, "-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED",
+         "-m", "comment", "--comment", f"haku: {net.netns} is behind NAT, nothing opens a "
+         "connection into it", "-j", "REJECT", "--reject-with", NAT_REJECT_WITH],
+        ["-I", "OUTPUT", "1", "-o", net.host_link, "-j", chain],
+        ["-I", "FORWARD", "1", "-o", net.host_link, "-j", chain],
+    ]
+
+
+def nat_snat_rules(net: WorkerNet) -> list[list[str]]:
+    """``iptables -t nat`` argument lists: SNAT of the worker's and its pods' addresses to the
+    admin node IP, then the jumps (appended: NAT decisions made before stand) (pure)."""
+    chain = nat_chain(net)
+    rules = [
+        ["-A", chain, "-s", source, "-m", "comment", "--comment",
+         f"haku: {net.netns} is behind NAT, seen through a gateway address", "-j", "SNAT",
+         "--to-source", net.gateway]
+        for source in (f"{net.address}/32", net.pod_cidr)
+    ]
+    rules += [["-A", "POSTROUTING", "-j", chain], ["-A", "INPUT", "-j", chain]]
+    return rules
+
+
+def _chain_exists(table: str, chain: str) -> bool:
+    return host.run(["iptables", "-w", "-t", table, "-S", chain], check=False).returncode == 0
+
+
+def ensure_nat(net: WorkerNet) -> None:
+    """Put worker ``net`` behind NAT (again): both chains made afresh, with their jumps."""
+    remove_nat(net)
+    chain = nat_chain(net)
+    for table, rules in (("nat", nat_snat_rules(net)), ("filter", nat_filter_rules(net))):
+        ipt = ["iptables", "-w", "-t", table]
+        host.run([*ipt, "-N", chain])
+        for rule in rules:
+            host.run([*ipt, *rule])
+
+
+def nat_present(net: WorkerNet) -> dict[str, bool]:
+    """Whether each table has the worker's NAT chain."""
+    return {table: _chain_exists(table, nat_chain(net)) for table in ("filter", "nat")}
+
+
+def remove_nat(net: WorkerNet) -> list[str]:
+    """Remove the worker's NAT chains and the jumps to them, if there."""
+    chain = nat_chain(net)
+    present = [("iptables", table, chain) for table in ("filter", "nat")
+               if _chain_exists(table, chain)]
+    return [f"iptables chain {c[2]} ({c[1]})" for c in host.remove_chains(present)]
+
+
+def nat_chains() -> list[host.Chain]:
+    """Every worker NAT chain on the host (whatever worker made it)."""
+    found: list[host.Chain] = []
+    for table in ("filter", "nat"):
+        result = host.run(["iptables", "-w", "-t", table, "-S"], check=False)
+        if result.returncode == 0:
+            found += [("iptables", table, c)
+                      for c in host.parse_chains(result.stdout, prefix=NAT_CHAIN_PREFIX)]
+    return found
+
+
+def remove_all_nat() -> list[str]:
+    return [f"iptables chain {c[2]} ({c[1]})" for c in host.remove_chains(nat_chains())]
