@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -12,6 +13,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.core_v1 import Pod
 
 from haku.api.resources import TenantControlPlane
+from haku.dev import addons
 from haku.dev import worker as workers
 from haku.dev.cluster import DevCluster
 from haku.dev.worker_config import Timeouts
@@ -67,9 +69,31 @@ async def wait_tenant_ready(c: AsyncClient, namespace: str, name: str,
 
 
 async def add_worker(cluster: DevCluster, tenant: TenantAccess,
-                     timeouts: Timeouts | None = None) -> workers.AddResult:
-    """A dev worker joined to ``tenant`` with a fresh 30-minute join command."""
+                     timeouts: Timeouts | None = None,
+                     behind_nat: bool = False) -> workers.AddResult:
+    """A dev worker joined to ``tenant`` with a fresh 30-minute join command; with
+    ``behind_nat`` the admin side cannot open connections to it (``haku dev worker add
+    --behind-nat``). It gets the addon images that are built already (see ensure_addons)."""
     join = await access.create_join_command(tenant, timedelta(minutes=30))
     return await asyncio.to_thread(workers.add, cluster.layout,
                                    f"{tenant.namespace}/{tenant.name}", join, timeouts=timeouts,
-                                   printer=lambda line: print(line, flush=True))
+                                   printer=lambda line: print(line, flush=True),
+                                   behind_nat=behind_nat)
+
+
+async def ensure_addons(cluster: DevCluster,
+                        names: tuple[str, ...] = addons.NAMES) -> addons.Report:
+    """Konnectivity's and metrics-server's images on the admin node (proxy-server) and on
+    every existing worker (proxy-agent, metrics-server), built first if not cached (cold:
+    minutes). Workers added afterwards get them from ``add_worker`` without a build."""
+    return await asyncio.to_thread(addons.ensure, cluster.layout, names,
+                                   lambda line: print(line, flush=True))
+
+
+def tcp_connect(address: str, port: int, timeout: float = 3.0) -> str | None:
+    """None if a TCP connection from this host to ``address:port`` opens, else why not."""
+    try:
+        socket.create_connection((address, port), timeout).close()
+    except OSError as e:
+        return str(e) or type(e).__name__
+    return None
