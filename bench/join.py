@@ -5,9 +5,15 @@ each run a NodePort tenant with CoreDNS and kube-proxy is applied on the etcd Da
 dev worker joins it. Reported per run, in seconds from the apply: when each of the tenant's
 Conditions first turned True (DataStoreReady … TenantBootstrapped, Ready), then the worker's
 own steps (network, containerd, images, kubeadm discovery and kubelet files, TLS bootstrap,
-kubeadm finished, Node Ready) and the total. Medians over the runs come last.
+kubeadm finished, Node Ready) and the total. Medians over the runs come last, per variant.
 
-Run as root: ``.venv/bin/python bench/join.py [--runs 3]``.
+Variants (``--variants``, run alternately): ``plain`` as above; ``konnectivity``: the tenant
+has ``addons.konnectivity`` (its node port allocated, no networkProfile.port) and the worker
+joins from behind NAT (``--behind-nat``); its run also reports when
+``KonnectivityConnected`` turned True (the agent on the new node connected). The Konnectivity
+images are built first if not cached (``haku dev addons``).
+
+Run as root: ``.venv/bin/python bench/join.py [--runs 3] [--variants plain,konnectivity]``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from lightkube.codecs import from_dict
 from haku.api.resources import TenantControlPlane
 from haku.controller.operator import install_crds
 from haku.controller.tenant import CONDITION_TYPES
-from haku.dev import samples, worker
+from haku.dev import addons, samples, worker
 from haku.dev.cluster import DevCluster
 from haku.dev.layout import Layout
 from haku.tenant import access
@@ -41,50 +47,63 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-async def conditions_until_ready(client: AsyncClient, name: str,
-                                 started: float) -> dict[str, float]:
-    """Seconds from ``started`` at which each Condition was first seen True (0.1 s polls)."""
-    seen: dict[str, float] = {}
-    while "Ready" not in seen:
+async def conditions_until(client: AsyncClient, name: str, started: float,
+                           until: str = "Ready",
+                           seen: dict[str, float] | None = None) -> dict[str, float]:
+    """Seconds from ``started`` at which each Condition was first seen True (0.1 s polls),
+    until ``until`` is."""
+    seen = {} if seen is None else seen
+    while until not in seen:
         obj = (await client.get(TenantControlPlane, name, namespace=NAMESPACE)).to_dict()
         for c in (obj.get("status") or {}).get("conditions") or []:
             if c["status"] == "True" and c["type"] not in seen:
                 seen[c["type"]] = round(time.perf_counter() - started, 2)
         if time.perf_counter() - started > 300:
-            raise TimeoutError(f"{name} not Ready after 300s: {obj.get('status')}")
+            raise TimeoutError(f"{name} not {until} after 300s: {obj.get('status')}")
         await asyncio.sleep(0.1)
     return {t: seen[t] for t in CONDITION_TYPES if t in seen}
 
 
-async def one_run(cluster: DevCluster, client: AsyncClient, index: int) -> dict[str, Any]:
+async def one_run(cluster: DevCluster, client: AsyncClient, index: int,
+                  variant: str) -> dict[str, Any]:
     name = f"join-{index}"
-    started = time.perf_counter()
-    await client.apply(from_dict(samples.tenant_control_plane(
+    konnectivity = variant == "konnectivity"
+    doc = samples.tenant_control_plane(
         name, NAMESPACE, "dev-etcd", cluster.versions.kubernetes, service_type="NodePort",
-        port=31450 + index, addons=True)), force=True)
-    tenant_conditions = await conditions_until_ready(client, name, started)
+        port=None if konnectivity else 31450 + index, addons=True)
+    if konnectivity:
+        doc["spec"]["addons"]["konnectivity"] = {}
+    started = time.perf_counter()
+    await client.apply(from_dict(doc), force=True)
+    tenant_conditions = await conditions_until(client, name, started)
     tenant = await access.load(client, NAMESPACE, name)
     join = await access.create_join_command(tenant, timedelta(minutes=30))
     token_at = round(time.perf_counter() - started, 2)
     result = await asyncio.to_thread(worker.add, cluster.layout, f"{NAMESPACE}/{name}", join,
-                                     versions=cluster.versions, printer=log)
+                                     versions=cluster.versions, printer=log,
+                                     behind_nat=konnectivity)
     total = round(time.perf_counter() - started, 2)
     worker_steps = {step: round(seconds, 2) for step, seconds in result.steps}
+    if konnectivity:
+        await conditions_until(client, name, started, "KonnectivityConnected",
+                               tenant_conditions)
     await asyncio.to_thread(worker.remove, cluster.layout, result.worker.name,
                             tenant_kubeconfig=tenant.kubeconfig, printer=log)
     await client.delete(TenantControlPlane, name, namespace=NAMESPACE)
-    log(f"  {name}: Ready at {tenant_conditions['Ready']}s, Node Ready at {total}s")
-    return {"tenant_condition_true_at_s": tenant_conditions,
+    log(f"  {name} ({variant}): Ready at {tenant_conditions['Ready']}s, Node Ready at {total}s")
+    return {"variant": variant, "tenant_condition_true_at_s": tenant_conditions,
             "join_token_created_at_s": token_at,
             "worker_steps_s": worker_steps,
             "apply_to_node_ready_s": total}
 
 
-async def bench(runs: int) -> dict[str, Any]:
+async def bench(runs: int, variants: list[str]) -> dict[str, Any]:
     cluster = DevCluster(Layout(state_dir=Path("/var/lib/haku/bench-join")), printer=log)
     cluster.down(purge=True)
     cluster.up()
     lay = cluster.layout
+    if "konnectivity" in variants:
+        await asyncio.to_thread(addons.ensure, lay, ["konnectivity"], log)
     proc = subprocess.Popen(
         [sys.executable, "-m", "haku", "operator", "run", f"--kubeconfig={lay.admin_kubeconfig}",
          "--lease-duration=5"],
@@ -99,7 +118,8 @@ async def bench(runs: int) -> dict[str, Any]:
         await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
                                       "metadata": {"name": NAMESPACE}}), force=True)
         for i in range(runs):
-            results.append(await one_run(cluster, client, i))
+            for j, variant in enumerate(variants):
+                results.append(await one_run(cluster, client, i * len(variants) + j, variant))
     finally:
         await client.close()
         proc.terminate()
@@ -108,21 +128,36 @@ async def bench(runs: int) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             proc.kill()
         cluster.down(purge=True)
-    totals = [r["apply_to_node_ready_s"] for r in results]
-    ready = [r["tenant_condition_true_at_s"]["Ready"] for r in results]
-    return {"benchmark": "join", "kubernetes": cluster.versions.kubernetes, "runs": results,
-            "median_s": {"apply_to_tenant_ready": round(statistics.median(ready), 2),
-                         "apply_to_node_ready": round(statistics.median(totals), 2),
-                         "tenant_ready_to_node_ready": round(
-                             statistics.median(t - r for t, r in zip(totals, ready,
-                                                                     strict=True)), 2)}}
+    medians: dict[str, Any] = {}
+    for variant in variants:
+        mine = [r for r in results if r["variant"] == variant]
+        totals = [r["apply_to_node_ready_s"] for r in mine]
+        ready = [r["tenant_condition_true_at_s"]["Ready"] for r in mine]
+        medians[variant] = {
+            "apply_to_tenant_ready": round(statistics.median(ready), 2),
+            "apply_to_node_ready": round(statistics.median(totals), 2),
+            "tenant_ready_to_node_ready": round(statistics.median(
+                t - r for t, r in zip(totals, ready, strict=True)), 2)}
+        connected = [r["tenant_condition_true_at_s"].get("KonnectivityConnected")
+                     for r in mine]
+        if all(connected):
+            medians[variant]["apply_to_agent_connected"] = round(
+                statistics.median(c for c in connected if c), 2)
+    return {"benchmark": "join", "kubernetes": cluster.versions.kubernetes,
+            "variants": variants, "runs": results, "median_s": medians}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each variant")
+    parser.add_argument("--variants", default="plain,konnectivity",
+                        help="comma-separated: plain, konnectivity (run alternately)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(bench(args.runs)), indent=2))
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - {"plain", "konnectivity"}
+    if unknown or not variants:
+        parser.error(f"unknown variants {sorted(unknown)}; use plain, konnectivity")
+    print(json.dumps(asyncio.run(bench(args.runs, variants)), indent=2))
     return 0
 
 

@@ -66,7 +66,9 @@ async def test_a_tenant_is_fenced_in_by_a_network_policy_it_owns(
     assert policy["spec"]["podSelector"]["matchLabels"].items() \
         <= dep.spec.template.metadata.labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 6443}]}]
+    # The API port by its container port's name (render/netpol.py).
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP",
+                                                     "port": "kube-apiserver"}]}]
     egress = policy["spec"]["egress"]
     assert {"to": [{"ipBlock": {"cidr": "10.245.0.1/32"}}],
             "ports": [{"protocol": "TCP", "port": 15432}]} in egress

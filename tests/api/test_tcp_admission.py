@@ -21,7 +21,7 @@ from haku.dev.cluster import DevCluster
 TCP = create_namespaced_resource("haku.dev", "v1alpha1", "TenantControlPlane",
                                  "tenantcontrolplanes")
 
-# Kamaji's getting-started manifest, minus its konnectivity addon, with only apiVersion changed.
+# Kamaji's getting-started manifest, with only apiVersion changed.
 KAMAJI_SAMPLE = yaml.safe_load("""
 apiVersion: haku.dev/v1alpha1
 kind: TenantControlPlane
@@ -63,6 +63,16 @@ spec:
   addons:
     coreDNS: {}
     kubeProxy: {}
+    konnectivity:
+      server:
+        port: 8132
+        resources:
+          requests:
+            cpu: 100m
+            memory: 128Mi
+          limits:
+            cpu: 100m
+            memory: 128Mi
 """)
 
 
@@ -99,7 +109,7 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
         "registry": "registry.k8s.io", "apiServerImage": "kube-apiserver",
         "controllerManagerImage": "kube-controller-manager", "schedulerImage": "kube-scheduler"}
     assert spec["networkProfile"]["clusterDomain"] == "cluster.local"
-    assert spec["addons"] == {"coreDNS": {}, "kubeProxy": {}}
+    assert spec["addons"] == KAMAJI_SAMPLE["spec"]["addons"]
     assert spec["networkProfile"]["serviceCidr"] == "10.96.0.0/16"
     assert spec["kubernetes"]["kubelet"]["preferredAddressTypes"] == [
         "InternalIP", "ExternalIP", "Hostname"]
@@ -115,8 +125,23 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"spec__addons__konnectivity": {"server": {"port": 8132}}},
-     "spec.addons.konnectivity is not supported by Haku yet"),
+    ({"spec__addons__konnectivity": {"agent": {"mode": "DaemonSet", "replicas": 2}}},
+     "replicas must be 0 or unset when mode is DaemonSet"),
+    ({"spec__addons__konnectivity": {"agent": {"mode": "Deployment", "replicas": 0}}},
+     "replicas must be more than 0 when mode is Deployment"),
+    ({"spec__addons__konnectivity": {"agent": {"mode": "Sidecar"}}}, "Unsupported value"),
+    ({"spec__addons__konnectivity": {"server": {"securityContext": {"privileged": True}}}},
+     "server.securityContext is not supported"),
+    ({"spec__addons__konnectivity": {"server": {"extraArgs": ["--uds-name=/tmp/x"]}}},
+     "server.extraArgs must not set a flag Haku manages"),
+    ({"spec__addons__konnectivity": {"server": {"extraArgs": ["--admin-bind-address=0.0.0.0"]}}},
+     "server.extraArgs must not set a flag Haku manages"),
+    ({"spec__addons__konnectivity": {"agent": {"extraArgs": ["--proxy-server-host=evil"]}}},
+     "agent.extraArgs must not set a flag Haku manages"),
+    ({"spec__addons__konnectivity": {"server": {"port": 0}}},
+     "spec.addons.konnectivity.server.port"),
+    ({"spec__addons__konnectivity": {"server": {"image": "Registry.example/UPPER"}}},
+     "spec.addons.konnectivity.server.image"),
     ({"spec__addons__kubeProxy": {"imageTag": "v1.37.2; rm -rf /"}},
      "spec.addons.kubeProxy.imageTag"),
     ({"spec__addons__coreDNS": {"imageRepository": "Registry.example/UPPER"}},

@@ -75,10 +75,11 @@ async def _versions(client: AsyncClient, groups: dict[str, list[dict[str, Any]]]
 
 async def test_bootstrap_applies_all_and_a_second_apply_changes_nothing(
         tenant: AsyncClient, ca: pki.KeyPair) -> None:
-    groups = bootstrap_objects(spec({"coreDNS": {}, "kubeProxy": {}}), ca.cert_pem, ENDPOINT)
+    groups = bootstrap_objects(spec({"coreDNS": {}, "kubeProxy": {}, "konnectivity": {}}),
+                               ca.cert_pem, ENDPOINT)
     installed: dict[str, bool] = {}
     pruned = await bootstrap.reconcile(tenant, groups, installed)
-    assert installed == {"kube-proxy": True, "coredns": True}
+    assert installed == {"kube-proxy": True, "coredns": True, "konnectivity": True}
     assert pruned == []
     first = await _versions(tenant, groups)
     assert len(first) == sum(len(v) for v in groups.values())
@@ -96,6 +97,13 @@ async def test_bootstrap_applies_all_and_a_second_apply_changes_nothing(
     assert kubeadm["networking"]["podSubnet"] == "10.244.0.0/16"
     proxy = await tenant.get(DaemonSet, "kube-proxy", namespace="kube-system")
     assert proxy.spec.template.spec.containers[0].image == "registry.k8s.io/kube-proxy:v1.37.2"
+    # The Konnectivity agents: the API server accepts them as rendered; none runs (no node).
+    agents = await bootstrap.agents(tenant, "DaemonSet")
+    assert agents == bootstrap.Agents("DaemonSet", 0, 0)
+    # Switching to a Deployment removes the DaemonSet (Haku's only).
+    assert await bootstrap.remove_agent_kind(tenant, "Deployment") is True
+    assert await bootstrap.agents(tenant, "DaemonSet") is None
+    assert await bootstrap.remove_agent_kind(tenant, "Deployment") is False
 
 
 async def test_removing_an_addon_removes_its_objects_and_nothing_else(
@@ -118,7 +126,7 @@ async def test_removing_an_addon_removes_its_objects_and_nothing_else(
 
     without_dns = bootstrap_objects(spec({"kubeProxy": {}}), ca.cert_pem, ENDPOINT)
     pruned = await bootstrap.reconcile(tenant, without_dns, installed)
-    assert installed == {"kube-proxy": True, "coredns": False}
+    assert installed == {"kube-proxy": True, "coredns": False, "konnectivity": False}
     assert "Deployment kube-system/coredns" in pruned
     assert "ClusterRole system:coredns" in pruned
     for kind, name, ns in ((Deployment, "coredns", "kube-system"),

@@ -109,7 +109,13 @@ def test_the_policy_completes_images_as_python_and_the_crd_do() -> None:
             "properties"]
         assert f"spec.addons.{addon}.imageRepository" in images
     assert set(spec["properties"]["addons"]["properties"]) == {
-        "coreDNS", "kubeProxy", "konnectivity"}  # konnectivity: refused by the CRD
+        "coreDNS", "kubeProxy", "konnectivity"}
+    konnectivity = spec["properties"]["addons"]["properties"]["konnectivity"]["properties"]
+    for side, default in (("server", tcp_api.KONNECTIVITY_SERVER_IMAGE),
+                          ("agent", tcp_api.KONNECTIVITY_AGENT_IMAGE)):
+        assert "image" in konnectivity[side]["properties"]
+        assert f"spec.addons.konnectivity.{side}.image" in images
+        assert f"'{default}'" in images
 
 
 def test_the_sysctls_are_the_baseline_safe_list() -> None:
@@ -167,6 +173,9 @@ def test_the_spec_cannot_ask_for_host_namespaces_ports_or_paths() -> None:
 
     walk(_spec_schema(), "spec")
     assert sorted(set(found)) == [
+        # The Konnectivity agents run inside the tenant, on the tenant's own nodes: not a
+        # way into the admin cluster.
+        "spec.addons.konnectivity.agent.hostNetwork",
         "spec.controlPlane.deployment.containerSecurityContexts.apiServer.windowsOptions"
         ".hostProcess",
         "spec.controlPlane.deployment.containerSecurityContexts.controllerManager"

@@ -11,6 +11,7 @@ from haku.render.tenant_bootstrap import (
     ADDON_LABEL,
     CORE,
     COREDNS,
+    KONNECTIVITY,
     KUBE_PROXY,
     MANAGED_BY,
     NODE_BOOTSTRAPPERS,
@@ -46,14 +47,15 @@ def binding_subjects(obj: dict[str, Any]) -> set[tuple[str, str]]:
 
 def test_absent_addons_render_only_the_core_group() -> None:
     groups = bootstrap_objects(spec(), CA.cert_pem, ENDPOINT)
-    assert list(groups) == [CORE, KUBE_PROXY, COREDNS]
-    assert groups[KUBE_PROXY] == [] and groups[COREDNS] == []
+    assert list(groups) == [CORE, KUBE_PROXY, COREDNS, KONNECTIVITY]
+    assert groups[KUBE_PROXY] == [] and groups[COREDNS] == [] and groups[KONNECTIVITY] == []
     kinds = {o["kind"] for o in groups[CORE]}
     assert "DaemonSet" not in kinds and "Deployment" not in kinds
 
 
 def test_every_object_is_labelled_with_its_group_and_haku_and_keys_are_unique() -> None:
-    groups = bootstrap_objects(spec({"coreDNS": {}, "kubeProxy": {}}), CA.cert_pem, ENDPOINT)
+    groups = bootstrap_objects(spec({"coreDNS": {}, "kubeProxy": {}, "konnectivity": {}}),
+                               CA.cert_pem, ENDPOINT)
     keys = [object_key(o) for objects in groups.values() for o in objects]
     assert len(keys) == len(set(keys))
     for group, objects in groups.items():

@@ -208,22 +208,109 @@ KUBE_PROXY_REPOSITORY = "registry.k8s.io"
 COREDNS_TAG = "v1.14.6"
 
 
+# Konnectivity (kubernetes-sigs/apiserver-network-proxy): the release this operator runs by
+# default, for every Kubernetes version it supports. Kamaji defaults to v0.<minor>.0 of the
+# tenant's Kubernetes; Haku pins one release it has built and tested (the protocol between
+# kube-apiserver, server and agent is stable across releases).
+KONNECTIVITY_VERSION = "v0.36.0"
+KONNECTIVITY_SERVER_IMAGE = "registry.k8s.io/kas-network-proxy/proxy-server"
+KONNECTIVITY_AGENT_IMAGE = "registry.k8s.io/kas-network-proxy/proxy-agent"
+KONNECTIVITY_PORT = 8132
+KONNECTIVITY_AGENT_TOLERATIONS = ({"key": "CriticalAddonsOnly", "operator": "Exists"},)
+
+
+@dataclass(frozen=True)
+class KonnectivityServer:
+    """The proxy-server, a container of the control-plane pod (``addons.konnectivity.server``).
+    ``port`` is where agents connect (and the Service's ``konnectivity-server`` port);
+    ``port_given`` is None when the spec left it to the default."""
+
+    port: int = KONNECTIVITY_PORT
+    port_given: int | None = None
+    image: str = KONNECTIVITY_SERVER_IMAGE
+    version: str = KONNECTIVITY_VERSION
+    resources: dict[str, Any] | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.image}:{self.version}"
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None) -> KonnectivityServer:
+        data = data or {}
+        port = data.get("port")
+        return cls(port=int(port or KONNECTIVITY_PORT), port_given=int(port) if port else None,
+                   image=data.get("image") or KONNECTIVITY_SERVER_IMAGE,
+                   version=data.get("version") or KONNECTIVITY_VERSION,
+                   resources=data.get("resources"),
+                   extra_args=tuple(data.get("extraArgs") or ()))
+
+
+@dataclass(frozen=True)
+class KonnectivityAgent:
+    """The proxy-agent, run inside the tenant (``addons.konnectivity.agent``): a DaemonSet (one
+    per node) or a Deployment of ``replicas``."""
+
+    image: str = KONNECTIVITY_AGENT_IMAGE
+    version: str = KONNECTIVITY_VERSION
+    tolerations: tuple[dict[str, Any], ...] = KONNECTIVITY_AGENT_TOLERATIONS
+    extra_args: tuple[str, ...] = ()
+    host_network: bool = False
+    mode: str = "DaemonSet"
+    replicas: int = 1  # Deployment mode only
+
+    @property
+    def image_ref(self) -> str:
+        return f"{self.image}:{self.version}"
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None) -> KonnectivityAgent:
+        data = data or {}
+        tolerations = data.get("tolerations")
+        return cls(image=data.get("image") or KONNECTIVITY_AGENT_IMAGE,
+                   version=data.get("version") or KONNECTIVITY_VERSION,
+                   tolerations=(KONNECTIVITY_AGENT_TOLERATIONS if tolerations is None
+                                else tuple(tolerations)),
+                   extra_args=tuple(data.get("extraArgs") or ()),
+                   host_network=bool(data.get("hostNetwork", False)),
+                   mode=data.get("mode") or "DaemonSet",
+                   replicas=int(data.get("replicas") or 1))
+
+
+@dataclass(frozen=True)
+class Konnectivity:
+    """``spec.addons.konnectivity``: kube-apiserver's traffic to the tenant's nodes, pods and
+    Services goes through tunnels the agents open from inside the tenant."""
+
+    server: KonnectivityServer = field(default_factory=KonnectivityServer)
+    agent: KonnectivityAgent = field(default_factory=KonnectivityAgent)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Konnectivity:
+        return cls(KonnectivityServer.parse(data.get("server")),
+                   KonnectivityAgent.parse(data.get("agent")))
+
+
 @dataclass(frozen=True)
 class Addons:
     core_dns: Addon | None = None
     kube_proxy: Addon | None = None
+    konnectivity: Konnectivity | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any] | None, version: str) -> Addons:
         data = data or {}
         dns, proxy = data.get("coreDNS"), data.get("kubeProxy")
+        konnectivity = data.get("konnectivity")
         return cls(
             core_dns=None if dns is None else Addon(
                 dns.get("imageRepository") or COREDNS_REPOSITORY,
                 dns.get("imageTag") or COREDNS_TAG),
             kube_proxy=None if proxy is None else Addon(
                 proxy.get("imageRepository") or KUBE_PROXY_REPOSITORY,
-                proxy.get("imageTag") or version))
+                proxy.get("imageTag") or version),
+            konnectivity=None if konnectivity is None else Konnectivity.parse(konnectivity))
 
 
 @dataclass(frozen=True)

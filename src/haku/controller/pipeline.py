@@ -91,6 +91,11 @@ class Context:
     admin: dict[str, bytes] = field(default_factory=dict)  # admin.conf (user-facing)
     super_admin: bytes = b""  # super-admin.conf: the operator's own, never user-facing
     deployment: Any = None
+    konnectivity_port: int = 0  # the port agents dial (a NodePort's node port)
+    agents: Any = None  # haku.tenant.bootstrap.Agents, when the addon is on and reachable
+    # Conditions a step says do not apply to this tenant (an informational one whose addon
+    # is off): removed from the status.
+    removed_conditions: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> Key:

@@ -48,16 +48,20 @@ from haku.controller.steps.finalizer import FINALIZER
 from haku.controller.tenant_watches import TenantWatches
 from haku.render import InvalidSpec, tenant_status
 
-__all__ = ["CONDITION_TYPES", "FINALIZER", "OperatorConfig", "TenantReconciler"]
+__all__ = ["CONDITION_TYPES", "FINALIZER", "READY_TYPES", "OperatorConfig",
+           "TenantReconciler"]
 
 log = logging.getLogger("haku.tenant")
 
 CONDITION_TYPES = condition_types(steps.STEPS)
+# The Conditions Ready stands for (every step's but the informational ones), then Ready.
+READY_TYPES = condition_types([s for s in steps.STEPS if not s.informational])
+INFORMATIONAL = frozenset(CONDITION_TYPES) - frozenset(READY_TYPES)
 # Reasons of a False Condition that mean "not there yet", not "something is wrong": every
 # other False reason counts in haku_reconcile_errors_total.
 PROGRESS_REASONS = frozenset({"Pending", "NoReadyPods", "NoControlPlane", "Sleeping",
                               "WaitingForLoadBalancer", "WaitingForAPIServer",
-                              "DataStoreBusy", "Stopping"})
+                              "DataStoreBusy", "Stopping", "NoAgentsScheduled"})
 CONTROLLER = "tenantcontrolplane"
 # The reasons of the first status (before any step ran).
 FIRST_REASONS = frozenset({"Pending", "Provisioning"})
@@ -106,7 +110,7 @@ class StepTimer:
 def first_status(generation: int | None) -> dict[str, Any]:
     """A new tenant's status: ``Provisioning``, every other Condition Unknown."""
     found = {t: Condition(t, "Unknown", "Pending", "not looked at yet")
-             for t in CONDITION_TYPES[:-1]}
+             for t in READY_TYPES[:-1]}
     found["Ready"] = Condition("Ready", "False", "Provisioning",
                                "the tenant is being provisioned")
     merged: list[dict[str, Any]] = []
@@ -296,7 +300,7 @@ class TenantReconciler:
             f"{type(error).__name__}: {error}"
         meta = obj["metadata"]
         found = {t: Condition(t, "Unknown", "Pending", "the spec cannot be read")
-                 for t in CONDITION_TYPES[:-1]}
+                 for t in READY_TYPES[:-1]}
         found["Ready"] = Condition("Ready", "False", "InvalidSpec",
                                    f"the spec cannot be carried out: {message}")
         merged = (obj.get("status") or {}).get("conditions") or []
@@ -354,16 +358,17 @@ class TenantReconciler:
             found["Ready"] = Condition("Ready", "False", "Deleting",
                                        f"being deleted: {blocker.message}")
         else:
-            for ctype in CONDITION_TYPES[:-1]:
+            for ctype in READY_TYPES[:-1]:
                 found.setdefault(ctype, Condition(ctype, "Unknown", "Pending",
                                                   "an earlier step has not finished"))
-            failing = [c for t, c in found.items() if t != "Ready" and c.status != "True"]
+            failing = [c for t, c in found.items()
+                       if t != "Ready" and t not in INFORMATIONAL and c.status != "True"]
             found["Ready"] = (Condition("Ready", "True", "Ready",
                                         "the tenant API serves through its endpoint")
                               if not failing else
                               Condition("Ready", "False", failing[0].reason,
                                         failing[0].message))
-        merged = old
+        merged = [c for c in old if c.get("type") not in ctx.removed_conditions]
         for c in found.values():
             merged = conditions.merge(merged, c, spec.generation)
         for c in found.values():

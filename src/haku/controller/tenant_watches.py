@@ -28,26 +28,45 @@ from lightkube.resources.core_v1 import ConfigMap, Service
 
 from haku.api.resources import FIELD_MANAGER
 from haku.controller.runtime import Key, Watcher
-from haku.render.tenant_bootstrap import MANAGED_BY
+from haku.render import konnectivity
+from haku.render.tenant_bootstrap import ADDON_LABEL, MANAGED_BY
 
 log = logging.getLogger(__name__)
 
 WATCHED = (ConfigMap, Service, Deployment, DaemonSet)
 
 
+def agents_ready(obj: Any) -> int | None:
+    """The ready count of the Konnectivity agents' workload (None for any other object):
+    its changes are news (KonnectivityConnected), unlike other status updates."""
+    meta = obj.metadata
+    if meta.name != konnectivity.AGENT or (meta.labels or {}).get(ADDON_LABEL) != \
+            konnectivity.GROUP:
+        return None
+    status = getattr(obj, "status", None)
+    if status is None:
+        return 0
+    ready = getattr(status, "numberReady", None) if isinstance(obj, DaemonSet) \
+        else getattr(status, "readyReplicas", None)
+    return int(ready or 0)
+
+
 def drift_mapper(key: Key) -> Callable[[str, Any], list[Key]]:
-    """Events that mean someone else changed or removed one of Haku's objects."""
-    generations: dict[tuple[str, str, str], int | None] = {}
+    """Events that mean someone else changed or removed one of Haku's objects, or that the
+    number of connected Konnectivity agents changed."""
+    seen_state: dict[tuple[str, str, str], tuple[int | None, int | None]] = {}
 
     def mapper(event: str, obj: Any) -> list[Key]:
         meta = obj.metadata
         ident = (type(obj).__name__, meta.namespace or "", meta.name)
-        seen = generations.get(ident)
-        generations[ident] = meta.generation
+        seen = seen_state.get(ident)
+        state = (meta.generation, agents_ready(obj))
+        seen_state[ident] = state
         if event == "DELETED":
-            generations.pop(ident, None)
+            seen_state.pop(ident, None)
             return [key]
-        if event == "MODIFIED" and (meta.generation is None or meta.generation != seen):
+        if event == "MODIFIED" and (meta.generation is None or seen is None
+                                    or state != seen):
             return [key]
         return []  # ADDED (the initial listing, or our own apply) and status-only updates
 

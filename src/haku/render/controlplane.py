@@ -23,6 +23,7 @@ from haku.api.tenantcontrolplane import (
 )
 from haku.render import InvalidSpec
 from haku.render import kine as kine_render
+from haku.render import konnectivity as konnectivity_render
 from haku.render.storage import TenantConnection
 
 PKI = "/etc/kubernetes/pki"
@@ -56,6 +57,7 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, Mapping[str, str]]] = {
     "kube-controller-manager": {"requests": {"cpu": "10m", "memory": "48Mi"}},
     "kube-scheduler": {"requests": {"cpu": "5m", "memory": "24Mi"}},
     "kine": {"requests": {"cpu": "5m", "memory": "24Mi"}},
+    "konnectivity-server": {"requests": {"cpu": "5m", "memory": "24Mi"}},
 }
 
 # The control-plane pods' PriorityClass (deploy/priorityclass.yaml, priority_class()).
@@ -116,6 +118,14 @@ def check_ports(spec: TenantControlPlaneSpec) -> None:
     names_seen = {"kube-apiserver": "the API port"}
     ports_seen: dict[tuple[Any, str], str] = {
         (spec.port, "TCP"): "the API port (spec.networkProfile.port)"}
+    konnectivity = spec.addons.konnectivity
+    if konnectivity is not None:
+        if konnectivity.server.port == spec.port:
+            raise InvalidSpec("spec.addons.konnectivity.server.port",
+                              f"{spec.port} is already the API port (spec.networkProfile.port)")
+        names_seen[konnectivity_render.SERVICE_PORT_NAME] = "the Konnectivity port"
+        ports_seen[(konnectivity.server.port, "TCP")] = \
+            "the Konnectivity port (spec.addons.konnectivity.server.port)"
     for i, p in enumerate(spec.additional_ports):
         where = f"spec.controlPlane.service.additionalPorts[{i}]"
         name, number = p.get("name"), p.get("port")
@@ -180,6 +190,8 @@ def apiserver_managed(spec: TenantControlPlaneSpec, storage: TenantConnection,
     for arg in kine_render.apiserver_storage_args(storage, tls_dir=f"{PKI}/datastore"):
         flag, value = arg.split("=", 1)
         managed[flag] = value
+    if spec.addons.konnectivity is not None:
+        managed |= konnectivity_render.apiserver_managed()
     return managed
 
 
@@ -363,6 +375,18 @@ def deployment(
         if kine_resources:
             kine["resources"] = kine_resources
         containers.append(kine)
+    konnectivity = spec.addons.konnectivity
+    if konnectivity is not None:
+        volumes += konnectivity_render.server_volumes(n["pki"], n["kubeconfigs"])
+        apiserver_mounts += konnectivity_render.apiserver_mounts()
+        containers.append(konnectivity_render.server_container(
+            konnectivity,
+            merge_args(konnectivity_render.server_managed(konnectivity, spec.replicas),
+                       konnectivity_render.server_defaults(),
+                       list(konnectivity.server.extra_args)),
+            _resources(konnectivity_render.CONTAINER, konnectivity.server.resources,
+                       default_resources),
+            LIVENESS))
     pod_labels = {**spec.pod_metadata.labels, **labels(spec, "control-plane")}
     pod_annotations = {**spec.pod_metadata.annotations,
                        **{f"checksum.haku.dev/{k}": v for k, v in sorted(checksums.items())}}
@@ -424,7 +448,11 @@ def service(spec: TenantControlPlaneSpec, api_target_port: int | None = None) ->
                             "targetPort": api_target_port or spec.port}
     if spec.service_type == "NodePort" and spec.port_given is not None:
         port["nodePort"] = spec.port_given
-    ports = [port] + [_additional_port(p) for p in spec.additional_ports]
+    ports = [port]
+    if spec.addons.konnectivity is not None:
+        ports.append(konnectivity_render.service_port(spec.addons.konnectivity,
+                                                      spec.service_type == "NodePort"))
+    ports += [_additional_port(p) for p in spec.additional_ports]
     body: dict[str, Any] = {"type": spec.service_type, "selector": selector(spec),
                             "ports": ports}
     if spec.service_type == "LoadBalancer":

@@ -1,8 +1,9 @@
 """The NetworkPolicy around a tenant's control-plane pods, and the check that a tenant's
 ranges stay clear of the admin cluster's.
 
-Ingress: only the ports the tenant serves (the API port and the Service's additional ports),
-from anywhere: clients, nodes and load balancers are wherever they are.
+Ingress: only the ports the tenant serves (the API port, the Konnectivity port when the addon
+is on, and the Service's additional ports), from anywhere: clients, nodes and load balancers
+are wherever they are.
 
 Egress: only
 - the tenant's datastore endpoints, on their ports (an IP is one address; a name of an
@@ -11,7 +12,8 @@ Egress: only
 - DNS (port 53, to the admin cluster's DNS pods), when an endpoint is a name;
 - the networks the tenant's nodes live on: the operator's ``--tenant-network`` CIDRs, by default
   every address outside the admin cluster's pod, service and node ranges (the kubelets for
-  logs/exec/port-forward, webhooks and aggregated APIs served by the tenant's own pods).
+  logs/exec/port-forward, webhooks and aggregated APIs served by the tenant's own pods);
+  none with Konnectivity, whose agents bring that traffic in through their own connections.
 
 So the tenant's kube-apiserver, asked by a tenant administrator to proxy (pods/proxy,
 services/proxy, nodes/proxy) to an address of the admin cluster, finds no route there.
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.render import konnectivity
 from haku.render.controlplane import API_PORT_NAME, labels, names, selector
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -149,6 +152,8 @@ def _served_ports(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
     # The API port by its container port's name: kube-apiserver listens on a NodePort's
     # allocated port, known only once the Service exists (controlplane.secure_port).
     ports: list[dict[str, Any]] = [{"protocol": "TCP", "port": API_PORT_NAME}]
+    if spec.addons.konnectivity is not None:
+        ports.append({"protocol": "TCP", "port": konnectivity.PORT_NAME})
     for p in spec.additional_ports:
         target = p.get("targetPort", p["port"])
         entry = {"protocol": p.get("protocol") or "TCP", "port": target}
@@ -170,8 +175,11 @@ def network_policy(spec: TenantControlPlaneSpec, egress: Egress) -> dict[str, An
     if egress.dns:
         rules.append({"to": [DNS_PEER], "ports": [{"protocol": "UDP", "port": DNS_PORT},
                                                   {"protocol": "TCP", "port": DNS_PORT}]})
-    nodes = [block for network in (egress.networks or EVERYWHERE)
-             if (block := _carve(network, egress.admin.all())) is not None]
+    # With Konnectivity, kube-apiserver reaches the tenant's nodes through the tunnels its
+    # agents open (ingress): no egress towards them at all.
+    nodes = [] if spec.addons.konnectivity is not None else [
+        block for network in (egress.networks or EVERYWHERE)
+        if (block := _carve(network, egress.admin.all())) is not None]
     if nodes:
         rules.append({"to": nodes})
     return {

@@ -6,9 +6,10 @@ elsewhere: the ClusterConfiguration and KubeletConfiguration nodes download when
 the RBAC that lets a bootstrap token post a CSR and get it approved, the ``cluster-info``
 ConfigMap anonymous discovery reads, and the kube-proxy and CoreDNS addons.
 
-Three groups: ``core`` (always) and one per addon (empty when the addon is absent from the
-spec). Every object carries ``haku.dev/addon: <group>`` and ``app.kubernetes.io/managed-by:
-haku`` so that a removed addon takes exactly its own objects with it.
+Four groups: ``core`` (always) and one per addon (empty when the addon is absent from the
+spec): kube-proxy, CoreDNS and the Konnectivity agents (render/konnectivity.py). Every object
+carries ``haku.dev/addon: <group>`` and ``app.kubernetes.io/managed-by: haku`` so that a
+removed addon takes exactly its own objects with it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from urllib.parse import urlsplit
 import yaml
 
 from haku.api.tenantcontrolplane import Addon, TenantControlPlaneSpec
+from haku.render import konnectivity as konnectivity_render
 
 ADDON_LABEL = "haku.dev/addon"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "haku"}
 CORE, KUBE_PROXY, COREDNS = "core", "kube-proxy", "coredns"
+KONNECTIVITY = konnectivity_render.GROUP
 
 KUBE_SYSTEM, KUBE_PUBLIC = "kube-system", "kube-public"
 RBAC = "rbac.authorization.k8s.io"
@@ -431,16 +434,42 @@ def kube_dns_service(spec: TenantControlPlaneSpec) -> Object:
     }
 
 
+# ---------------------------------------------------------------------------- Konnectivity
+
+
+def konnectivity_objects(spec: TenantControlPlaneSpec, endpoint: str,
+                         port: int | None) -> list[Object]:
+    """The agents and what they need, dialling the endpoint's host on ``port`` (the
+    Service's Konnectivity port as reached from outside: a NodePort's node port)."""
+    addon = spec.addons.konnectivity
+    if addon is None:
+        return []
+    host = urlsplit(endpoint).hostname or endpoint
+    agent = konnectivity_render.AGENT
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": _meta(agent, KONNECTIVITY, KUBE_SYSTEM)},
+        # The server checks agents' tokens with a TokenReview, as this user.
+        _cluster_role_binding(konnectivity_render.SERVER_USER, KONNECTIVITY,
+                              "system:auth-delegator",
+                              [_subject("User", konnectivity_render.SERVER_USER)]),
+        konnectivity_render.agent_workload(
+            addon, host, port or addon.server.port,
+            _meta(agent, KONNECTIVITY, KUBE_SYSTEM, konnectivity_render.AGENT_LABELS)),
+    ]
+
+
 # ---------------------------------------------------------------------------- all
 
 
-def bootstrap_objects(spec: TenantControlPlaneSpec, ca_crt: bytes,
-                      endpoint: str) -> dict[str, list[Object]]:
+def bootstrap_objects(spec: TenantControlPlaneSpec, ca_crt: bytes, endpoint: str,
+                      konnectivity_port: int | None = None) -> dict[str, list[Object]]:
     """Everything, by group; core first. An absent addon's group is empty."""
     return {
         CORE: core_objects(spec, ca_crt, endpoint),
         KUBE_PROXY: kube_proxy_objects(spec, endpoint),
         COREDNS: coredns_objects(spec),
+        KONNECTIVITY: konnectivity_objects(spec, endpoint, konnectivity_port),
     }
 
 

@@ -28,6 +28,9 @@ IDENTITIES = (
     Identity("controller-manager.conf", "system:kube-controller-manager", (), True),
     Identity("scheduler.conf", "system:kube-scheduler", (), True),
 )
+# With Konnectivity: the proxy-server's, for the TokenReviews of agents' tokens (the tenant
+# grants it system:auth-delegator; render/konnectivity.py). Not in system:masters.
+KONNECTIVITY = Identity("konnectivity-server.conf", "system:konnectivity-server", (), True)
 
 
 def _current(doc_bytes: bytes | None) -> tuple[str, bytes, dict[str, bytes]] | None:

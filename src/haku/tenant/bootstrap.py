@@ -23,12 +23,22 @@ from lightkube.resources.rbac_authorization_v1 import (
     RoleBinding,
 )
 
-from haku.render.tenant_bootstrap import ADDON_LABEL, CORE, COREDNS, KUBE_PROXY, MANAGED_BY
+from haku.render import konnectivity as konnectivity_render
+from haku.render.tenant_bootstrap import (
+    ADDON_LABEL,
+    CORE,
+    COREDNS,
+    KONNECTIVITY,
+    KUBE_PROXY,
+    KUBE_SYSTEM,
+    MANAGED_BY,
+)
 
 log = logging.getLogger(__name__)
 
-ADDONS = (KUBE_PROXY, COREDNS)
-STATUS_KEYS = {KUBE_PROXY: "kubeProxy", COREDNS: "coreDNS"}
+ADDONS = (KUBE_PROXY, COREDNS, KONNECTIVITY)
+STATUS_KEYS = {KUBE_PROXY: "kubeProxy", COREDNS: "coreDNS", KONNECTIVITY: "konnectivity"}
+AGENT_KINDS = {"DaemonSet": DaemonSet, "Deployment": Deployment}
 # Every kind an addon renders; workloads first so their pods go before their RBAC.
 PRUNABLE = (Deployment, DaemonSet, Service, ConfigMap, RoleBinding, Role, ClusterRoleBinding,
             ClusterRole, ServiceAccount)
@@ -110,3 +120,57 @@ def installed_from_status(status: dict[str, Any]) -> dict[str, bool]:
 
 def status_from_installed(installed: dict[str, bool]) -> dict[str, Any]:
     return {STATUS_KEYS[a]: {"enabled": on} for a, on in installed.items()}
+
+
+async def remove_agent_kind(client: AsyncClient, mode: str) -> bool:
+    """Delete the Konnectivity agents of the other kind than ``mode`` (after a switch between
+    DaemonSet and Deployment), if Haku made them; True if something was deleted."""
+    kind: Any
+    for name, kind in AGENT_KINDS.items():
+        if name == mode:
+            continue
+        try:
+            current = await client.get(kind, konnectivity_render.AGENT, namespace=KUBE_SYSTEM)
+        except ApiError as e:
+            if e.status.code == 404:
+                continue
+            raise
+        labels = current.metadata.labels or {}
+        if labels.get(ADDON_LABEL) != KONNECTIVITY:
+            continue  # not Haku's
+        try:
+            await client.delete(kind, konnectivity_render.AGENT, namespace=KUBE_SYSTEM)
+        except ApiError as e:
+            if e.status.code != 404:
+                raise
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class Agents:
+    """The Konnectivity agents as their workload reports them: how many should run, how many
+    are ready (an agent is ready once connected to a server)."""
+
+    mode: str
+    desired: int
+    ready: int
+
+
+async def agents(client: AsyncClient, mode: str) -> Agents | None:
+    """The agents' workload status, None if it is not there."""
+    kind: Any = AGENT_KINDS.get(mode, DaemonSet)
+    try:
+        current = await client.get(kind, konnectivity_render.AGENT, namespace=KUBE_SYSTEM)
+    except ApiError as e:
+        if e.status.code == 404:
+            return None
+        raise
+    status = current.status
+    if mode == "Deployment":
+        desired = (current.spec.replicas if current.spec else 0) or 0
+        ready = (status.readyReplicas if status else 0) or 0
+    else:
+        desired = (status.desiredNumberScheduled if status else 0) or 0
+        ready = (status.numberReady if status else 0) or 0
+    return Agents(mode, int(desired), int(ready))

@@ -15,6 +15,9 @@ deployment         ControlPlaneAvailable   the control-plane Deployment / stops 
 ingress            ControlPlaneAvailable   the Ingress, when the spec asks for one
 apiserver          APIServerReady          /readyz through the exposed endpoint
 bootstrap          TenantBootstrapped      kubeadm's join objects and the addons, in the tenant
+konnectivity       KonnectivityConnected   whether the Konnectivity agents are connected
+                                           (informational: not part of Ready; absent when the
+                                           addon is off)
 =================  ======================  =====================================================
 """
 
@@ -29,13 +32,14 @@ from haku.controller.steps.deployment import DeploymentStep
 from haku.controller.steps.deps import Deps
 from haku.controller.steps.exposure import IngressStep, ServiceStep
 from haku.controller.steps.finalizer import FinalizerStep
+from haku.controller.steps.konnectivity import KonnectivityStep
 from haku.controller.steps.network import NetworkStep
 
 __all__ = ["STEPS", "Deps", "pipeline"]
 
 # The steps of a TenantControlPlane, in the order they apply.
 STEPS = (FinalizerStep, NetworkStep, DataStoreStep, ServiceStep, CertificatesStep, DeploymentStep,
-         IngressStep, APIServerStep, BootstrapStep)
+         IngressStep, APIServerStep, BootstrapStep, KonnectivityStep)
 
 
 def pipeline(deps: Deps) -> list[Step]:

@@ -14,7 +14,7 @@ from haku.api.conditions import Condition
 from haku.controller.pipeline import Context
 from haku.controller.resources import FIELD_MANAGER
 from haku.controller.steps.deps import StepBase
-from haku.render import tenant_bootstrap
+from haku.render import konnectivity, tenant_bootstrap
 from haku.tenant import bootstrap
 
 CONDITION = "TenantBootstrapped"
@@ -38,7 +38,8 @@ class BootstrapStep(StepBase):
 
     async def _bootstrap(self, ctx: Context, installed: dict[str, bool]) -> Condition:
         spec = ctx.spec
-        groups = tenant_bootstrap.bootstrap_objects(spec, ctx.pki["ca.crt"], ctx.endpoint)
+        groups = tenant_bootstrap.bootstrap_objects(spec, ctx.pki["ca.crt"], ctx.endpoint,
+                                                    ctx.konnectivity_port or None)
         doc: dict[str, Any] = yaml.safe_load(ctx.super_admin)
         tenant = AsyncClient(KubeConfig.from_dict(doc), field_manager=FIELD_MANAGER,
                              timeout=httpx2.Timeout(10.0), trust_env=False)
@@ -49,6 +50,8 @@ class BootstrapStep(StepBase):
         self.deps.fence.check()  # the tenant's API is not behind the admin client's fence
         try:
             pruned = await bootstrap.reconcile(tenant, groups, progress)
+            if spec.addons.konnectivity is not None:
+                ctx.agents = await self._agents(ctx, tenant, spec.addons.konnectivity.agent.mode)
         except bootstrap.BootstrapFailed as e:
             return Condition(CONDITION, "False", e.reason, e.message)
         except (httpx2.HTTPError, ApiError, OSError) as e:
@@ -56,6 +59,11 @@ class BootstrapStep(StepBase):
                              f"applying inside the tenant: {e}")
         finally:
             ctx.status["addons"] = bootstrap.status_from_installed(progress)
+            if ctx.agents is not None:
+                ctx.status["addons"]["konnectivity"]["agent"] = {
+                    "name": konnectivity.AGENT, "namespace": konnectivity.AGENT_NAMESPACE,
+                    "mode": ctx.agents.mode, "desired": ctx.agents.desired,
+                    "ready": ctx.agents.ready}
             await tenant.close()
         if pruned:
             self.deps.events.emit(ctx.obj, "Normal", "AddonRemoved",
@@ -67,6 +75,18 @@ class BootstrapStep(StepBase):
                          "kubeadm's bootstrap objects" +
                          (" and " + ", ".join(addons) if addons else "") +
                          " applied; nodes can join")
+
+    async def _agents(self, ctx: Context, tenant: AsyncClient,
+                      mode: str) -> bootstrap.Agents | None:
+        """The agents' state, after removing those of the other kind when the mode
+        changed."""
+        before = ((ctx.previous_status.get("addons") or {}).get("konnectivity") or {}) \
+            .get("agent") or {}
+        if before.get("mode") and before["mode"] != mode and \
+                await bootstrap.remove_agent_kind(tenant, mode):
+            self.deps.events.emit(ctx.obj, "Normal", "AddonRemoved",
+                                  f"Konnectivity agents: {before['mode']} replaced by {mode}")
+        return await bootstrap.agents(tenant, mode)
 
     async def cleanup(self, ctx: Context) -> None:
         if self.deps.watches is not None:

@@ -9,7 +9,7 @@ from haku.api.conditions import Condition
 from haku.controller.metrics import certificate_expiries
 from haku.controller.pipeline import Context
 from haku.controller.steps.deps import StepBase
-from haku.render import controlplane, pki, tenant_kubeconfigs, tenant_pki
+from haku.render import controlplane, konnectivity, pki, tenant_kubeconfigs, tenant_pki
 
 CONDITION = "CertificatesReady"
 
@@ -37,21 +37,29 @@ class CertificatesStep(StepBase):
         local = f"https://127.0.0.1:{ctx.need(ctx.secure_port, 'kube-apiserver port')}"
         internal = await deps.secret_data(ctx, n["kubeconfigs"])
         user_facing = await deps.secret_data(ctx, n["admin-kubeconfig"])
+        identities: tuple[tenant_kubeconfigs.Identity, ...] = tenant_kubeconfigs.IDENTITIES
+        pod_files = ["controller-manager.conf", "scheduler.conf"]
+        if spec.addons.konnectivity is not None:
+            identities += (tenant_kubeconfigs.KONNECTIVITY,)
+            pod_files.append(tenant_kubeconfigs.KONNECTIVITY.file)
         configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca,
                                           internal | user_facing, ctx.endpoint, local,
-                                          tenant_kubeconfigs.IDENTITIES,
-                                          deps.config.key_algorithm)
-        ctx.kubeconfigs = {k: configs.data[k]
-                           for k in ("controller-manager.conf", "scheduler.conf")}
+                                          identities, deps.config.key_algorithm)
+        ctx.kubeconfigs = {k: configs.data[k] for k in pod_files}
+        if spec.addons.konnectivity is not None:
+            ctx.kubeconfigs[konnectivity.EGRESS_FILE] = \
+                konnectivity.egress_selector_configuration().encode()
         ctx.admin = {"admin.conf": configs.data["admin.conf"]}
         ctx.super_admin = configs.data["super-admin.conf"]
         # super-admin.conf (system:masters, which RBAC cannot take back) stays with the
         # operator, in the internal Secret (not mounted into the pods), as kubeadm keeps it on
-        # the control-plane node; the user-facing Secret holds admin.conf only.
-        moved = "super-admin.conf" in user_facing or "super-admin.conf" not in internal
-        if configs.changed or moved:
-            await deps.apply_secret(ctx, n["kubeconfigs"],
-                                    ctx.kubeconfigs | {"super-admin.conf": ctx.super_admin})
+        # the control-plane node; the user-facing Secret holds admin.conf only. Each Secret
+        # is written when it holds anything else (a new or reissued kubeconfig, an addon's
+        # file added or gone).
+        wanted = ctx.kubeconfigs | {"super-admin.conf": ctx.super_admin}
+        if internal != wanted:
+            await deps.apply_secret(ctx, n["kubeconfigs"], wanted)
+        if user_facing != ctx.admin:
             await deps.apply_secret(ctx, n["admin-kubeconfig"], ctx.admin)
         ctx.status["kubeconfig"] = {"admin": {"secretName": n["admin-kubeconfig"]}}
         ctx.conditions[CONDITION] = Condition(

@@ -229,6 +229,9 @@ class StepBase:
 
     name: str = ""
     condition: str | None = None
+    # True: the Condition informs but does not gate Ready (and is not set to Unknown while
+    # an earlier step has not finished).
+    informational: bool = False
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps

@@ -12,7 +12,7 @@ from haku.api.conditions import Condition
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller.pipeline import Context, Wait
 from haku.controller.steps.deps import StepBase
-from haku.render import controlplane
+from haku.render import controlplane, konnectivity
 from haku.render.netpol import is_ip
 
 CONDITION = "ControlPlaneAvailable"
@@ -50,6 +50,10 @@ class ServiceStep(StepBase):
                                                 "Service")
         ctx.service = svc
         ctx.secure_port = secure
+        if spec.addons.konnectivity is not None:
+            ctx.konnectivity_port = (node_port(svc, konnectivity.SERVICE_PORT_NAME)
+                                     if spec.service_type == "NodePort" else None) \
+                or spec.addons.konnectivity.server.port
         ctx.address = await self.endpoint_address(ctx, svc)
         ctx.port = endpoint_port(spec, svc)
         # What tenants are told (admin.conf, cluster-info): advertiseAddress when given.
@@ -60,6 +64,8 @@ class ServiceStep(StepBase):
             "port": ctx.port, "apiServerPort": secure}
         if spec.service_type == "NodePort" and not spec.address:
             status["nodeAddress"] = ctx.address
+        if ctx.konnectivity_port:
+            status["konnectivityPort"] = ctx.konnectivity_port
         ctx.status.setdefault("kubernetesResources", {})["service"] = status
 
     async def endpoint_address(self, ctx: Context, svc: Any) -> str:
@@ -92,10 +98,10 @@ def service_status(status: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def node_port(svc: Any) -> int | None:
-    """The node port of the Service's API port, if it has one."""
+def node_port(svc: Any, name: str = controlplane.API_PORT_NAME) -> int | None:
+    """The node port of the Service's port ``name`` (the API port), if it has one."""
     for p in getattr(getattr(svc, "spec", None), "ports", None) or []:
-        if p.name == controlplane.API_PORT_NAME and p.nodePort:
+        if p.name == name and p.nodePort:
             return int(p.nodePort)
     return None
 
