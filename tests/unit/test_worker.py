@@ -174,6 +174,25 @@ def test_behind_nat_snats_the_worker_and_its_pods_to_the_admin_node_ip() -> None
         ["-A", "POSTROUTING", "-j", "HAKU-NAT-W3"], ["-A", "INPUT", "-j", "HAKU-NAT-W3"]]
 
 
+def test_a_link_that_vanishes_with_its_namespace_is_not_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting the namespace destroys hkw<N> asynchronously: `ip link del` may then fail
+    with "Cannot find device", which is what removal wanted."""
+    import subprocess
+
+    from haku.dev import host
+
+    exists = iter([True, False])  # there when looked at, gone after the failed delete
+    monkeypatch.setattr(host, "netns_exists", lambda name: False)
+    monkeypatch.setattr(host, "link_exists", lambda name: next(exists))
+    monkeypatch.setattr(host, "run", lambda argv, check=True: subprocess.CompletedProcess(
+        argv, 1, "", 'Cannot find device "hkw3"'))
+    assert worker_net.delete(NET) == ["hkw3"]
+    monkeypatch.setattr(host, "link_exists", lambda name: True)  # still there: an error
+    with pytest.raises(worker_net.WorkerNetError, match="Cannot find device"):
+        worker_net.delete(NET)
+
+
 def test_nat_jumps_carry_no_comment() -> None:
     """host.remove_chains deletes jumps from ``iptables -S`` split on spaces."""
     for rule in worker_net.nat_filter_rules(NET) + worker_net.nat_snat_rules(NET):

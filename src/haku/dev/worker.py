@@ -753,8 +753,10 @@ def _remove(layout: Layout, index: int, tenant_kubeconfig: dict[str, Any] | None
         if host.netns_exists(ns):
             host.delete_netns(ns)
             report.removed.append(f"pod netns {ns}")
-    report.removed += wnet.delete(net)
-    report.removed += wnet.remove_nat(net)
+    try:
+        report.removed += wnet.delete(net)
+    finally:  # whatever happened to the link, the NAT rules go
+        report.removed += wnet.remove_nat(net)
     deadline = time.monotonic() + 10
     while host.cgroup_pids(net.netns) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -137,7 +137,13 @@ def delete(net: WorkerNet) -> list[str]:
     if host.netns_exists(net.netns):
         host.delete_netns(net.netns)
         removed.append(net.netns)
-    if host.delete_link(net.host_link):  # routes through it go with it
+    # Deleting the namespace destroys eth0 and so its peer, asynchronously: hkw<N> may vanish
+    # between the look and `ip link del` ("Cannot find device"), which is what we wanted.
+    if host.link_exists(net.host_link):  # routes through it go with it
+        result = host.run(["ip", "link", "del", net.host_link], check=False)
+        if result.returncode != 0 and host.link_exists(net.host_link):
+            raise WorkerNetError(f"ip link del {net.host_link} failed: "
+                                 f"{result.stderr.strip() or result.stdout}")
         removed.append(net.host_link)
     return removed
 
