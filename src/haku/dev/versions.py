@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 
+from haku.api import tenantcontrolplane as api
 from haku.errors import HakuError
 
 KUBERNETES_VERSION = "v1.37.2"
@@ -21,8 +22,9 @@ COREDNS_VERSION = "v1.14.6"
 KUBE_NETWORK_POLICIES_VERSION = "v0.8.0"
 # Konnectivity (kubernetes-sigs/apiserver-network-proxy): proxy-server beside a tenant's API
 # server, proxy-agent on its nodes. Built from the release tarball in shared/third_party (the
-# module proxy refuses the module path).
-KONNECTIVITY_VERSION = "v0.36.0"
+# module proxy refuses the module path). The release the operator runs by default is pinned
+# with the API (haku.api.tenantcontrolplane), so the dev cluster builds that one.
+KONNECTIVITY_VERSION = api.KONNECTIVITY_VERSION
 METRICS_SERVER_VERSION = "v0.8.0"
 PAUSE_VERSION = "3.10.2"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
@@ -110,9 +112,8 @@ def konnectivity_image_names(konnectivity_version: str) -> tuple[str, str]:
     """(proxy-server, proxy-agent) images: ``registry.k8s.io/kas-network-proxy/proxy-server:
     v0.36.0`` and ``…/proxy-agent:v0.36.0`` (upstream keeps the v)."""
     parse_semver(konnectivity_version, what="konnectivity")
-    base = "registry.k8s.io/kas-network-proxy"
-    return (f"{base}/proxy-server:{konnectivity_version}",
-            f"{base}/proxy-agent:{konnectivity_version}")
+    return (f"{api.KONNECTIVITY_SERVER_IMAGE}:{konnectivity_version}",
+            f"{api.KONNECTIVITY_AGENT_IMAGE}:{konnectivity_version}")
 
 
 def metrics_server_image_name(metrics_server_version: str) -> str:
