@@ -23,7 +23,7 @@ the pod's containers, found in the admin kubelet's cgroup tree; the pause contai
 its anonymous part (RssAnon: VmRSS also counts the binaries' file pages, which all tenants
 share in the page cache) and the containers' working set (cgroup usage less inactive file
 pages), CPU in millicores (the pod cgroup's cpuacct over the window), restarts (sum of
-restartCount); and why it stopped.
+restartCount, also per container, with why each container last stopped); and why it stopped.
 Progress lines go to stderr.
 
 Run as root: ``.venv/bin/python bench/density.py [--max 60] [--window 300] [--settle 60]``.
@@ -173,6 +173,9 @@ class Tenant:
     pod_uid: str | None = None
     containers: dict[str, str] = field(default_factory=dict)  # name → container id
     restarts: int = 0
+    # container → restarts, and why it last stopped (lastState.terminated: reason, exit code)
+    restarts_by_container: dict[str, int] = field(default_factory=dict)
+    last_termination: dict[str, str] = field(default_factory=dict)
     unschedulable_since: float | None = None
     unschedulable: str = ""
 
@@ -206,8 +209,19 @@ async def observe(client: AsyncClient, tenants: dict[str, Tenant]) -> None:
         ok, why = tcp_ready.get(t.name, (False, "TenantControlPlane missing"))
         mine = pods.get(t.name, [])
         ready_pods = [p for p in mine if _pod_ready(p)]
-        t.restarts = sum(c.get("restartCount", 0) for p in mine
-                         for c in (p.get("status") or {}).get("containerStatuses") or [])
+        by_container: dict[str, int] = {}
+        for p in mine:
+            for c in (p.get("status") or {}).get("containerStatuses") or []:
+                by_container[c["name"]] = by_container.get(c["name"], 0) + c.get(
+                    "restartCount", 0)
+                ended = ((c.get("lastState") or {}).get("terminated") or {})
+                if ended:
+                    why_ended = f"{ended.get('reason')} (exit {ended.get('exitCode')})"
+                    if t.last_termination.get(c["name"]) != why_ended:
+                        log(f"  {t.name}/{c['name']} restarted: {why_ended}")
+                    t.last_termination[c["name"]] = why_ended
+        t.restarts_by_container = by_container
+        t.restarts = sum(by_container.values())
         chosen = ready_pods[0] if ready_pods else (mine[0] if mine else None)
         if chosen is not None:
             t.pod_uid = chosen["metadata"]["uid"]
@@ -468,7 +482,8 @@ async def run(cluster: DevCluster, operator: Operator, client: AsyncClient,
         per_tenant.append({
             "name": t.name, "ready": t.ready, "apply_to_ready_s": t.ready_after_s,
             "ready_flaps": t.flaps, "longest_unready_s": round(t.longest_unready_s, 1),
-            "restarts": t.restarts, "cpu_millicores": cpu.get(t.name),
+            "restarts": t.restarts, "restarts_by_container": t.restarts_by_container,
+            "last_termination": t.last_termination, "cpu_millicores": cpu.get(t.name),
             **(mem or {"rss_mib": None, "anon_mib": None, "working_set_mib": None}),
             **({} if t.ready else {"not_ready_because": t.why})})
     ready_at_end = sum(1 for t in tenants.values() if t.ready)
@@ -487,6 +502,10 @@ async def run(cluster: DevCluster, operator: Operator, client: AsyncClient,
             "seconds": round(seconds, 1), "loadavg": loadavg(), "memory_mib": meminfo_mib(),
             "ready_flaps": sum(x.flaps for x in tenants.values()) - flaps0,
             "restarts_total": sum(x.restarts for x in tenants.values()),
+            "restarts_by_container": {
+                name: sum(x.restarts_by_container.get(name, 0) for x in tenants.values())
+                for name in sorted({n for x in tenants.values()
+                                    for n in x.restarts_by_container})},
             "tenants_cpu_millicores": round(sum(cpu.values()), 1),
             "cpu_millicores_per_tenant": stats(list(cpu.values())),
             "tenants_rss_mib": round(sum(p["rss_mib"] or 0 for p in per_tenant), 1),
