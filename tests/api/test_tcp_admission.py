@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.generic_resource import create_namespaced_resource
 
-from haku.controller.operator import install_crds
+from haku.controller.operator import install_crds, wait_established
 from haku.dev.cluster import DevCluster
 
 TCP = create_namespaced_resource("haku.dev", "v1alpha1", "TenantControlPlane",
@@ -593,3 +594,93 @@ async def test_an_older_object_with_a_long_name_stays_updatable(client: AsyncCli
     done = (await client.apply(from_dict(updated), force=True)).to_dict()
     assert done["spec"]["controlPlane"]["deployment"]["replicas"] == 1
     assert not done["metadata"].get("finalizers")
+
+
+@pytest.mark.parametrize(("version", "message"), [
+    ("v1.99.0", "spec.kubernetes.version v1.99.0 is not a version this Haku runs (supported: "
+                "v1.36.x, v1.37.x)"),
+    ("v1.35.4", "v1.35.4 is not a version this Haku runs"),
+    ("v2.37.2", "v2.37.2 is not a version this Haku runs"),
+])
+async def test_only_versions_this_haku_runs_are_accepted(
+    client: AsyncClient, version: str, message: str
+) -> None:
+    with pytest.raises(ApiError) as info:
+        await client.apply(from_dict(manifest(spec__kubernetes__version=version)), force=True)
+    assert message in info.value.status.message
+
+
+async def test_the_version_moves_up_only(client: AsyncClient) -> None:
+    await client.apply(from_dict(manifest(spec__kubernetes__version="v1.36.3")), force=True)
+    up = await client.apply(from_dict(manifest(spec__kubernetes__version="v1.37.2")),
+                            force=True)
+    assert up.spec["kubernetes"]["version"] == "v1.37.2"
+    for down in ("v1.36.3", "v1.37.1"):
+        with pytest.raises(ApiError) as info:
+            await client.apply(from_dict(manifest(spec__kubernetes__version=down)), force=True)
+        assert (f"spec.kubernetes.version cannot go down (v1.37.2 to {down}): a control "
+                "plane is never downgraded") in info.value.status.message
+    # Unrelated edits of an object go through (the rules compare the version with itself).
+    again = await client.apply(from_dict(manifest(
+        spec__kubernetes__version="v1.37.2", spec__controlPlane__deployment__replicas=2)),
+        force=True)
+    assert again.spec["controlPlane"]["deployment"]["replicas"] == 2
+
+
+# The version's transition rules, on a CRD of their own without the supported-minor rule, so
+# that a skipped minor and a major change (both outside the supported list today) are shown
+# to be refused by their own rule.
+def _guard_crd() -> dict[str, Any]:
+    with open(Path(__file__).parents[2] / "src/haku/api/crds/"
+              "tenantcontrolplanes.haku.dev.yaml") as f:
+        tcp_crd = yaml.safe_load(f)
+    version = copy.deepcopy(tcp_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["spec"]["properties"]["kubernetes"]["properties"]["version"])
+    version["x-kubernetes-validations"] = [r for r in version["x-kubernetes-validations"]
+                                           if "oldSelf" in r["rule"]]
+    assert len(version["x-kubernetes-validations"]) == 3
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "versionguards.test.haku.dev"},
+            "spec": {"group": "test.haku.dev", "scope": "Namespaced",
+                     "names": {"plural": "versionguards", "singular": "versionguard",
+                               "kind": "VersionGuard"},
+                     "versions": [{"name": "v1", "served": True, "storage": True,
+                                   "schema": {"openAPIV3Schema": {
+                                       "type": "object", "properties": {"spec": {
+                                           "type": "object",
+                                           "properties": {"version": version}}}}}}]}}
+
+
+VersionGuard = create_namespaced_resource("test.haku.dev", "v1", "VersionGuard",
+                                          "versionguards")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("v1.36.3", "v1.38.0", "spec.kubernetes.version cannot skip a minor version (v1.36.3 to "
+                           "v1.38.0): upgrade one minor at a time"),
+    ("v1.37.2", "v2.37.2", "spec.kubernetes.version cannot change its major version (v1.37.2 "
+                           "to v2.37.2)"),
+    ("v1.37.2", "v1.36.9", "spec.kubernetes.version cannot go down (v1.37.2 to v1.36.9)"),
+    ("v1.36.3", "v1.37.0", None),
+    ("v1.37.2", "v1.37.3", None),
+])
+async def test_the_version_transition_rules(client: AsyncClient, old: str, new: str,
+                                            message: str | None) -> None:
+    await client.apply(from_dict(_guard_crd()), force=True)
+    await wait_established(client, "versionguards.test.haku.dev")
+    name = f"g-{old}-{new}".replace(".", "-")
+
+    def guard(version: str) -> Any:
+        return VersionGuard(metadata={"name": name, "namespace": "default"},  # type: ignore[call-arg]
+                            spec={"version": version})
+
+    try:
+        await client.apply(guard(old), force=True)
+        if message is None:
+            assert (await client.apply(guard(new), force=True)).spec["version"] == new
+            return
+        with pytest.raises(ApiError) as info:
+            await client.apply(guard(new), force=True)
+        assert message in info.value.status.message
+    finally:
+        await client.delete(VersionGuard, name, namespace="default")

@@ -12,7 +12,7 @@ import pytest
 from haku.api import crds
 from haku.api import tenantcontrolplane as tcp_api
 from haku.datastore import TenantConnection
-from haku.render import controlplane
+from haku.render import InvalidSpec, controlplane
 from tests.unit.test_render_tenant import ETCD, KINE, tcp
 
 
@@ -251,3 +251,24 @@ def test_the_two_kinds_of_refused_flags_do_not_overlap() -> None:
     for component in ("apiServer", "controllerManager", "scheduler"):
         for flag in _refused(component):
             assert tcp_api.refused_flag(component, f"{flag}=x") is None, flag
+
+
+def test_the_version_rule_is_the_supported_list() -> None:
+    """spec.kubernetes.version: the CRD's first rule is generated from SUPPORTED_MINORS, and
+    render refuses the same versions (objects admitted before the rule)."""
+    version = _schema()["properties"]["spec"]["properties"]["kubernetes"]["properties"][
+        "version"]
+    rules = version["x-kubernetes-validations"]
+    assert rules[0] == tcp_api.version_rule()
+    assert [r["message"] for r in rules[1:]] == [
+        "spec.kubernetes.version cannot go down",
+        "spec.kubernetes.version cannot change its major version",
+        "spec.kubernetes.version cannot skip a minor version"]
+    assert all("oldSelf" in r["rule"] for r in rules[1:])  # transition rules
+    for good in ("v1.36.0", "v1.36.3", "v1.37.2", "v1.37.10"):
+        assert tcp_api.version_problem(good) is None, good
+    for bad in ("v1.35.4", "v1.38.0", "v1.99.0", "v2.37.2", "v1.37.02", "1.37.2"):
+        assert "is not a version this Haku runs" in (tcp_api.version_problem(bad) or ""), bad
+    with pytest.raises(InvalidSpec, match=r"spec\.kubernetes\.version"):
+        controlplane.deployment(tcp(kubernetes={"version": "v1.99.0"}), ETCD, "10.0.0.7", {},
+                                "kine:x")

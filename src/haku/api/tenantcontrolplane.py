@@ -41,6 +41,43 @@ DATASTORE_NAME = re.compile(DATASTORE_NAME_PATTERN)
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 
+# The Kubernetes minor releases this operator runs tenant control planes for (the flags,
+# configuration files and probes it renders are theirs), any patch release of them. The one
+# list: the CRD's rule on spec.kubernetes.version is generated from it (version_rule(), a unit
+# test keeps them equal), and render checks it again for objects admitted before.
+SUPPORTED_MINORS: tuple[tuple[int, int], ...] = ((1, 36), (1, 37))
+VERSION_FIELD = "spec.kubernetes.version"
+
+
+def supported_versions_text() -> str:
+    return ", ".join(f"v{major}.{minor}.x" for major, minor in SUPPORTED_MINORS)
+
+
+def version_pattern() -> str:
+    """A regular expression (RE2 and Python alike, no backslash: it goes into a CEL string)
+    for the versions this operator runs."""
+    by_major: dict[int, list[int]] = {}
+    for major, minor in SUPPORTED_MINORS:
+        by_major.setdefault(major, []).append(minor)
+    alternatives = "|".join(f"v{major}[.]({'|'.join(str(m) for m in minors)})"
+                            for major, minors in by_major.items())
+    return f"^({alternatives})[.](0|[1-9][0-9]*)$"
+
+
+def version_rule() -> dict[str, str]:
+    """The CRD's rule on spec.kubernetes.version: only the minors this operator runs."""
+    return {"rule": f"self.matches('{version_pattern()}')",
+            "messageExpression": (f"'{VERSION_FIELD} ' + self + ' is not a version this Haku "
+                                  f"runs (supported: {supported_versions_text()})'"),
+            "message": f"{VERSION_FIELD} must be one of {supported_versions_text()}"}
+
+
+def version_problem(version: str) -> str | None:
+    """Why ``version`` is not one this operator runs, or None (the CRD's rule, again)."""
+    if re.fullmatch(version_pattern(), version):
+        return None
+    return f"{version} is not a version this Haku runs (supported: {supported_versions_text()})"
+
 
 @dataclass(frozen=True)
 class RefusedFlag:

@@ -17,9 +17,11 @@ from haku.api.tenantcontrolplane import (
     EXTRA_ARGS_FIELD,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
+    VERSION_FIELD,
     TenantControlPlaneSpec,
     refused_flag,
     service_cidr_problem,
+    version_problem,
 )
 from haku.render import InvalidSpec
 from haku.render import kine as kine_render
@@ -87,6 +89,14 @@ def check_name(spec: TenantControlPlaneSpec) -> None:
     if not re.fullmatch(NAME_PATTERN, spec.name):
         raise InvalidSpec("metadata.name", f"{spec.name!r} is not a DNS-1035 label: it is "
                           "also the name of the tenant's Service")
+
+
+def check_version(spec: TenantControlPlaneSpec) -> None:
+    """InvalidSpec unless spec.kubernetes.version is one this operator runs (the CRD's rule,
+    for objects admitted before it)."""
+    problem = version_problem(spec.version)
+    if problem:
+        raise InvalidSpec(VERSION_FIELD, problem)
 
 
 def kubernetes_service_ips(spec: TenantControlPlaneSpec) -> list[str]:
@@ -314,6 +324,7 @@ def deployment(
     name; None: none) for components whose resources the spec does not set.
     :class:`InvalidSpec` for a spec the CRD should have refused."""
     check_name(spec)
+    check_version(spec)
     check_extra_args(spec)
     kubernetes_service_ips(spec)  # --service-cluster-ip-range must be a usable range
     n = names(spec.name)
