@@ -48,6 +48,7 @@ from .helpers import (
     client,
     ensure_addons,
     eventually,
+    kubectl,
     pod_ready,
     wait_tenant_ready,
 )
@@ -99,11 +100,9 @@ async def setup(running_operator: DevCluster, tmp_path_factory: pytest.TempPathF
         await asyncio.to_thread(workers.remove_all, cluster.layout)
 
 
-def tkubectl(s: Setup, *args: str, check: bool = True,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(s.cluster.layout.bin / "kubectl"),
-                           f"--kubeconfig={s.kubeconfig}", *args],
-                          capture_output=True, text=True, check=check, timeout=timeout)
+def tkubectl(s: Setup, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """kubectl as the tenant's admin."""
+    return kubectl(s.cluster, *args, kubeconfig=s.kubeconfig, check=check)
 
 
 async def run_pod(t: AsyncClient, s: Setup, name: str, script: str,

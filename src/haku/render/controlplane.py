@@ -26,6 +26,7 @@ from haku.api.tenantcontrolplane import (
 from haku.render import InvalidSpec
 from haku.render import kine as kine_render
 from haku.render import konnectivity as konnectivity_render
+from haku.render.args import flag_name, merge_args
 from haku.render.storage import TenantConnection
 
 PKI = "/etc/kubernetes/pki"
@@ -164,19 +165,6 @@ def selector(spec: TenantControlPlaneSpec) -> dict[str, str]:
     return {TENANT_LABEL: spec.name}
 
 
-def _flag(arg: str) -> str:
-    return arg.split("=", 1)[0]
-
-
-def merge_args(managed: Mapping[str, str], defaults: Mapping[str, str],
-               extras: list[str]) -> list[str]:
-    user = [a for a in extras if _flag(a) not in managed]
-    user_flags = {_flag(a) for a in user}
-    owned = dict(managed) | {k: v for k, v in defaults.items()
-                             if k not in user_flags and k not in managed}
-    return [f"{k}={v}" for k, v in sorted(owned.items())] + user
-
-
 def apiserver_managed(spec: TenantControlPlaneSpec, storage: TenantConnection,
                       advertise_address: str, secure_port: int | None = None) -> dict[str, str]:
     """Flags that wire kube-apiserver into the pod; the CRD refuses them in extraArgs."""
@@ -220,7 +208,7 @@ def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
         "--requestheader-username-headers": "X-Remote-User",
         "--service-account-issuer": f"https://kubernetes.default.svc.{spec.cluster_domain}",
     }
-    if any(_flag(a) == "--authorization-config" for a in spec.extra_args.api_server):
+    if any(flag_name(a) == "--authorization-config" for a in spec.extra_args.api_server):
         defaults.pop("--authorization-mode")  # the two flags exclude each other
     return merge_args(managed, defaults, list(spec.extra_args.api_server))
 

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from haku.api.tenantcontrolplane import Konnectivity
+from haku.render.args import merge_args
 
 GROUP = "konnectivity"  # the addon group in the tenant (render/tenant_bootstrap.py)
 CONTAINER = "konnectivity-server"
@@ -175,14 +176,8 @@ def agent_managed(host: str, port: int) -> dict[str, str]:
     }
 
 
-def _flag(arg: str) -> str:
-    return arg.split("=", 1)[0]
-
-
 def agent_args(addon: Konnectivity, host: str, port: int) -> list[str]:
-    managed = agent_managed(host, port)
-    user = [a for a in addon.agent.extra_args if _flag(a) not in managed]
-    return [f"{k}={v}" for k, v in sorted(managed.items())] + user
+    return merge_args(agent_managed(host, port), {}, list(addon.agent.extra_args))
 
 
 def agent_pod(addon: Konnectivity, host: str, port: int) -> dict[str, Any]:
