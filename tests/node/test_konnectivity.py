@@ -201,10 +201,17 @@ async def test_logs_exec_port_forward_and_attach_go_through_the_tunnel(setup: Se
                 try:
                     with socket.create_connection(("127.0.0.1", local), 3) as conn:
                         conn.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
-                        body = conn.recv(4096).decode(errors="replace")
+                        # HTTP/1.0: the server closes after the body, which
+                        # may come in a later segment than the headers.
+                        chunks = []
+                        while chunk := conn.recv(4096):
+                            chunks.append(chunk)
+                        body = b"".join(chunks).decode(errors="replace")
+                    if "served-through-tunnel" in body:
                         break
                 except OSError:
-                    time.sleep(0.5)
+                    pass
+                time.sleep(0.5)
             assert "served-through-tunnel" in body, body
         finally:
             forward.terminate()
