@@ -13,7 +13,7 @@ from haku.dev import packages, toolchain
 from haku.dev.cluster import DevCluster, Report
 from haku.dev.datastores import read_connections
 from haku.dev.layout import Layout, default_state_dir
-from haku.dev.versions import Versions
+from haku.dev.versions import PREVIOUS_KUBERNETES_VERSION, Versions
 from haku.dev.worker_config import WorkerError
 from haku.dev.worker_net import WorkerNetError
 from haku.errors import HakuError, command_line, describe_duration, output_tail
@@ -135,8 +135,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for w in info.get("workers", []):
             procs = ", ".join(f"{k} " + (f"running (pid {v['pid']})" if v["running"]
                                          else "stopped") for k, v in w["processes"].items())
+            nat = ", behind NAT" if w.get("behind_nat") else ""
             print(f"  worker {w['name']}: node {w['node']} of {w['tenant']}, {w['address']}, "
-                  f"{w['state']}{', behind NAT' if w.get('behind_nat') else ''}; {procs}")
+                  f"kubelet {w.get('kubelet') or '?'}, {w['state']}{nat}; {procs}")
     running = all(c["running"] for c in info["components"].values()) and all(
         p["running"] for w in info.get("workers", []) for p in w["processes"].values())
     return 0 if running and info.get("apiserver_ready", True) else 3
@@ -169,6 +170,21 @@ def cmd_addons(args: argparse.Namespace) -> int:
           + ("archives written (not imported)" if args.build_only else
              f"admin node {len(report.admin)} imported, "
              f"{len(report.workers)} workers" +
+             (f", skipped (containerd stopped): {', '.join(report.skipped_workers)}"
+              if report.skipped_workers else ""))
+          + f" in {report.seconds:.1f}s")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from haku.dev import releases
+
+    lay = _worker_layout(args)
+    report = releases.ensure(lay, args.versions, import_images=not args.build_only)
+    print(f"kubernetes {', '.join(report.versions)}: "
+          + (f"built {', '.join(report.built)}; " if report.built else "binaries cached; ")
+          + ("archives written (not imported)" if args.build_only else
+             f"admin node {len(report.admin)} imported, {len(report.workers)} workers" +
              (f", skipped (containerd stopped): {', '.join(report.skipped_workers)}"
               if report.skipped_workers else ""))
           + f" in {report.seconds:.1f}s")
@@ -324,11 +340,14 @@ def cmd_worker_add(args: argparse.Namespace) -> int:
 
     lay = _worker_layout(args)
     admin = Path(args.kubeconfig) if args.kubeconfig else lay.admin_kubeconfig
+    # The tenant's own release unless --kubernetes-version picks one (refused if newer).
+    versions = _versions(args) if args.kubernetes_version else None
     try:
         tenant = asyncio.run(worker.tenant_join(admin, args.tenant))
-        result = worker.add(lay, args.tenant, tenant.join, versions=_versions(args),
+        result = worker.add(lay, args.tenant, tenant.join, versions=versions,
                             keep_on_failure=args.keep_on_failure, avoid_nodes=tenant.nodes,
-                            behind_nat=args.behind_nat)
+                            behind_nat=args.behind_nat,
+                            tenant_version=tenant.kubernetes_version or None)
     except worker.WorkerError as e:
         print(f"haku: {e}", file=sys.stderr)
         return 1
@@ -340,7 +359,8 @@ def cmd_worker_add(args: argparse.Namespace) -> int:
     kubeconfig.write_text(yaml.safe_dump(tenant.kubeconfig))
     total = sum(seconds for _, seconds in result.steps)
     print(f"kubeadm: {result.joined_line}   (log: {result.log})")
-    print(f"worker {w.name} joined {w.tenant} as node {w.node_name} (Ready) in {total:.1f}s"
+    print(f"worker {w.name} joined {w.tenant} as node {w.node_name} (Ready, kubelet "
+          f"{w.kubernetes}) in {total:.1f}s"
           + (" (behind NAT: the admin side cannot connect to it)" if w.behind_nat else ""))
     print(f"tenant admin kubeconfig: {kubeconfig}")
     print(f"see it: {lay.bin / 'kubectl'} --kubeconfig {kubeconfig} get nodes -o wide")
@@ -397,7 +417,7 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
         procs = ", ".join(f"{k} {'pid ' + str(v['pid']) if v['running'] else 'stopped'}"
                           for k, v in w["processes"].items())
         print(f"{w['name']:<5} node {w['node']:<24} tenant {w['tenant']:<20} {w['address']:<12} "
-              f"pods {w['pod_cidr']:<15} {w['state']:<8} "
+              f"pods {w['pod_cidr']:<15} kubelet {w.get('kubelet') or '?':<8} {w['state']:<8} "
               f"{'behind NAT ' if w.get('behind_nat') else ''}{procs}")
     if not workers:
         print("no workers")
@@ -452,6 +472,19 @@ def parser() -> argparse.ArgumentParser:
     addons_p.add_argument("--state-dir",
                           help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
     addons_p.set_defaults(fn=cmd_addons)
+    images_p = dev_sub.add_parser(
+        "images", help="the images of other Kubernetes releases, for tenants of those versions: "
+        "build the release if missing, import its control-plane images into the admin node "
+        "and its kube-proxy into every worker")
+    images_p.add_argument("versions", nargs="*", metavar="VERSION",
+                          help="Kubernetes releases, e.g. v1.36.3 (default: the previous "
+                          f"release the dev tooling offers, {PREVIOUS_KUBERNETES_VERSION}, and "
+                          "the admin cluster's)")
+    images_p.add_argument("--build-only", action="store_true",
+                          help="build the binaries and write the archives; import nothing")
+    images_p.add_argument("--state-dir",
+                          help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+    images_p.set_defaults(fn=cmd_images)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
 
@@ -465,6 +498,10 @@ def parser() -> argparse.ArgumentParser:
                       help="as a remote site behind NAT: the admin node and its pods cannot "
                       "open connections to the worker or its pods; what it sends reaches them "
                       "from the admin node IP")
+    wadd.add_argument("--kubernetes-version",
+                      help="the worker's kubelet and kubeadm (default: the tenant's "
+                      "spec.kubernetes.version; an older minor tests version skew, a newer one "
+                      "is refused)")
     wremove = worker_sub.add_parser("remove", help="delete its node in the tenant (best "
                                     "effort) and remove all it made on the host")
     wremove.add_argument("worker", nargs="?", help="w1, 1, or its node name")

@@ -16,15 +16,13 @@ what is missing (:mod:`haku.dev.toolchain`: Konnectivity from its release tarbal
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from haku.dev import images, oci, toolchain
+from haku.dev import images, oci, releases, toolchain
 from haku.dev.layout import Layout
-from haku.dev.processes import Supervisor
 from haku.dev.versions import Versions, konnectivity_image_names, metrics_server_image_name
 from haku.errors import HakuError
 
@@ -101,16 +99,6 @@ class Report:
     seconds: float = 0.0
 
 
-def _admin_containerd_running(layout: Layout) -> bool:
-    if not layout.node or not layout.containerd_socket.exists():
-        return False
-    try:
-        return subprocess.run(["ctr", "--address", str(layout.containerd_socket), "version"],
-                              capture_output=True, check=False, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def ensure(
     layout: Layout,
     names: Iterable[str] = NAMES,
@@ -130,7 +118,7 @@ def ensure(
     wanted = check_names(names)
     started = time.monotonic()
     report = Report()
-    if import_images and not _admin_containerd_running(layout):
+    if import_images and not releases.admin_containerd_running(layout):
         raise AddonsError(f"the admin cluster at {layout.state_dir} is not up (its containerd "
                           f"does not answer on {layout.containerd_socket}): run `haku dev up` "
                           "first, or build only (`haku dev addons --build-only`)")
@@ -151,20 +139,7 @@ def ensure(
         out(f"  admin node: {', '.join(b.name for b in admin)} "
             f"({'imported' if report.admin else 'there already'})")
     on_workers = [by_name[n] for n in worker_image_names(versions, wanted)]
-    if on_workers:
-        from haku.dev import worker as workers  # worker imports this module
-        from haku.dev.worker_config import process_names, worker_paths
-
-        supervisor = Supervisor(layout.pids, layout.logs)
-        for w in workers.list_workers(layout):
-            containerd_name, _ = process_names(w.name)
-            if not supervisor.running(containerd_name):
-                report.skipped_workers.append(w.name)
-                out(f"  worker {w.name}: containerd is not running, skipped")
-                continue
-            socket = worker_paths(layout, w.index).containerd_socket
-            report.workers[w.name] = images.import_images(on_workers, socket)
-            out(f"  worker {w.name}: {', '.join(b.name for b in on_workers)} "
-                f"({'imported' if report.workers[w.name] else 'there already'})")
+    report.workers, report.skipped_workers = releases.import_into_workers(layout, on_workers,
+                                                                          out)
     report.seconds = time.monotonic() - started
     return report

@@ -31,6 +31,7 @@ from haku.dev.versions import (
     konnectivity_image_names,
     kube_proxy_image_name,
     metrics_server_image_name,
+    parse_semver,
 )
 from haku.errors import CommandFailed, CommandTimedOut, HakuError, output_tail
 
@@ -310,6 +311,27 @@ def metrics_server_image(binary: Path, version: str,
     )
 
 
+# The images of one Kubernetes release: its control plane (they run on the admin node, in the
+# tenants' control-plane pods) and kube-proxy (a tenant's DaemonSet, on its workers).
+CONTROL_PLANE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def control_plane_image_names(kubernetes_version: str) -> list[str]:
+    """``registry.k8s.io/kube-apiserver:<v>``, ``…/kube-controller-manager:<v>``,
+    ``…/kube-scheduler:<v>``."""
+    parse_semver(kubernetes_version, what="kubernetes")
+    return [f"registry.k8s.io/{name}:{kubernetes_version}" for name in CONTROL_PLANE_COMPONENTS]
+
+
+def release_image_specs(directory: Path, kubernetes_version: str) -> list[oci.ImageSpec]:
+    """The control-plane images and kube-proxy's of one release, from the binaries in its
+    cache ``directory`` (``~/.cache/haku/bin/kubernetes-<v>``)."""
+    specs = [control_plane_image(name, directory / name, kubernetes_version)
+             for name in CONTROL_PLANE_COMPONENTS]
+    specs.append(kube_proxy_image(directory / "kube-proxy", kubernetes_version))
+    return specs
+
+
 def image_specs(
     bins: dict[str, Path], versions: Versions, pause_binary: Path
 ) -> list[oci.ImageSpec]:
@@ -318,12 +340,7 @@ def image_specs(
     ``bins["kubernetes"]``, ``["etcd"]`` and ``["kine"]`` are required; the CoreDNS image is
     included when ``bins`` has ``"coredns"`` (``toolchain.ensure([..., "coredns"])``).
     """
-    k8s = bins["kubernetes"]
-    specs = [
-        control_plane_image(name, k8s / name, versions.kubernetes)
-        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
-    ]
-    specs.append(kube_proxy_image(k8s / "kube-proxy", versions.kubernetes))
+    specs = release_image_specs(bins["kubernetes"], versions.kubernetes)
     if "coredns" in bins:
         specs.append(coredns_image(bins["coredns"] / "coredns", versions.coredns))
     specs.append(

@@ -14,6 +14,12 @@ from haku.api import tenantcontrolplane as api
 from haku.errors import HakuError
 
 KUBERNETES_VERSION = "v1.37.2"
+# The older release the dev tooling offers beside KUBERNETES_VERSION (issue 14, upgrades): a
+# tenant starts on it and is upgraded to KUBERNETES_VERSION. A patch release of the minor
+# before, one of the operator's SUPPORTED_MINORS (a unit test checks both). `haku dev images`
+# builds it and imports its images; `haku dev worker add` runs a worker of a tenant on it with
+# its kubelet and kubeadm.
+PREVIOUS_KUBERNETES_VERSION = "v1.36.3"
 # The etcd kubeadm 1.37 pins is 3.7.0; kine v0.17.5 requires go.etcd.io/etcd v3.7.3.
 ETCD_VERSION = "v3.7.3"
 KINE_VERSION = "v0.17.5"
@@ -82,6 +88,34 @@ def parse_semver(version: str, what: str = "version") -> tuple[int, int, int]:
         )
     major, minor, patch = (int(g) for g in match.groups())
     return major, minor, patch
+
+
+def offered_kubernetes_versions(current: str = KUBERNETES_VERSION) -> tuple[str, ...]:
+    """The Kubernetes versions the dev tooling offers tenants, oldest first: the previous
+    release and ``current`` (the admin cluster's; one entry if they are the same)."""
+    return tuple(dict.fromkeys(sorted((PREVIOUS_KUBERNETES_VERSION, current),
+                                      key=lambda v: parse_semver(v, what="kubernetes"))))
+
+
+# Upstream's version skew policy for the kubelet: never newer than kube-apiserver (by minor),
+# and up to three minors older.
+KUBELET_MAX_MINORS_OLDER = 3
+
+
+def kubelet_skew_problem(kubelet: str, apiserver: str) -> str | None:
+    """Why a kubelet of version ``kubelet`` must not join an API server of ``apiserver``
+    under upstream's skew policy, or None if it may."""
+    k_major, k_minor, _ = parse_semver(kubelet, what="kubelet")
+    a_major, a_minor, _ = parse_semver(apiserver, what="kube-apiserver")
+    if k_major != a_major:
+        return f"kubelet {kubelet} and kube-apiserver {apiserver} differ in major version"
+    if k_minor > a_minor:
+        return (f"kubelet {kubelet} is newer than the tenant's kube-apiserver {apiserver}: "
+                "upstream's skew policy allows a kubelet as new as its API server, never newer")
+    if a_minor - k_minor > KUBELET_MAX_MINORS_OLDER:
+        return (f"kubelet {kubelet} is more than {KUBELET_MAX_MINORS_OLDER} minor versions "
+                f"older than the tenant's kube-apiserver {apiserver} (upstream's skew policy)")
+    return None
 
 
 def staging_version(kubernetes_version: str) -> str:

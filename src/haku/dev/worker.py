@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from haku.dev import addons, config, host, images, toolchain
+from haku.dev import addons, config, host, images, releases, toolchain
 from haku.dev import worker_net as wnet
 from haku.dev.layout import Layout
 from haku.dev.processes import ComponentFailed, ProcessSpec, Supervisor, log_tail
@@ -50,6 +50,7 @@ from haku.dev.versions import (
     Versions,
     coredns_image_name,
     kube_proxy_image_name,
+    kubelet_skew_problem,
 )
 from haku.dev.worker_config import (
     KUBEADM_ETC,
@@ -113,7 +114,7 @@ class Worker:
     netns: str
     host_link: str
     cgroup: str
-    kubernetes: str
+    kubernetes: str  # its kubelet's and kubeadm's version (and its kube-proxy image's)
     created: str
     state: str = "creating"  # creating | joined | ready
     pids: dict[str, int] = field(default_factory=dict)
@@ -314,6 +315,7 @@ def add(
     keep_on_failure: bool = False,
     avoid_nodes: frozenset[str] = frozenset(),
     behind_nat: bool = False,
+    tenant_version: str | None = None,
 ) -> AddResult:
     """Make a worker and join it to ``tenant`` (``NAMESPACE/NAME``) with ``join``.
 
@@ -323,19 +325,34 @@ def add(
     ``behind_nat``: the admin node and its pods cannot open a connection to the worker or its
     pods, and see what it sends as coming from the admin node IP (``worker_net.ensure_nat``).
     The addon images (``haku.dev.addons``) that are built already are imported too.
+    ``tenant_version``: the tenant's version (the CLI's: ``spec.kubernetes.version``, or the
+    one its status says runs while an upgrade is under way; without it, nor ``versions``, the
+    version the tenant's API server reports at ``/version``). Without ``versions`` the worker
+    runs the kubelet, kubeadm and kube-proxy image of that release (built first if not
+    cached); with ``versions`` its kubelet must be no newer (upstream's skew policy).
     Returns when kubeadm has joined and the Node is Ready. On failure everything made is
     removed again (unless ``keep_on_failure``) and WorkerError or ComponentFailed says why,
     with the tail of the log that shows it.
     """
     out = printer or (lambda line: print(line, flush=True))
-    versions = versions or Versions.from_env()
     timeouts = timeouts or Timeouts()
     _, tenant_name = split_tenant(tenant)
     _check_host(layout)
     problem = cluster_info_problem(join.endpoint)
     if problem:
         raise WorkerError(f"{tenant}: {problem}")
-    bins = toolchain.ensure(["kubernetes", "etcd", "kine", "coredns"], versions, cache)
+    if versions is None and tenant_version is None:  # what the tenant's API server runs
+        tenant_version = served_version(join.endpoint)
+    versions = releases.worker_versions(versions, tenant_version)
+    skew = tenant_version and kubelet_skew_problem(versions.kubernetes, tenant_version)
+    if skew:
+        raise WorkerError(f"{tenant}: {skew}")
+    if not releases.is_built(versions.kubernetes, cache, versions):
+        out(f"kubernetes {versions.kubernetes} (the worker's kubelet and kubeadm) is not built "
+            f"yet: building it first (about 9 min on 2 cores; `haku dev images "
+            f"{versions.kubernetes}` does it ahead)")
+    bins = toolchain.ensure(["kubernetes", "etcd", "kine", "coredns"], versions, cache,
+                            progress=out)
     index = _claim(layout, tenant_name, avoid_nodes)
     name, net, paths = worker_name(index), worker_net(layout, index), worker_paths(layout, index)
     worker = Worker(
@@ -357,15 +374,18 @@ def add(
     return result
 
 
-def _cluster_info(endpoint: str, timeout: float) -> tuple[int, dict[str, Any]] | str:
-    """kube-public/cluster-info read anonymously: (HTTP status, body), or why it failed."""
+def _cluster_info(endpoint: str, timeout: float,
+                  path: str = "/api/v1/namespaces/kube-public/configmaps/cluster-info",
+                  ) -> tuple[int, dict[str, Any]] | str:
+    """kube-public/cluster-info (or ``path``) read anonymously: (HTTP status, body), or why
+    it failed."""
     hostname, _, port = endpoint.rpartition(":")
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # kubeadm pins the CA by hash; these are presence checks
     conn = http.client.HTTPSConnection(hostname, int(port), context=ctx, timeout=timeout)
     try:
-        conn.request("GET", "/api/v1/namespaces/kube-public/configmaps/cluster-info")
+        conn.request("GET", path)
         response = conn.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException) as e:
@@ -377,6 +397,16 @@ def _cluster_info(endpoint: str, timeout: float) -> tuple[int, dict[str, Any]] |
     except ValueError:
         data = {"message": body[:200].decode(errors="replace")}
     return response.status, data if isinstance(data, dict) else {}
+
+
+def served_version(endpoint: str, timeout: float = 5.0) -> str | None:
+    """The version the API server at ``endpoint`` reports at ``/version`` (readable
+    anonymously, as kubeadm's discovery is), or None if it does not say."""
+    got = _cluster_info(endpoint, timeout, path="/version")
+    if isinstance(got, str) or got[0] != 200:
+        return None
+    version = str(got[1].get("gitVersion") or "")
+    return version if re.fullmatch(r"v\d+\.\d+\.\d+", version) else None
 
 
 def cluster_info_problem(endpoint: str, timeout: float = 5.0) -> str | None:
@@ -479,6 +509,7 @@ def _add(layout: Layout, worker: Worker, join: JoinCommand, bins: dict[str, Path
     pause = images.build_pause(cache)
     specs = [s for s in images.image_specs(bins, versions, pause) if s.name in wanted]
     specs += addons.cached_worker_specs(versions, cache)  # built already: never built here
+    specs += releases.upgrade_kube_proxy_specs(versions, cache)  # likewise
     built = images.build_archives(specs, cache)
     pool = ThreadPoolExecutor(max_workers=1)  # a deadline tighter than ctr's own
     try:
@@ -834,6 +865,7 @@ def status(layout: Layout) -> list[dict[str, Any]]:
         result.append({"name": w.name, "tenant": w.tenant, "node": w.node_name,
                        "address": w.address, "pod_cidr": w.pod_cidr, "state": w.state,
                        "endpoint": w.endpoint, "behind_nat": w.behind_nat,
+                       "kubelet": w.kubernetes,
                        "processes": processes})
     return result
 
@@ -847,6 +879,7 @@ class TenantJoin:
     join: JoinCommand
     kubeconfig: dict[str, Any]  # the tenant's admin kubeconfig (to see or delete the node)
     nodes: frozenset[str]  # the Nodes it has now
+    kubernetes_version: str = ""  # what a new worker runs (releases.tenant_version)
 
 
 async def tenant_join(admin_kubeconfig: Path, tenant: str,
@@ -895,7 +928,7 @@ async def tenant_join(admin_kubeconfig: Path, tenant: str,
     finally:
         await tenant_client.close()
     join = await access.create_join_command(tenant_access, ttl)
-    return TenantJoin(join, tenant_access.kubeconfig, nodes)
+    return TenantJoin(join, tenant_access.kubeconfig, nodes, releases.tenant_version(tcp))
 
 
 def _admin_client(admin_kubeconfig: Path) -> AsyncClient:
