@@ -162,8 +162,6 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
     ({"spec__networkProfile__port": 70000}, "spec.networkProfile.port"),
     ({"spec__networkProfile__serviceCidr": "10.96.0.0"}, "serviceCidr must be a CIDR"),
     ({"spec__networkProfile__dnsServiceIPs": ["10.96.0.300"]}, "must be an IP"),
-    ({"spec__kubernetes__kubelet__configurationJSONPatches": [{"op": "add"}]},
-     "configurationJSONPatches is not supported"),
     ({"spec__controlPlane__deployment__extraArgs": {"apiServer": ["--etcd-servers=http://x"]}},
      "extraArgs.apiServer must not set a flag Haku manages"),
     ({"spec__controlPlane__deployment__extraArgs": {"apiServer": ["--secure-port=7443"]}},
@@ -201,6 +199,82 @@ async def test_malformed_or_unsupported_specs_are_refused(
         await client.apply(from_dict(manifest(**changes)), force=True)
     assert info.value.status.code == 422, info.value.status.message
     assert message in info.value.status.message
+
+
+PATCHES = "spec.kubernetes.kubelet.configurationJSONPatches"
+IS_KUBELET_CONFIG = "the result must stay a kubelet.config.k8s.io/v1beta1 KubeletConfiguration"
+POINTER = "must be a JSON pointer: '' or starting with '/', with '~' only as ~0 or ~1"
+
+
+@pytest.mark.parametrize(("patches", "field", "message"), [
+    ([{"op": "merge", "path": "/maxPods", "value": 1}], f"{PATCHES}[0].op",
+     'Unsupported value: "merge"'),
+    ([{"op": "remove"}], f"{PATCHES}[0].path", "Required value"),
+    ([{"path": "/maxPods"}], f"{PATCHES}[0].op", "Required value"),
+    ([{"op": "add", "path": "maxPods", "value": 1}], f"{PATCHES}[0].path", POINTER),
+    ([{"op": "remove", "path": "/a~2b"}], f"{PATCHES}[0].path", POINTER),
+    ([{"op": "remove", "path": "/a~"}], f"{PATCHES}[0].path", POINTER),
+    ([{"op": "copy", "from": "maxPods", "path": "/x"}], f"{PATCHES}[0].from", POINTER),
+    ([{"op": "add", "path": "/" + "x" * 1024, "value": 1}], f"{PATCHES}[0].path", "Too long"),
+    ([{"op": "move", "path": "/a"}], f"{PATCHES}[0]", "from is required for op move and copy"),
+    ([{"op": "remove", "path": "/a"}, {"op": "copy", "path": "/a"}], f"{PATCHES}[1]",
+     "from is required for op move and copy"),
+    ([{"op": "add", "path": "/maxPods"}], f"{PATCHES}[0].value", "Required value"),
+    ([{"op": "replace", "path": "/maxPods"}], f"{PATCHES}[0].value", "Required value"),
+    ([{"op": "test", "path": "/maxPods"}], f"{PATCHES}[0].value", "Required value"),
+    ([{"op": "replace", "path": "/kind", "value": "Pod"}], f"{PATCHES}[0]",
+     f"only test may use path '', /apiVersion or /kind: {IS_KUBELET_CONFIG}"),
+    ([{"op": "remove", "path": "/apiVersion"}], f"{PATCHES}[0]",
+     f"only test may use path '', /apiVersion or /kind: {IS_KUBELET_CONFIG}"),
+    ([{"op": "add", "path": "/kind/x", "value": 1}], f"{PATCHES}[0]",
+     f"only test may use path '', /apiVersion or /kind: {IS_KUBELET_CONFIG}"),
+    ([{"op": "add", "path": "", "value": {}}], f"{PATCHES}[0]",
+     f"only test may use path '', /apiVersion or /kind: {IS_KUBELET_CONFIG}"),
+    ([{"op": "copy", "from": "/clusterDomain", "path": "/apiVersion"}], f"{PATCHES}[0]",
+     f"only test may use path '', /apiVersion or /kind: {IS_KUBELET_CONFIG}"),
+    ([{"op": "move", "from": "/kind", "path": "/oldKind"}], f"{PATCHES}[0]",
+     f"move must not take from '', /apiVersion or /kind: {IS_KUBELET_CONFIG}"),
+    ([{"op": "remove", "path": f"/k{i}"} for i in range(65)], PATCHES,
+     "must have at most 64 items"),
+    ([{"op": "add", "path": "/maxPods", "value": 1}], "spec.kubernetes.kubelet.cgroupfs",
+     'Unsupported value: "cgroupv2"'),
+])
+async def test_kubelet_patches_that_cannot_be_right_are_refused(
+    client: AsyncClient, patches: list[dict[str, Any]], field: str, message: str
+) -> None:
+    kubelet = {"configurationJSONPatches": patches}
+    if field.endswith("cgroupfs"):
+        kubelet["cgroupfs"] = "cgroupv2"
+    with pytest.raises(ApiError) as info:
+        await client.apply(from_dict(manifest(spec__kubernetes__kubelet=kubelet)), force=True)
+    said = info.value.status.message or ""
+    assert info.value.status.code == 422, said
+    assert f"{field}: " in said and message in said, said
+
+
+async def test_kubelet_patches_of_every_kind_are_kept_as_given(client: AsyncClient) -> None:
+    patches = [
+        {"op": "add", "path": "/maxPods", "value": 77},
+        {"op": "add", "path": "/evictionHard", "value": {"memory.available": "100Mi"}},
+        {"op": "add", "path": "/clusterDNS/-", "value": "10.96.0.11"},
+        {"op": "replace", "path": "/rotateCertificates", "value": False},
+        {"op": "add", "path": "/featureGates", "value": {}},
+        {"op": "add", "path": "/featureGates/a~1b", "value": True},
+        {"op": "remove", "path": "/featureGates/a~1b"},
+        {"op": "copy", "from": "/clusterDomain", "path": "/x"},
+        {"op": "move", "from": "/x", "path": "/y"},
+        {"op": "test", "path": "/y", "value": "cluster.local"},
+        {"op": "test", "path": "/kind", "value": "KubeletConfiguration"},
+        {"op": "test", "path": "", "value": {"any": ["JSON", 1, None, True]}},
+        {"op": "add", "path": "/providerID", "value": None},
+        {"op": "copy", "from": "/kind", "path": "/z"},
+    ]
+    made = (await client.apply(from_dict(manifest(spec__kubernetes__kubelet={
+        "cgroupfs": "cgroupfs", "configurationJSONPatches": patches})),
+        force=True)).to_dict()
+    kubelet = made["spec"]["kubernetes"]["kubelet"]
+    assert kubelet["cgroupfs"] == "cgroupfs"
+    assert kubelet["configurationJSONPatches"] == patches  # nothing pruned, null kept
 
 
 @pytest.mark.parametrize(("field", "first", "second", "message"), [

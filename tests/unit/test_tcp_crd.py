@@ -151,14 +151,15 @@ def _preserved(node: dict[str, Any], path: str) -> list[str]:
 
 
 def test_pod_fields_have_structural_schemas() -> None:
-    """Only the fields refused as unsupported keep unknown fields; everything Haku passes
-    into the pod has upstream's schema, so a wrong type is refused with its path."""
+    """Only the fields refused as unsupported, and the values of kubelet JSON patches (any
+    JSON, by RFC 6902), keep unknown fields; everything Haku passes into the pod has
+    upstream's schema, so a wrong type is refused with its path."""
     spec = _schema()["properties"]["spec"]
     dep = "spec.controlPlane.deployment"
     assert sorted(_preserved(spec, "spec")) == sorted([
         "spec.writePermissions", "spec.dataStoreOverrides[]",
         "spec.addons.konnectivity.server.securityContext",
-        "spec.kubernetes.kubelet.configurationJSONPatches[]", "spec.controlPlane.gateway",
+        "spec.kubernetes.kubelet.configurationJSONPatches[].value", "spec.controlPlane.gateway",
         f"{dep}.additionalContainers[]", f"{dep}.additionalInitContainers[]",
         f"{dep}.additionalVolumes[]", f"{dep}.additionalVolumeMounts", f"{dep}.probes"])
     d = spec["properties"]["controlPlane"]["properties"]["deployment"]["properties"]
@@ -272,3 +273,31 @@ def test_the_version_rule_is_the_supported_list() -> None:
     with pytest.raises(InvalidSpec, match=r"spec\.kubernetes\.version"):
         controlplane.deployment(tcp(kubernetes={"version": "v1.99.0"}), ETCD, "10.0.0.7", {},
                                 "kine:x")
+
+
+def test_the_kubelet_patch_schema_is_rfc_6902_as_render_applies_it() -> None:
+    """The CRD's operations and what each needs are jsonpatch's, and its pointer rule accepts
+    exactly the pointers jsonpatch parses."""
+    from haku.render import jsonpatch
+
+    kubelet = _schema()["properties"]["spec"]["properties"]["kubernetes"]["properties"][
+        "kubelet"]
+    items = kubelet["properties"]["configurationJSONPatches"]["items"]
+    assert tuple(items["properties"]["op"]["enum"]) == jsonpatch.OPS
+    with_value, without = (b["properties"]["op"]["enum"] for b in items["anyOf"])
+    assert with_value == list(jsonpatch.VALUE_OPS) and items["anyOf"][0]["required"] == ["value"]
+    assert sorted(with_value + without) == sorted(jsonpatch.OPS)
+    from_rule = items["x-kubernetes-validations"][0]["rule"]
+    assert from_rule == "!(self.op in ['move', 'copy']) || has(self.from)"
+    assert tuple(re.findall(r"'(\w+)'", from_rule)) == jsonpatch.FROM_OPS
+    (pointer_rule,) = items["properties"]["path"]["x-kubernetes-validations"]
+    assert items["properties"]["from"]["x-kubernetes-validations"] == [pointer_rule]
+    pattern = re.fullmatch(r"self\.matches\('(.*)'\)", pointer_rule["rule"])
+    assert pattern is not None
+    for text in ("", "/", "/a", "/a~0b~1c/0/-", "/~01", "a", "/a~", "/a~2", "~0", "/a/~x"):
+        try:
+            jsonpatch.parse_pointer(text)
+            parses = True
+        except jsonpatch.PointerError:
+            parses = False
+        assert (re.search(pattern.group(1), text) is not None) == parses, text

@@ -1,12 +1,14 @@
 """The objects Haku applies inside a tenant (pure rendering)."""
 
 import base64
+import copy
 from typing import Any
 
+import pytest
 import yaml
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
-from haku.render import pki
+from haku.render import InvalidSpec, pki
 from haku.render.tenant_bootstrap import (
     ADDON_LABEL,
     CORE,
@@ -16,6 +18,7 @@ from haku.render.tenant_bootstrap import (
     MANAGED_BY,
     NODE_BOOTSTRAPPERS,
     bootstrap_objects,
+    kubelet_configuration,
     object_key,
 )
 from haku.tenant.tokens import NODE_TOKEN_GROUP
@@ -24,9 +27,10 @@ ENDPOINT = "https://192.0.2.10:31443"
 CA = pki.new_ca("kubernetes")
 
 
-def spec(addons: dict[str, Any] | None = None, **network: Any) -> TenantControlPlaneSpec:
+def spec(addons: dict[str, Any] | None = None, kubelet: dict[str, Any] | None = None,
+         **network: Any) -> TenantControlPlaneSpec:
     body: dict[str, Any] = {
-        "kubernetes": {"version": "v1.37.2"},
+        "kubernetes": {"version": "v1.37.2", **({"kubelet": kubelet} if kubelet else {})},
         "networkProfile": {"serviceCidr": "10.96.0.0/16", "podCidr": "10.244.0.0/16",
                            **network},
     }
@@ -134,6 +138,107 @@ def test_kubeadm_and_kubelet_config_match_the_tenant() -> None:
     assert kubelet["authentication"]["anonymous"] == {"enabled": False}
     assert kubelet["authorization"]["mode"] == "Webhook"
     assert kubelet["rotateCertificates"] is True
+
+
+# kubeadm's KubeletConfiguration for spec() (the defaults: systemd, no patches).
+KUBEADM_KUBELET = {
+    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+    "kind": "KubeletConfiguration",
+    "authentication": {"anonymous": {"enabled": False},
+                       "webhook": {"enabled": True, "cacheTTL": "0s"},
+                       "x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"}},
+    "authorization": {"mode": "Webhook", "webhook": {"cacheAuthorizedTTL": "0s",
+                                                     "cacheUnauthorizedTTL": "0s"}},
+    "cgroupDriver": "systemd",
+    "clusterDNS": ["10.96.0.10"],
+    "clusterDomain": "cluster.local",
+    "rotateCertificates": True,
+    "staticPodPath": "/etc/kubernetes/manifests",
+}
+
+
+def served_kubelet(s: TenantControlPlaneSpec) -> str:
+    objects = by_key(bootstrap_objects(s, CA.cert_pem, ENDPOINT))
+    text: str = objects[("ConfigMap", "kube-system", "kubelet-config")]["data"]["kubelet"]
+    return text
+
+
+def test_the_kubelet_configuration_is_kubeadms_by_default() -> None:
+    assert yaml.safe_load(served_kubelet(spec())) == KUBEADM_KUBELET
+    assert kubelet_configuration(spec(kubelet={"cgroupfs": "systemd"})) == KUBEADM_KUBELET
+
+
+def test_cgroupfs_and_json_patches_make_exactly_the_served_configuration() -> None:
+    patches = [
+        {"op": "add", "path": "/failSwapOn", "value": False},
+        {"op": "add", "path": "/maxPods", "value": 77},
+        {"op": "add", "path": "/evictionHard", "value": {"nodefs.available": "1%"}},
+        {"op": "add", "path": "/clusterDNS/-", "value": "10.96.0.11"},
+        {"op": "replace", "path": "/authorization/webhook/cacheAuthorizedTTL", "value": "5s"},
+        {"op": "remove", "path": "/authentication/webhook/cacheTTL"},
+        {"op": "test", "path": "/cgroupDriver", "value": "cgroupfs"},  # cgroupfs came first
+        {"op": "copy", "from": "/clusterDomain", "path": "/x"},
+        {"op": "move", "from": "/x", "path": "/y"},
+        {"op": "remove", "path": "/y"},
+    ]
+    s = spec(kubelet={"cgroupfs": "cgroupfs", "configurationJSONPatches": patches})
+    expected = copy.deepcopy(KUBEADM_KUBELET)
+    expected["cgroupDriver"] = "cgroupfs"
+    expected["authorization"]["webhook"]["cacheAuthorizedTTL"] = "5s"
+    del expected["authentication"]["webhook"]["cacheTTL"]
+    expected.update({"clusterDNS": ["10.96.0.10", "10.96.0.11"], "failSwapOn": False,
+                     "maxPods": 77, "evictionHard": {"nodefs.available": "1%"}})
+    assert yaml.safe_load(served_kubelet(s)) == expected
+    # a patch wins over cgroupfs: it applies after
+    over = spec(kubelet={"cgroupfs": "cgroupfs", "configurationJSONPatches": [
+        {"op": "replace", "path": "/cgroupDriver", "value": "systemd"}]})
+    assert kubelet_configuration(over)["cgroupDriver"] == "systemd"
+
+
+def test_the_spec_is_never_changed_by_rendering() -> None:
+    value = {"nodefs.available": "1%"}
+    patches = [{"op": "add", "path": "/evictionHard", "value": value}]
+    s = spec(kubelet={"configurationJSONPatches": patches})
+    conf = kubelet_configuration(s)
+    conf["evictionHard"]["nodefs.available"] = "9%"
+    assert s.kubelet_patches == ({"op": "add", "path": "/evictionHard",
+                                  "value": {"nodefs.available": "1%"}},)
+    assert kubelet_configuration(s)["evictionHard"] == value
+
+
+@pytest.mark.parametrize(("patches", "field", "message"), [
+    ([{"op": "add", "path": "/maxPods", "value": 1},
+      {"op": "remove", "path": "/evictionHard"}],
+     "spec.kubernetes.kubelet.configurationJSONPatches[1]",
+     "remove '/evictionHard': /evictionHard does not exist (the patches apply all or none: "
+     "what was served before stays until they do)"),
+    ([{"op": "test", "path": "/cgroupDriver", "value": "cgroupfs"}],
+     "spec.kubernetes.kubelet.configurationJSONPatches[0]",
+     "test '/cgroupDriver': test failed: /cgroupDriver is \"systemd\", not \"cgroupfs\""),
+    ([{"op": "add", "path": "/clusterDNS/5", "value": "10.96.0.11"}],
+     "spec.kubernetes.kubelet.configurationJSONPatches[0]",
+     "/clusterDNS/5: index 5 is out of range (the array has 1 element)"),
+    ([{"op": "add", "path": "/maxPods"}],  # admitted before the CRD's rules: render says so
+     "spec.kubernetes.kubelet.configurationJSONPatches[0]", "add needs a value"),
+    ([{"op": "replace", "path": "/kind", "value": "Pod"}],
+     "spec.kubernetes.kubelet.configurationJSONPatches",
+     "the patched document is no longer a kubelet.config.k8s.io/v1beta1 KubeletConfiguration"),
+    ([{"op": "replace", "path": "", "value": []}],
+     "spec.kubernetes.kubelet.configurationJSONPatches", "is no longer a"),
+])
+def test_a_patch_that_cannot_apply_is_invalid_spec_naming_it(
+        patches: list[dict[str, Any]], field: str, message: str) -> None:
+    s = spec(kubelet={"cgroupfs": "systemd", "configurationJSONPatches": patches})
+    with pytest.raises(InvalidSpec) as info:
+        bootstrap_objects(s, CA.cert_pem, ENDPOINT)
+    assert info.value.field == field
+    assert message in info.value.message
+
+
+def test_an_unknown_cgroup_driver_is_invalid_spec() -> None:
+    with pytest.raises(InvalidSpec) as info:
+        kubelet_configuration(spec(kubelet={"cgroupfs": "cgroupv2"}))
+    assert info.value.field == "spec.kubernetes.kubelet.cgroupfs"
 
 
 def test_kube_proxy_uses_its_service_account_and_the_tenant_endpoint() -> None:

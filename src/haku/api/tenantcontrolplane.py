@@ -3,6 +3,7 @@ renderers never depend on the API server having defaulted an object."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -390,6 +391,11 @@ class TenantControlPlaneSpec:
     admission_plugins: tuple[str, ...]
     preferred_address_types: tuple[str, ...]
     addons: Addons = field(default_factory=Addons)
+    # kubernetes.kubelet: cgroupfs (Kamaji's name for the kubelet's cgroupDriver; None: unset)
+    # and configurationJSONPatches (RFC 6902 operations on the KubeletConfiguration served to
+    # joining nodes, as given: haku.render.tenant_bootstrap applies them).
+    kubelet_cgroupfs: str | None = None
+    kubelet_patches: tuple[dict[str, Any], ...] = ()
     # networkProfile.port as given (None: not set, the NodePort is allocated by the API server)
     port_given: int | None = None
     advertise_address: str = ""
@@ -465,6 +471,9 @@ class TenantControlPlaneSpec:
             preferred_address_types=tuple((k8s.get("kubelet") or {}).get("preferredAddressTypes")
                                           or ("InternalIP", "ExternalIP", "Hostname")),
             addons=Addons.parse(spec.get("addons"), k8s["version"]),
+            kubelet_cgroupfs=(k8s.get("kubelet") or {}).get("cgroupfs") or None,
+            kubelet_patches=tuple(copy.deepcopy(
+                (k8s.get("kubelet") or {}).get("configurationJSONPatches") or ())),
             port_given=int(net["port"]) if net.get("port") else None,
             advertise_address=net.get("advertiseAddress") or "",
             allow_address_as_external_ip=bool(net.get("allowAddressAsExternalIP")),

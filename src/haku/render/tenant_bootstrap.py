@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from haku.api.tenantcontrolplane import Addon, TenantControlPlaneSpec
+from haku.render import InvalidSpec, jsonpatch
 from haku.render import konnectivity as konnectivity_render
 
 ADDON_LABEL = "haku.dev/addon"
@@ -127,11 +128,45 @@ def cluster_configuration(spec: TenantControlPlaneSpec, endpoint: str) -> dict[s
     }
 
 
+KUBELET_API_VERSION, KUBELET_KIND = "kubelet.config.k8s.io/v1beta1", "KubeletConfiguration"
+KUBELET_FIELD = "spec.kubernetes.kubelet"
+CGROUP_DRIVERS = ("systemd", "cgroupfs")
+
+
 def kubelet_configuration(spec: TenantControlPlaneSpec) -> dict[str, Any]:
-    """The KubeletConfiguration joining nodes download (kubeadm's ``kubelet-config``)."""
+    """The KubeletConfiguration joining nodes download (kubeadm's ``kubelet-config``):
+    kubeadm's settings for this tenant, ``cgroupDriver`` from ``kubelet.cgroupfs`` (default
+    ``systemd``, kubeadm's), then ``kubelet.configurationJSONPatches`` applied in order, all
+    or nothing (RFC 6902). A patch that fails, or leaves something that is no longer a
+    KubeletConfiguration, is :class:`InvalidSpec` naming the patch."""
+    base = _base_kubelet_configuration(spec)
+    if not spec.kubelet_patches:
+        return base
+    field = f"{KUBELET_FIELD}.configurationJSONPatches"
+    try:
+        patched = jsonpatch.apply(base, spec.kubelet_patches)
+    except jsonpatch.PatchError as e:
+        op = spec.kubelet_patches[e.index]
+        said = (f"{op.get('op')} {op.get('path')!r}" if isinstance(op, dict) else "")
+        raise InvalidSpec(f"{field}[{e.index}]",
+                          f"{said + ': ' if said else ''}{e.reason} (the patches apply all or "
+                          "none: what was served before stays until they do)") from None
+    if not isinstance(patched, dict) or patched.get("apiVersion") != KUBELET_API_VERSION \
+            or patched.get("kind") != KUBELET_KIND:
+        raise InvalidSpec(field, "the patched document is no longer a "
+                          f"{KUBELET_API_VERSION} {KUBELET_KIND} (apiVersion and kind must "
+                          "stay as they are)")
+    return patched
+
+
+def _base_kubelet_configuration(spec: TenantControlPlaneSpec) -> dict[str, Any]:
+    driver = spec.kubelet_cgroupfs or "systemd"
+    if driver not in CGROUP_DRIVERS:
+        raise InvalidSpec(f"{KUBELET_FIELD}.cgroupfs",
+                          f"{driver!r} is not one of {', '.join(CGROUP_DRIVERS)}")
     return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
+        "apiVersion": KUBELET_API_VERSION,
+        "kind": KUBELET_KIND,
         "authentication": {
             "anonymous": {"enabled": False},
             "webhook": {"enabled": True, "cacheTTL": "0s"},
@@ -140,7 +175,7 @@ def kubelet_configuration(spec: TenantControlPlaneSpec) -> dict[str, Any]:
         "authorization": {"mode": "Webhook",
                           "webhook": {"cacheAuthorizedTTL": "0s",
                                       "cacheUnauthorizedTTL": "0s"}},
-        "cgroupDriver": "systemd",
+        "cgroupDriver": driver,
         "clusterDNS": list(spec.dns_service_ips),
         "clusterDomain": spec.cluster_domain,
         "rotateCertificates": True,
