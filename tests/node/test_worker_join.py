@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import DaemonSet, Deployment
@@ -26,19 +27,21 @@ from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Secret
 from lightkube.types import PatchType
 
 from haku.api.resources import TenantControlPlane
-from haku.dev import samples
+from haku.dev import config, samples
 from haku.dev import worker as workers
 from haku.dev.cluster import DevCluster
 from haku.dev.versions import BUSYBOX_IMAGE
-from haku.dev.worker_config import Timeouts, WorkerError, worker_paths
+from haku.dev.worker_config import VM_KUBELET_KEYS, Timeouts, WorkerError, worker_paths
+from haku.render import jsonpatch
 from haku.tenant import access
 from haku.tenant.access import TenantAccess
 
-from .helpers import add_worker, client, eventually, pod_ready, wait_tenant_ready
+from .helpers import add_worker, client, eventually, kubectl, pod_ready, wait_tenant_ready
 
 NS = "joins"
 VERSION = "v1.37.2"
 ETCD_PORT, POSTGRES_PORT = 31443, 31444
+MAX_PODS = {"op": "add", "path": "/maxPods", "value": 77}
 
 
 @dataclass
@@ -49,12 +52,15 @@ class Joined:
     worker: str
 
 
-async def ready_tenant(cluster: DevCluster, name: str, datastore: str, port: int) -> TenantAccess:
-    """A NodePort tenant with both addons, once Ready (which includes TenantBootstrapped)."""
+async def ready_tenant(cluster: DevCluster, name: str, datastore: str, port: int,
+                       kubelet_patches: list[dict[str, Any]] | None = None) -> TenantAccess:
+    """A NodePort tenant with both addons, once Ready (which includes TenantBootstrapped);
+    its kubelets get this machine's needs (as every sample tenant) and ``kubelet_patches``."""
     c = client(cluster)
     try:
         doc = samples.tenant_control_plane(name, NS, datastore, VERSION, service_type="NodePort",
-                                           port=port, addons=True)
+                                           port=port, addons=True,
+                                           kubelet_patches=kubelet_patches or [])
         await c.apply(from_dict(doc), force=True)
         return await wait_tenant_ready(c, NS, name)
     finally:
@@ -63,9 +69,10 @@ async def ready_tenant(cluster: DevCluster, name: str, datastore: str, port: int
 
 @pytest.fixture(scope="module")
 async def joined(running_operator: DevCluster) -> AsyncIterator[Joined]:
-    """Tenant ``join-etcd`` on the etcd DataStore with a worker joined to it."""
+    """Tenant ``join-etcd`` on the etcd DataStore, serving kubelets ``maxPods: 77`` besides
+    this machine's needs, with a worker joined to it."""
     cluster = running_operator
-    tenant = await ready_tenant(cluster, "join-etcd", "dev-etcd", ETCD_PORT)
+    tenant = await ready_tenant(cluster, "join-etcd", "dev-etcd", ETCD_PORT, [MAX_PODS])
     try:
         result = await add_worker(cluster, tenant)
         yield Joined(cluster, tenant, result.worker.node_name, result.worker.name)
@@ -107,6 +114,182 @@ async def test_the_node_is_ready_with_kube_proxy_and_coredns_on_it(joined: Joine
     finally:
         await t.close()
     await wait_addons(joined)
+
+
+def served_kubelet_configuration(max_pods: int = 77) -> dict[str, Any]:
+    """What join-etcd must serve: kubeadm's KubeletConfiguration for it, cgroupDriver from
+    ``cgroupfs: cgroupfs``, then the dev patches and ``maxPods``, in that order."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {"anonymous": {"enabled": False},
+                           "webhook": {"enabled": True, "cacheTTL": "0s"},
+                           "x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"}},
+        "authorization": {"mode": "Webhook", "webhook": {"cacheAuthorizedTTL": "0s",
+                                                         "cacheUnauthorizedTTL": "0s"}},
+        "cgroupDriver": "cgroupfs",
+        "clusterDNS": ["10.96.0.10"],
+        "clusterDomain": "cluster.local",
+        "rotateCertificates": True,
+        "staticPodPath": "/etc/kubernetes/manifests",
+        "failCgroupV1": False,
+        "failSwapOn": False,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                         "imagefs.available": "1%"},
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+        "maxPods": max_pods,
+    }
+
+
+async def served_kubelet_text(tenant: AsyncClient) -> str:
+    cm = await tenant.get(ConfigMap, "kubelet-config", namespace="kube-system")
+    text: str = (cm.data or {})["kubelet"]
+    return text
+
+
+async def test_the_tenant_serves_its_kubelet_configuration_and_the_worker_runs_it_unmodified(
+        joined: Joined, tmp_path: Path) -> None:
+    """spec.kubernetes.kubelet (cgroupfs and JSON patches) is exactly what the tenant serves;
+    the worker's kubelet runs the file kubeadm downloaded as its --config, untouched, with
+    only the worker's placement in a drop-in; the Node and the kubelet's own /configz show
+    the patched values."""
+    t = joined.tenant.client()
+    try:
+        served_text = await served_kubelet_text(t)
+        node = await t.get(Node, joined.node)
+    finally:
+        await t.close()
+    served = yaml.safe_load(served_text)
+    assert served == served_kubelet_configuration()
+    assert list(served) == list(served_kubelet_configuration())  # patches in their order
+
+    layout = joined.cluster.layout
+    index = int(joined.worker.removeprefix("w"))
+    paths = worker_paths(layout, index)
+    record = workers.load(layout, index)
+    assert record is not None
+    argv = [a.decode() for a in
+            Path(f"/proc/{record.pids['kubelet']}/cmdline").read_bytes().split(b"\0") if a]
+    assert [a for a in argv if a.startswith("--config")] == [
+        f"--config={paths.downloaded_kubelet_config}",
+        f"--config-dir={paths.kubelet_config_dir}"]
+    # --config is the file kubeadm wrote: the worker wrote nothing to it (kubeadm writes
+    # kubeadm-flags.env after it, in the same phase)
+    written_text = paths.downloaded_kubelet_config.read_text()
+    assert paths.downloaded_kubelet_config.stat().st_mtime_ns <= \
+        paths.kubeadm_flags.stat().st_mtime_ns
+    print(f"--- served (kube-system/kubelet-config)\n{served_text}"
+          f"--- {paths.downloaded_kubelet_config}\n{written_text}")
+    # kubeadm writes its own serialisation of what it downloaded: every served value is in it
+    # as served; what it adds is containerRuntimeEndpoint (the join's criSocket) and the
+    # zero values of the fields the tenant left out
+    written = yaml.safe_load(written_text)
+    differ = {k: (v, written.get(k)) for k, v in served.items()
+              if not jsonpatch.equal(written.get(k), v)}
+    assert differ == {}
+    assert written["containerRuntimeEndpoint"] == f"unix://{paths.containerd_socket}"
+    # the drop-in: the worker's places, none of the served keys but those
+    assert sorted(p.name for p in paths.kubelet_config_dir.iterdir()) == [
+        paths.kubelet_dropin.name]
+    dropin = yaml.safe_load(paths.kubelet_dropin.read_text())
+    assert not set(dropin) & set(VM_KUBELET_KEYS) and "maxPods" not in dropin
+    assert set(dropin) & set(served) <= {"apiVersion", "kind", "authentication",
+                                         "staticPodPath"}
+    assert dropin["authentication"] == {"x509": {"clientCAFile": str(paths.ca)}}
+
+    assert node.status.capacity["pods"] == "77"
+    result = await asyncio.to_thread(
+        kubectl, joined.cluster, "get", "--raw", f"/api/v1/nodes/{joined.node}/proxy/configz",
+        kubeconfig=_write_kubeconfig(joined.tenant, tmp_path / "join-etcd.kubeconfig"))
+    effective = json.loads(result.stdout)["kubeletconfig"]
+    # what the tenant asked for, as the kubelet runs it (kubeadm's 0s durations are the
+    # kubelet's defaults, shown as such there)
+    for key in (*VM_KUBELET_KEYS, "maxPods", "clusterDNS", "clusterDomain"):
+        assert jsonpatch.equal(effective[key], served[key]), (key, effective[key], served[key])
+    assert effective["cgroupRoot"] == f"/haku-w{index}"  # and the drop-in's placement
+    assert effective["staticPodPath"] == dropin["staticPodPath"]
+    assert effective["authentication"]["x509"]["clientCAFile"] == str(paths.ca)
+
+
+def _write_kubeconfig(tenant: TenantAccess, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(tenant.kubeconfig))
+    path.chmod(0o600)
+    return path
+
+
+async def test_changed_kubelet_patches_are_served_and_one_that_fails_is_invalid_spec(
+        joined: Joined) -> None:
+    """A new patch list is served on the next reconcile; one that cannot apply leaves what
+    was served and says which patch and why on TenantBootstrapped (InvalidSpec); a tenant
+    serving kubeadm's defaults gets no dev worker, and the error says what to set."""
+    c = client(joined.cluster)
+    t = joined.tenant.client()
+    name = joined.tenant.name
+    dev = config.kubelet_patches()
+
+    async def set_kubelet(patches: list[dict[str, Any]], cgroupfs: str | None = "cgroupfs",
+                          ) -> None:
+        await c.patch(TenantControlPlane, name, {"spec": {"kubernetes": {"kubelet": {
+            "cgroupfs": cgroupfs, "configurationJSONPatches": patches}}}},
+            namespace=NS, patch_type=PatchType.MERGE)
+
+    async def condition(ctype: str) -> dict[str, Any]:
+        obj = (await c.get(TenantControlPlane, name, namespace=NS)).to_dict()
+        return next((x for x in (obj.get("status") or {}).get("conditions") or []
+                     if x["type"] == ctype), {})
+
+    async def served() -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load(await served_kubelet_text(t))
+        return doc
+
+    async def serves(max_pods: int) -> bool:
+        return await served() == served_kubelet_configuration(max_pods)
+
+    try:
+        await set_kubelet([*dev, {**MAX_PODS, "value": 78}])
+        await eventually(lambda: serves(78), 60, "maxPods 78 served")
+
+        failing = {"op": "test", "path": "/maxPods", "value": 1}
+        await set_kubelet([*dev, {**MAX_PODS, "value": 79}, failing])
+
+        async def refused() -> bool:
+            return (await condition("TenantBootstrapped")).get("reason") == "InvalidSpec"
+
+        await eventually(refused, 60, "TenantBootstrapped InvalidSpec")
+        said = (await condition("TenantBootstrapped"))["message"]
+        assert said.startswith(
+            f"spec.kubernetes.kubelet.configurationJSONPatches[{len(dev) + 1}]: test '/maxPods'"
+            ": test failed: /maxPods is 79, not 1"), said
+        assert (await condition("Ready"))["status"] == "False"
+        assert await serves(78)  # all or nothing: 79 was not served either
+
+        # kubeadm's defaults (systemd, no patches) but maxPods: a dev worker cannot run that
+        await set_kubelet([MAX_PODS], cgroupfs=None)
+
+        async def kubeadms() -> bool:
+            return (await served()).get("cgroupDriver") == "systemd"
+
+        await eventually(kubeadms, 60, "cgroupDriver systemd served")
+        join = await access.create_join_command(joined.tenant, timedelta(minutes=5))
+        with pytest.raises(WorkerError) as info:
+            await asyncio.to_thread(
+                workers.add, joined.cluster.layout, f"{NS}/{name}", join,
+                printer=lambda line: print(line, flush=True))
+        message = str(info.value)
+        assert message.startswith(
+            f"tenant {NS}/{name} serves a KubeletConfiguration (kube-system/kubelet-config) "
+            'that a kubelet cannot run with on this machine: cgroupDriver is "systemd" (this '
+            'machine needs "cgroupfs"); failCgroupV1 is unset'), message
+        assert json.dumps(config.tenant_kubelet_settings(), separators=(",", ":")) in message
+        assert [w.name for w in workers.list_workers(joined.cluster.layout)] == [joined.worker]
+    finally:
+        await set_kubelet([*dev, MAX_PODS])
+        await eventually(lambda: serves(77), 60, "maxPods 77 served again")
+        await wait_tenant_ready(c, NS, name)
+        await t.close()
+        await c.close()
 
 
 async def test_a_pod_resolves_kubernetes_default_and_reaches_the_api_by_cluster_ip(

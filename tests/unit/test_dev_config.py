@@ -31,6 +31,35 @@ def test_kubelet_config_for_hybrid_cgroups_without_systemd() -> None:
     assert "--cert-dir=/s/kubelet/pki" in argv and f"--node-ip={layout.node_ip}" in argv
 
 
+def test_the_kubelet_needs_of_this_machine_are_one_list_for_admin_and_tenants() -> None:
+    from haku.dev import samples
+    from haku.render import jsonpatch
+
+    kc = config.kubelet_config(Layout(state_dir=Path("/s")))
+    assert {k: kc[k] for k in config.VM_KUBELET} == config.VM_KUBELET
+    assert set(config.VM_KUBELET_HARD) <= set(config.VM_KUBELET)
+    settings = config.tenant_kubelet_settings()
+    assert settings["cgroupfs"] == config.VM_KUBELET["cgroupDriver"] == "cgroupfs"
+    # the patches set the rest of VM_KUBELET on whatever a tenant serves, present or not
+    served = jsonpatch.apply({"kind": "KubeletConfiguration", "failSwapOn": True},
+                             settings["configurationJSONPatches"])
+    assert served == {"kind": "KubeletConfiguration",
+                      **{k: v for k, v in config.VM_KUBELET.items() if k != "cgroupDriver"}}
+    # the lists handed out are copies
+    settings["configurationJSONPatches"][2]["value"]["nodefs.available"] = "50%"
+    assert config.VM_KUBELET["evictionHard"]["nodefs.available"] == "1%"
+    assert config.kubelet_patches() == config.tenant_kubelet_settings()[
+        "configurationJSONPatches"]
+    # every sample tenant carries them, then its own patches
+    extra = {"op": "add", "path": "/maxPods", "value": 77}
+    doc = samples.tenant_control_plane("t", "ns", "dev-etcd", "v1.37.2", kubelet_patches=[extra])
+    kubelet = doc["spec"]["kubernetes"]["kubelet"]
+    assert kubelet == {"cgroupfs": "cgroupfs",
+                       "configurationJSONPatches": [*config.kubelet_patches(), extra]}
+    assert samples.tenant_control_plane("t", "ns", "dev-etcd", "v1.37.2")["spec"][
+        "kubernetes"]["kubelet"] == config.tenant_kubelet_settings()
+
+
 def test_cni_gives_pods_a_default_route() -> None:
     conf = json.loads(config.cni_conflist(Layout(state_dir=Path("/s"))))
     ipam = conf["plugins"][0]["ipam"]

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from haku.dev import worker, worker_config, worker_net
+from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.dev import config, worker, worker_config, worker_net
 from haku.dev.layout import Layout
 from haku.dev.worker_config import (
     IGNORED_PREFLIGHT_ERRORS,
@@ -19,13 +20,15 @@ from haku.dev.worker_config import (
     join_argv,
     join_configuration,
     kubelet_argv,
-    kubelet_configuration,
+    kubelet_dropin,
     node_name,
     node_ready,
     parse_index,
     parse_kubeadm_flags,
     process_names,
     resolv_conf,
+    served_kubelet_error,
+    served_kubelet_problems,
     split_tenant,
     worker_name,
 )
@@ -38,7 +41,8 @@ PATHS = worker_config.worker_paths(LAYOUT, 3)
 JOIN = JoinCommand("10.245.0.1:31443", "abcdef.0123456789abcdef",
                    "sha256:" + "0" * 64)
 
-# What kubeadm 1.37 downloaded into /var/lib/kubelet/config.yaml in a real join (trimmed).
+# What kubeadm 1.37 downloaded into /var/lib/kubelet/config.yaml in a real join from a
+# sample tenant with a maxPods patch (trimmed; tlsCertFile added to show a moved path).
 DOWNLOADED = {
     "apiVersion": "kubelet.config.k8s.io/v1beta1",
     "kind": "KubeletConfiguration",
@@ -47,6 +51,14 @@ DOWNLOADED = {
                        "x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"}},
     "authorization": {"mode": "Webhook"},
     "cgroupDriver": "cgroupfs",
+    "failCgroupV1": False,
+    "failSwapOn": False,
+    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                     "imagefs.available": "1%"},
+    "imageGCHighThresholdPercent": 100,
+    "imageGCLowThresholdPercent": 99,
+    "serializeImagePulls": False,
+    "maxPods": 77,
     "clusterDNS": ["10.96.0.10"],
     "clusterDomain": "cluster.local",
     "containerRuntimeEndpoint": "unix:///var/lib/haku/dev/workers/w3/containerd/containerd.sock",
@@ -263,41 +275,107 @@ def test_join_configuration_quotes_what_it_is_given() -> None:
     assert doc["nodeRegistration"]["criSocket"] == "unix:///a b/c.sock"
 
 
-def test_kubelet_configuration_moves_paths_and_keeps_the_vm_workarounds() -> None:
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_the_kubelet_drop_in_holds_the_workers_placement_and_nothing_else() -> None:
     original = json.loads(json.dumps(DOWNLOADED))
-    conf = kubelet_configuration(DOWNLOADED, LAYOUT, PATHS, NET)
+    dropin = kubelet_dropin(DOWNLOADED, PATHS, NET)
     assert original == DOWNLOADED  # not modified in place
     root = "/var/lib/haku/dev/workers/w3"
-    assert conf["authentication"]["x509"]["clientCAFile"] == f"{root}/etc-kubernetes/pki/ca.crt"
-    assert conf["staticPodPath"] == f"{root}/etc-kubernetes/manifests"
-    assert conf["tlsCertFile"] == f"{root}/kubelet/pki/kubelet.crt"  # /var/lib/kubelet moved
-    assert conf["cgroupRoot"] == "/haku-w3"
-    assert conf["resolvConf"] == f"{root}/resolv.conf"
-    assert conf["containerRuntimeEndpoint"] == f"unix://{root}/containerd/containerd.sock"
-    assert conf["podLogsDir"] == f"{root}/pod-logs"
-    assert conf["volumePluginDir"] == f"{root}/kubelet/volume-plugins"
-    assert conf["cgroupDriver"] == "cgroupfs" and conf["failCgroupV1"] is False
-    assert conf["failSwapOn"] is False
-    assert conf["evictionHard"]["nodefs.available"] == "1%"
-    assert conf["imageGCHighThresholdPercent"] == 100
-    assert conf["clusterDNS"] == ["10.96.0.10"]  # the tenant's own settings stay
-    assert conf["healthzBindAddress"] == "127.0.0.1" and conf["healthzPort"] == 10248
-
-    def strings(value: Any) -> list[str]:
-        if isinstance(value, dict):
-            return [s for v in value.values() for s in strings(v)]
-        if isinstance(value, list):
-            return [s for v in value for s in strings(v)]
-        return [value] if isinstance(value, str) else []
-
-    leaked = [s for s in strings(conf)
+    assert dropin == {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        # the tenant's paths under /etc/kubernetes and /var/lib/kubelet, moved
+        "authentication": {"x509": {"clientCAFile": f"{root}/etc-kubernetes/pki/ca.crt"}},
+        "staticPodPath": f"{root}/etc-kubernetes/manifests",
+        "tlsCertFile": f"{root}/kubelet/pki/kubelet.crt",
+        # the worker's own places
+        "cgroupRoot": "/haku-w3",
+        "containerRuntimeEndpoint": f"unix://{root}/containerd/containerd.sock",
+        "resolvConf": f"{root}/resolv.conf",
+        "podLogsDir": f"{root}/pod-logs",
+        "volumePluginDir": f"{root}/kubelet/volume-plugins",
+        "healthzBindAddress": "127.0.0.1",
+    }
+    assert not set(dropin) & set(worker_config.VM_KUBELET_KEYS)
+    # Merged over the served configuration as the kubelet does (JSON merge patch): nothing of
+    # the fixed kubeadm paths or the admin's PKI is left, the tenant's settings stay.
+    merged = json.loads(json.dumps(DOWNLOADED))
+    worker_config._merge(merged, {k: v for k, v in dropin.items()
+                                  if k not in ("apiVersion", "kind")})
+    leaked = [s for s in _strings(merged)
               if s.startswith(("/etc/kubernetes", "/var/lib/kubelet", str(LAYOUT.pki)))]
-    assert leaked == []  # nothing of the fixed kubeadm paths, nothing of the admin's PKI
+    assert leaked == []
+    assert merged["authentication"]["webhook"] == {"cacheTTL": "0s", "enabled": True}
+    assert merged["clusterDNS"] == ["10.96.0.10"] and merged["cgroupDriver"] == "cgroupfs"
+    assert merged["maxPods"] == 77 and merged["evictionHard"]["nodefs.available"] == "1%"
 
 
-def test_kubelet_configuration_refuses_what_is_not_one() -> None:
+def test_the_drop_in_never_sets_what_the_tenant_must_serve() -> None:
+    served = {**DOWNLOADED, "cgroupDriver": "systemd", "failSwapOn": True}
+    dropin = kubelet_dropin(served, PATHS, NET)
+    assert "cgroupDriver" not in dropin and "failSwapOn" not in dropin
+    # a VM key that held a path would be moved, so it is refused instead
+    odd = {**DOWNLOADED, "evictionHard": {"x": "/var/lib/kubelet/x"}}
+    with pytest.raises(WorkerError, match="evictionHard: those are the tenant's to serve"):
+        kubelet_dropin(odd, PATHS, NET)
+
+
+def test_the_drop_in_refuses_what_is_not_a_kubelet_configuration() -> None:
     with pytest.raises(WorkerError):
-        kubelet_configuration({"kind": "Pod"}, LAYOUT, PATHS, NET)
+        kubelet_dropin({"kind": "Pod"}, PATHS, NET)
+    with pytest.raises(WorkerError):
+        served_kubelet_problems({"kind": "Pod"})
+
+
+def test_what_the_sample_tenants_serve_meets_this_machines_needs() -> None:
+    assert served_kubelet_problems(DOWNLOADED) == ([], [])
+    # what a sample tenant serves, rendered by Haku, has everything the worker checks
+    from haku.dev import samples
+    from haku.render.tenant_bootstrap import kubelet_configuration
+
+    doc = samples.tenant_control_plane("t", "ns", "dev-etcd", "v1.37.2")
+    doc["metadata"]["uid"] = "u"
+    served = kubelet_configuration(TenantControlPlaneSpec.parse(doc))
+    assert served_kubelet_problems(served) == ([], [])
+    assert {k: served[k] for k in worker_config.VM_KUBELET_KEYS} == config.VM_KUBELET
+
+
+def test_a_tenant_without_this_machines_needs_is_refused_saying_which_patches() -> None:
+    kubeadm_default = {k: v for k, v in DOWNLOADED.items()
+                       if k not in worker_config.VM_KUBELET_KEYS}
+    hard, soft = served_kubelet_problems({**kubeadm_default, "cgroupDriver": "systemd",
+                                          "failSwapOn": True})
+    assert hard == ['cgroupDriver is "systemd" (this machine needs "cgroupfs")',
+                    "failCgroupV1 is unset (this machine needs false)",
+                    "failSwapOn is true (this machine needs false)"]
+    assert soft == [
+        'evictionHard is unset (this machine needs {"memory.available": "100Mi", '
+        '"nodefs.available": "1%", "imagefs.available": "1%"})',
+        "imageGCHighThresholdPercent is unset (this machine needs 100)",
+        "imageGCLowThresholdPercent is unset (this machine needs 99)",
+        "serializeImagePulls is unset (this machine needs false)"]
+    message = str(served_kubelet_error("tenants/t", hard))
+    assert message.startswith("tenant tenants/t serves a KubeletConfiguration "
+                              "(kube-system/kubelet-config) that a kubelet cannot run with on "
+                              'this machine: cgroupDriver is "systemd"')
+    settings = json.loads(message.split("spec.kubernetes.kubelet: ", 1)[1].split(" (", 1)[0])
+    assert settings == config.tenant_kubelet_settings()
+    assert settings["cgroupfs"] == "cgroupfs"
+    assert {"op": "add", "path": "/failSwapOn", "value": False} in \
+        settings["configurationJSONPatches"]
+    assert "haku.dev.config.VM_KUBELET" in message and "haku.dev.samples" in message
+    # 0 is not false, 1.0 is 1: JSON equality
+    assert served_kubelet_problems({**DOWNLOADED, "failSwapOn": 0})[0] == [
+        "failSwapOn is 0 (this machine needs false)"]
+    assert served_kubelet_problems({**DOWNLOADED, "imageGCLowThresholdPercent": 99.0}) == \
+        ([], [])
 
 
 @pytest.mark.parametrize(("text", "flags"), [
@@ -316,13 +394,17 @@ def test_kubelet_argv_runs_in_the_workers_netns_and_keeps_kubeadms_extra_flags()
                         ["--hostname-override=other", "--node-labels=a=b", "--v=4"])
     assert argv[:3] == ["nsenter", "--net=/run/netns/haku-w3", "/bin/kubelet"]
     root = "/var/lib/haku/dev/workers/w3"
-    for flag in (f"--config={root}/kubelet.yaml",
+    for flag in (f"--config={root}/var-lib-kubelet/config.yaml",
+                 f"--config-dir={root}/kubelet.conf.d",
                  f"--kubeconfig={root}/etc-kubernetes/kubelet.conf",
                  f"--bootstrap-kubeconfig={root}/etc-kubernetes/bootstrap-kubelet.conf",
                  f"--root-dir={root}/kubelet", f"--cert-dir={root}/kubelet-pki",
                  "--node-ip=10.245.1.3", "--hostname-override=np-w3", "--node-labels=a=b"):
         assert flag in argv
     assert "--hostname-override=other" not in argv and "--v=4" not in argv
+    assert [a for a in argv if a.startswith("--config")] == [
+        f"--config={root}/var-lib-kubelet/config.yaml", f"--config-dir={root}/kubelet.conf.d"]
+    assert PATHS.kubelet_dropin == Path(f"{root}/kubelet.conf.d/50-haku-worker.conf")
     assert not any(a.startswith("--container-runtime-endpoint") for a in argv)  # in config
 
 

@@ -3,11 +3,15 @@
 The choices here carry this VM's pitfalls (see docs/dev-cluster.md): hybrid cgroups with no
 systemd (``cgroupfs`` driver, ``failCgroupV1: false``), no CAP_SYS_RESOURCE
 (``restrict_oom_score_adj``), no dummy links (the node IP sits on a bridge of its own), and
-logs/exec reaching the kubelet by InternalIP.
+logs/exec reaching the kubelet by InternalIP. The kubelet's share of them (``VM_KUBELET``) is
+also what a tenant must serve for a dev worker to run its configuration:
+``tenant_kubelet_settings()`` says it as TenantControlPlane fields (``cgroupfs`` and
+RFC 6902 ``configurationJSONPatches``).
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 import yaml
 
 from haku.dev.layout import Layout
+from haku.render import jsonpatch
 
 
 def containerd_toml(layout: Layout, sandbox_image: str) -> str:
@@ -186,16 +191,54 @@ def scheduler_argv(binary: Path, layout: Layout) -> list[str]:
     ]
 
 
+# What a kubelet needs on these machines, whichever cluster it serves: the admin kubelet's
+# configuration carries it, and every tenant a dev worker joins must serve it (the worker runs
+# the KubeletConfiguration its tenant serves as it is): tenants get it from
+# tenant_kubelet_settings(), which the sample tenants (haku.dev.samples) use.
+VM_KUBELET: dict[str, Any] = {
+    # Hybrid cgroups (v1 controllers) and no systemd.
+    "cgroupDriver": "cgroupfs",
+    "failCgroupV1": False,
+    "failSwapOn": False,
+    # A small disk: evict only when it is really full.
+    "evictionHard": {
+        "memory.available": "100Mi",
+        "nodefs.available": "1%",
+        "imagefs.available": "1%",
+    },
+    # Images cannot be pulled again here: never garbage-collect them.
+    "imageGCHighThresholdPercent": 100,
+    "imageGCLowThresholdPercent": 99,
+    "serializeImagePulls": False,
+}
+# Without these the kubelet does not start here at all (the rest of VM_KUBELET keeps it
+# working): a dev worker refuses a served configuration that does not have them.
+VM_KUBELET_HARD = ("cgroupDriver", "failCgroupV1", "failSwapOn")
+# spec.kubernetes.kubelet.cgroupfs is the cgroupDriver (Kamaji's field).
+KUBELET_CGROUPFS = VM_KUBELET["cgroupDriver"]
+
+
+def kubelet_patches() -> list[dict[str, Any]]:
+    """VM_KUBELET but the cgroup driver as RFC 6902 operations for a TenantControlPlane's
+    ``spec.kubernetes.kubelet.configurationJSONPatches`` (``add`` sets a member whether or
+    not it is there)."""
+    return [{"op": "add", "path": jsonpatch.pointer(key), "value": copy.deepcopy(value)}
+            for key, value in VM_KUBELET.items() if key != "cgroupDriver"]
+
+
+def tenant_kubelet_settings() -> dict[str, Any]:
+    """``spec.kubernetes.kubelet`` for a tenant whose nodes are dev workers: the cgroup
+    driver by ``cgroupfs``, the rest of VM_KUBELET by ``configurationJSONPatches``."""
+    return {"cgroupfs": KUBELET_CGROUPFS, "configurationJSONPatches": kubelet_patches()}
+
+
 def kubelet_config(layout: Layout) -> dict[str, Any]:
     p = layout.ports
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        # Hybrid cgroups and no systemd on these machines.
-        "cgroupDriver": "cgroupfs",
+        **copy.deepcopy(VM_KUBELET),
         "cgroupRoot": f"/{layout.pods_cgroup}",  # not the host's /kubepods: down removes it
-        "failCgroupV1": False,
-        "failSwapOn": False,
         "containerRuntimeEndpoint": f"unix://{layout.containerd_socket}",
         "address": layout.node_ip,
         "port": p.kubelet,
@@ -208,16 +251,7 @@ def kubelet_config(layout: Layout) -> dict[str, Any]:
             "x509": {"clientCAFile": str(layout.pki / "ca.crt")},
         },
         "authorization": {"mode": "Webhook"},
-        "evictionHard": {
-            "memory.available": "100Mi",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
-        },
-        # Images cannot be pulled again here: never garbage-collect them.
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
         "resolvConf": "",
-        "serializeImagePulls": False,
         "podLogsDir": str(layout.state_dir / "pod-logs"),
         "volumePluginDir": str(layout.kubelet_dir / "volume-plugins"),
         "staticPodPath": "",

@@ -4,9 +4,12 @@ TenantControlPlane: what `make demo` and the tests apply."""
 from __future__ import annotations
 
 import base64
+import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from haku.dev import config
 from haku.dev.datastores import read_connections
 from haku.dev.layout import Layout
 
@@ -60,15 +63,21 @@ def datastore_objects(layout: Layout) -> list[dict[str, Any]]:
 
 def tenant_control_plane(name: str, namespace: str, datastore: str, version: str,
                          replicas: int = 1, service_type: str = "ClusterIP",
-                         port: int | None = 6443, addons: bool = False) -> dict[str, Any]:
+                         port: int | None = 6443, addons: bool = False,
+                         kubelet_patches: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """A sample tenant; ``addons`` installs CoreDNS and kube-proxy for nodes to join; with
-    ``port`` None, networkProfile.port is left out (a NodePort Service then allocates)."""
+    ``port`` None, networkProfile.port is left out (a NodePort Service then allocates).
+    Its kubelets get what this machine needs (``config.tenant_kubelet_settings()``: the
+    cgroup driver and JSON patches), so a dev worker runs the configuration it serves;
+    ``kubelet_patches`` come after those."""
+    kubelet = config.tenant_kubelet_settings()
+    kubelet["configurationJSONPatches"] += [copy.deepcopy(dict(p)) for p in kubelet_patches]
     tcp: dict[str, Any] = {
         "apiVersion": "haku.dev/v1alpha1", "kind": "TenantControlPlane",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "dataStore": datastore,
-            "kubernetes": {"version": version},
+            "kubernetes": {"version": version, "kubelet": kubelet},
             "controlPlane": {"deployment": {"replicas": replicas},
                              "service": {"serviceType": service_type}},
         },

@@ -14,6 +14,19 @@ a private mount namespace where the worker's directories are bind-mounted there 
 There is no systemd to start the kubelet it configured, so once kubeadm has written the
 kubelet's files this module starts the kubelet itself, in the host's mount namespace (its
 mounts must be those containerd sees), and kubeadm goes on to wait for the TLS bootstrap.
+
+The kubelet runs the KubeletConfiguration its tenant serves, as kubeadm downloaded it:
+``--config`` is ``/var/lib/kubelet/config.yaml`` (the worker's ``var-lib-kubelet/``) and
+nothing writes to it. What is the worker's alone (its paths instead of ``/etc/kubernetes``
+and ``/var/lib/kubelet``, cgroup root, containerd socket, resolver, pod logs, volume plugins,
+static pods, healthz address, client CA) is a drop-in in ``--config-dir``
+(``worker_config.kubelet_dropin``; upstream's drop-in configuration, merged over ``--config``
+as a JSON merge patch), which never sets what this machine needs of every kubelet
+(``config.VM_KUBELET``: the cgroupfs driver, cgroup v1, swap, eviction and image GC
+thresholds). Tenants serve those: ``config.tenant_kubelet_settings()`` as
+``spec.kubernetes.kubelet`` (``cgroupfs`` and ``configurationJSONPatches``), which every
+sample tenant carries. Before the kubelet starts, a served configuration without the ones it
+cannot start without (``config.VM_KUBELET_HARD``) fails the add with the fields to set.
 """
 
 from __future__ import annotations
@@ -65,13 +78,15 @@ from haku.dev.worker_config import (
     join_configuration,
     join_log,
     kubelet_argv,
-    kubelet_configuration,
+    kubelet_dropin,
     node_name,
     node_ready,
     parse_index,
     parse_kubeadm_flags,
     process_names,
     resolv_conf,
+    served_kubelet_error,
+    served_kubelet_problems,
     worker_name,
     worker_net,
     worker_paths,
@@ -573,7 +588,7 @@ def _join(layout: Layout, worker: Worker, net: WorkerNet, paths: WorkerPaths, k8
             now = time.monotonic()
             if kubelet_started is None and code is None and _kubelet_files_ready(paths, log):
                 steps.done("kubeadm join: discovery, preflight, kubelet files")
-                _start_kubelet(layout, worker, net, paths, k8s, supervisor)
+                _start_kubelet(layout, worker, net, paths, k8s, supervisor, steps.print)
                 kubelet_started = now
             if kubelet_started is not None and not bootstrapped and \
                     paths.kubelet_kubeconfig.exists():
@@ -620,12 +635,22 @@ def _kubelet_files_ready(paths: WorkerPaths, log: Path) -> bool:
 
 
 def _start_kubelet(layout: Layout, worker: Worker, net: WorkerNet, paths: WorkerPaths,
-                   k8s: Path, supervisor: Supervisor) -> None:
+                   k8s: Path, supervisor: Supervisor, note: Printer) -> None:
+    """The kubelet on the KubeletConfiguration kubeadm downloaded from the tenant, unmodified
+    (``--config``), with the worker's placement as a drop-in (``--config-dir``); refused if
+    what the tenant serves cannot run here."""
     _, kubelet_name = process_names(worker.name)
-    downloaded = yaml.safe_load(paths.downloaded_kubelet_config.read_text())
-    conf = kubelet_configuration(downloaded, layout, paths, net)
-    Path(conf["staticPodPath"]).mkdir(parents=True, exist_ok=True)
-    paths.kubelet_config.write_text(config.dump_yaml(conf))
+    served = yaml.safe_load(paths.downloaded_kubelet_config.read_text())
+    hard, soft = served_kubelet_problems(served)
+    if hard:
+        raise served_kubelet_error(worker.tenant, hard)
+    for problem in soft:
+        note(f"  note: the tenant's KubeletConfiguration differs from this machine's needs: "
+             f"{problem}")
+    dropin = kubelet_dropin(served, paths, net)
+    Path(dropin["staticPodPath"]).mkdir(parents=True, exist_ok=True)
+    paths.kubelet_config_dir.mkdir(parents=True, exist_ok=True)
+    paths.kubelet_dropin.write_text(config.dump_yaml(dropin))
     flags = parse_kubeadm_flags(paths.kubeadm_flags.read_text())
     record, _ = supervisor.start(ProcessSpec(
         kubelet_name, kubelet_argv(k8s / "kubelet", paths, net, worker.node_name, flags),

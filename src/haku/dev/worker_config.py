@@ -15,6 +15,7 @@ from typing import Any
 from haku.dev import config
 from haku.dev.layout import Layout
 from haku.dev.worker_net import WORKER_BRIDGE, WorkerNet
+from haku.render import jsonpatch
 from haku.tenant.tokens import JoinCommand
 
 # kubeadm preflight checks that fail on this machine, each for a reason the worker handles.
@@ -24,20 +25,23 @@ from haku.tenant.tokens import JoinCommand
 IGNORED_PREFLIGHT_ERRORS: dict[str, str] = {
     "SystemVerification": (
         "cgroup v1 (hybrid cgroups, KEP-5573): kubeadm refuses it unless this check is skipped; "
-        "the worker's kubelet sets failCgroupV1: false as the message asks, as the admin "
-        "kubelet does. The check's other findings (kernel config, cgroup controllers) pass here "
-        "and are still printed"),
+        "the tenant serves its kubelets failCgroupV1: false as the message asks "
+        "(haku.dev.config.VM_KUBELET), as the admin kubelet has. The check's other findings "
+        "(kernel config, cgroup controllers) pass here and are still printed"),
 }
 KUBEADM_SUCCESS = "This node has joined the cluster"
 KUBELET_FILES_WRITTEN = "[kubelet-start] Starting the kubelet"
-# Keys of the admin kubelet's configuration that carry this VM's workarounds (config.py).
-VM_KUBELET_KEYS = ("cgroupDriver", "failCgroupV1", "failSwapOn", "evictionHard",
-                   "imageGCHighThresholdPercent", "imageGCLowThresholdPercent",
-                   "serializeImagePulls")
+# Keys of the KubeletConfiguration that carry this VM's workarounds (config.VM_KUBELET): the
+# tenant serves them (config.tenant_kubelet_settings()); the worker never sets them itself.
+VM_KUBELET_KEYS = tuple(config.VM_KUBELET)
+KUBELET_SETTINGS_SOURCE = ("this machine's needs are haku.dev.config.VM_KUBELET; "
+                           "haku.dev.config.tenant_kubelet_settings() makes these fields of "
+                           "them, and every sample tenant of haku.dev.samples carries them")
 # Flags the worker sets itself; the same ones from kubeadm-flags.env are dropped.
-OWN_KUBELET_FLAGS = ("--config", "--kubeconfig", "--bootstrap-kubeconfig", "--root-dir",
-                     "--cert-dir", "--node-ip", "--hostname-override",
+OWN_KUBELET_FLAGS = ("--config", "--config-dir", "--kubeconfig", "--bootstrap-kubeconfig",
+                     "--root-dir", "--cert-dir", "--node-ip", "--hostname-override",
                      "--container-runtime-endpoint", "--pod-infra-container-image", "--v")
+KUBELET_DROPIN_NAME = "50-haku-worker.conf"
 # The only paths the join-mount namespace covers.
 KUBEADM_ETC, KUBEADM_VAR = Path("/etc/kubernetes"), Path("/var/lib/kubelet")
 
@@ -139,8 +143,12 @@ class WorkerPaths:
         return self.root / "join.yaml"
 
     @property
-    def kubelet_config(self) -> Path:
-        return self.root / "kubelet.yaml"
+    def kubelet_config_dir(self) -> Path:  # the kubelet's --config-dir (drop-ins)
+        return self.root / "kubelet.conf.d"
+
+    @property
+    def kubelet_dropin(self) -> Path:  # where the worker puts the kubelet (and nothing else)
+        return self.kubelet_config_dir / KUBELET_DROPIN_NAME
 
     @property
     def resolv_conf(self) -> Path:
@@ -156,7 +164,7 @@ class WorkerPaths:
 
     # written by kubeadm (through the bind mounts) and by the kubelet
     @property
-    def downloaded_kubelet_config(self) -> Path:
+    def downloaded_kubelet_config(self) -> Path:  # the kubelet's --config, as kubeadm wrote it
         return self.var_lib_kubelet / "config.yaml"
 
     @property
@@ -273,20 +281,73 @@ def _rewrite_paths(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
-def kubelet_configuration(downloaded: dict[str, Any], layout: Layout, paths: WorkerPaths,
-                          net: WorkerNet) -> dict[str, Any]:
-    """The configuration kubeadm downloaded from the tenant, made to fit this worker: paths
-    under ``/etc/kubernetes`` and ``/var/lib/kubelet`` moved to the worker's directories, the
-    admin kubelet's VM workarounds, its own cgroup root, runtime and resolver."""
+def served_kubelet_problems(served: Any) -> tuple[list[str], list[str]]:
+    """What the KubeletConfiguration a tenant served (as kubeadm wrote it) lacks of
+    config.VM_KUBELET: (hard: the kubelet cannot start here without it, soft: it starts but
+    misbehaves here, e.g. evicts pods or garbage-collects images that cannot be pulled
+    again), each as "key is X (this machine needs Y)"."""
+    if not isinstance(served, dict) or served.get("kind") != "KubeletConfiguration":
+        raise WorkerError("kubeadm wrote no KubeletConfiguration to config.yaml")
+    hard: list[str] = []
+    soft: list[str] = []
+    for key, wanted in config.VM_KUBELET.items():
+        if key in served and jsonpatch.equal(served[key], wanted):
+            continue
+        got = json.dumps(served[key]) if key in served else "unset"
+        (hard if key in config.VM_KUBELET_HARD else soft).append(
+            f"{key} is {got} (this machine needs {json.dumps(wanted)})")
+    return hard, soft
+
+
+def served_kubelet_error(tenant: str, hard: list[str]) -> WorkerError:
+    """Why a dev worker will not run what ``tenant`` serves, and the fields that fix it."""
+    settings = json.dumps(config.tenant_kubelet_settings(), separators=(",", ":"))
+    return WorkerError(
+        f"tenant {tenant} serves a KubeletConfiguration (kube-system/kubelet-config) that a "
+        f"kubelet cannot run with on this machine: {'; '.join(hard)}. A dev worker runs what "
+        "its tenant serves, unmodified: give the TenantControlPlane "
+        f"spec.kubernetes.kubelet: {settings} ({KUBELET_SETTINGS_SOURCE})")
+
+
+def _merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that makes ``old`` into ``new``, where ``new`` only
+    adds members or changes them (what a drop-in of the kubelet can say)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            inner = _merge_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif key not in old or not jsonpatch.equal(before, value):
+            patch[key] = value
+    return patch
+
+
+def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def kubelet_dropin(downloaded: dict[str, Any], paths: WorkerPaths,
+                   net: WorkerNet) -> dict[str, Any]:
+    """The worker's drop-in KubeletConfiguration (the kubelet's ``--config-dir``, merged
+    over ``--config``, which stays what kubeadm downloaded from the tenant): where this
+    worker puts things, and nothing else. Paths the tenant set under ``/etc/kubernetes`` and
+    ``/var/lib/kubelet`` are moved to the worker's directories; its own cgroup root, runtime,
+    resolver, pod logs, volume plugins, static pods, healthz address and client CA. Never a
+    key of config.VM_KUBELET: those are the tenant's to serve."""
     if downloaded.get("kind") != "KubeletConfiguration":
         raise WorkerError("kubeadm wrote no KubeletConfiguration to config.yaml")
-    conf: dict[str, Any] = _rewrite_paths(downloaded, {
+    moved = _rewrite_paths(downloaded, {
         str(KUBEADM_ETC): str(paths.etc_kubernetes),
         str(KUBEADM_VAR): str(paths.kubelet_root),
     })
-    admin = config.kubelet_config(layout)
-    conf.update({k: admin[k] for k in VM_KUBELET_KEYS if k in admin})
-    conf.update({
+    placement = _merge_patch(downloaded, moved)
+    _merge(placement, {
         "cgroupRoot": f"/{net.netns}",  # its pods never mix with the admin kubelet's
         "containerRuntimeEndpoint": f"unix://{paths.containerd_socket}",
         "resolvConf": str(paths.resolv_conf),
@@ -294,9 +355,14 @@ def kubelet_configuration(downloaded: dict[str, Any], layout: Layout, paths: Wor
         "volumePluginDir": str(paths.kubelet_root / "volume-plugins"),
         "staticPodPath": str(paths.etc_kubernetes / "manifests"),
         "healthzBindAddress": "127.0.0.1",  # the worker's loopback: kubeadm checks it there
+        "authentication": {"x509": {"clientCAFile": str(paths.ca)}},
     })
-    conf.setdefault("authentication", {}).setdefault("x509", {})["clientCAFile"] = str(paths.ca)
-    return conf
+    vm = sorted(set(placement) & set(VM_KUBELET_KEYS))
+    if vm:
+        raise WorkerError(f"the worker's kubelet drop-in would set {', '.join(vm)}: those "
+                          "are the tenant's to serve")
+    return {"apiVersion": downloaded.get("apiVersion", "kubelet.config.k8s.io/v1beta1"),
+            "kind": "KubeletConfiguration", **placement}
 
 
 def parse_kubeadm_flags(text: str) -> list[str]:
@@ -312,7 +378,8 @@ def parse_kubeadm_flags(text: str) -> list[str]:
 def kubelet_argv(binary: Path, paths: WorkerPaths, net: WorkerNet, node: str,
                  kubeadm_flags: list[str]) -> list[str]:
     own = [
-        f"--config={paths.kubelet_config}",
+        f"--config={paths.downloaded_kubelet_config}",  # as kubeadm wrote it
+        f"--config-dir={paths.kubelet_config_dir}",  # the worker's placement over it
         f"--kubeconfig={paths.kubelet_kubeconfig}",
         f"--bootstrap-kubeconfig={paths.bootstrap_kubeconfig}",
         f"--root-dir={paths.kubelet_root}",
