@@ -406,6 +406,34 @@ def cmd_worker_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker_renew_ca(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import timedelta
+
+    from haku.dev import worker
+    from haku.dev.processes import ComponentFailed
+
+    lay = _worker_layout(args)
+    admin = Path(args.kubeconfig) if args.kubeconfig else lay.admin_kubeconfig
+    try:
+        record = worker.renewable(lay, args.worker)  # before a token is made for nothing
+        join = asyncio.run(worker.tenant_token(admin, record.tenant,
+                                               timedelta(seconds=args.ttl)))
+        result = worker.renew_ca(lay, args.worker, join)
+    except (worker.WorkerError, ComponentFailed) as e:
+        print(f"haku: {e}", file=sys.stderr)
+        return 1
+    total = sum(seconds for _, seconds in result.steps)
+    w = result.worker
+    print(f"worker {w.name} (node {w.node_name}) trusts {len(result.cas)} CA"
+          f"{'s' if len(result.cas) > 1 else ''} of {w.tenant} "
+          f"({'changed' if result.ca_changed else 'unchanged'}) and has a new kubelet client "
+          f"certificate from {result.issuer} in {total:.1f}s")
+    print(f"  before: {result.old_client or 'none'}")
+    print(f"  now:    {result.new_client}")
+    return 0
+
+
 def cmd_worker_list(args: argparse.Namespace) -> int:
     from haku.dev import worker
 
@@ -510,8 +538,14 @@ def parser() -> argparse.ArgumentParser:
                          help="do not delete the Node in the tenant")
     wlist = worker_sub.add_parser("list", help="the workers and their processes")
     wlist.add_argument("--json", action="store_true")
+    wrenew = worker_sub.add_parser(
+        "renew-ca", help="the node's step of a CA rotation: trust the tenant's CA bundle "
+        "(cluster-info) and TLS-bootstrap a new kubelet client certificate; pods keep running")
+    wrenew.add_argument("worker", help="w1, 1, or its node name")
+    wrenew.add_argument("--ttl", type=int, default=900,
+                        help="seconds the bootstrap token it creates is valid (default 900)")
     for sp, fn in ((wadd, cmd_worker_add), (wremove, cmd_worker_remove),
-                   (wlist, cmd_worker_list)):
+                   (wlist, cmd_worker_list), (wrenew, cmd_worker_renew_ca)):
         sp.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
         sp.add_argument("--kubeconfig", help="of the admin cluster (default: the dev cluster's)")
         sp.set_defaults(fn=fn)

@@ -27,6 +27,11 @@ thresholds). Tenants serve those: ``config.tenant_kubelet_settings()`` as
 ``spec.kubernetes.kubelet`` (``cgroupfs`` and ``configurationJSONPatches``), which every
 sample tenant carries. Before the kubelet starts, a served configuration without the ones it
 cannot start without (``config.VM_KUBELET_HARD``) fails the add with the fields to set.
+
+``renew_ca`` is a node's step of a tenant CA rotation (``haku dev worker renew-ca``): the
+bundle the tenant publishes in cluster-info (checked as kubeadm's discovery checks it,
+``worker_ca``) becomes the kubelet's client CA, and the kubelet, restarted without its client
+credentials, TLS-bootstraps again with a fresh token; its Node and pods stay.
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
-from haku.dev import addons, config, host, images, releases, toolchain
+from haku.dev import addons, config, host, images, releases, toolchain, worker_ca
 from haku.dev import worker_net as wnet
 from haku.dev.layout import Layout
 from haku.dev.processes import ComponentFailed, ProcessSpec, Supervisor, log_tail
@@ -391,13 +398,19 @@ def add(
 
 def _cluster_info(endpoint: str, timeout: float,
                   path: str = "/api/v1/namespaces/kube-public/configmaps/cluster-info",
-                  ) -> tuple[int, dict[str, Any]] | str:
+                  cadata: bytes | None = None) -> tuple[int, dict[str, Any]] | str:
     """kube-public/cluster-info (or ``path``) read anonymously: (HTTP status, body), or why
-    it failed."""
+    it failed. Without ``cadata`` the server is not verified (kubeadm's first read of
+    discovery, checked afterwards by signature and pin; or a presence check); with it, the
+    server's chain must verify against those CAs (PEM) and name the endpoint's host."""
     hostname, _, port = endpoint.rpartition(":")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # kubeadm pins the CA by hash; these are presence checks
+    if cadata is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:  # no system CAs, hostname (an IP here) checked against the certificate's SANs
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=cadata.decode())
     conn = http.client.HTTPSConnection(hostname, int(port), context=ctx, timeout=timeout)
     try:
         conn.request("GET", path)
@@ -674,12 +687,13 @@ def _get_node(kubectl: Path, kubeconfig: Path, node: str) -> dict[str, Any] | No
 
 
 def _wait_node_ready(worker: Worker, paths: WorkerPaths, kubectl: Path,
-                     supervisor: Supervisor, kubelet_name: str, timeout: float) -> None:
+                     supervisor: Supervisor, kubelet_name: str, timeout: float,
+                     since: datetime | None = None) -> None:
     started, why = time.monotonic(), "the Node does not exist yet"
     while True:
         node = _get_node(kubectl, paths.kubelet_kubeconfig, worker.node_name)
         if node:
-            ready, why = node_ready(node)
+            ready, why = node_ready(node, since)
             if ready:
                 return
         if not supervisor.running(kubelet_name):
@@ -875,6 +889,229 @@ def _kill_tasks(socket: Path, cgroup: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# renew-ca: the node's step of a CA rotation
+
+
+@dataclass
+class RenewResult:
+    worker: Worker
+    server: str  # what the bootstrap kubeconfig (and so the new kubelet.conf) names
+    cas: list[str]  # the trust bundle's CAs, in order, described
+    pinned: str  # the CA of the bundle the join command pins
+    ca_changed: bool  # pki/ca.crt (the kubelet's clientCAFile) held something else before
+    old_client: str | None  # the kubelet's client certificate before (None if it had none)
+    new_client: str  # and after
+    issuer: str  # the CA of the bundle that signed the new one
+    steps: list[tuple[str, float]]
+
+
+def renew_ca(layout: Layout, ref: str, join: JoinCommand, *, printer: Printer | None = None,
+             timeouts: Timeouts | None = None, cache: Path | None = None) -> RenewResult:
+    """The node's step of a tenant CA rotation, on worker ``ref`` (``w1``, ``1`` or its node
+    name): trust the bundle the tenant publishes and get a kubelet client certificate from
+    the tenant's current CA, without leaving the cluster or stopping a pod.
+
+    ``join`` carries a fresh bootstrap token of the worker's tenant and the pin of its CA
+    (``tenant_token``, ``haku join-command``). cluster-info is read from ``join.endpoint``
+    and checked as kubeadm's discovery checks it (``worker_ca``: signed by the token, one CA
+    pinned, read again over TLS verified against the bundle). Then the bundle goes to
+    ``pki/ca.crt`` (the kubelet's clientCAFile), the token to ``bootstrap-kubelet.conf``;
+    the kubelet is stopped, ``kubelet.conf`` and its client certificate store removed, and
+    it is started again with the same arguments: it TLS-bootstraps as on join (the CSR is
+    approved in the tenant and signed by its controller-manager) and writes a new
+    kubelet.conf holding the bundle. Returns once the new certificate is there and the
+    restarted kubelet reports its Node Ready; the bootstrap kubeconfig is removed then, as
+    kubeadm does. Running it again does it again (a new token, a new certificate); after a
+    failure, running it again with a fresh token finishes it. WorkerError (or
+    ComponentFailed, with the kubelet's log) says what went wrong and what to do.
+    """
+    out = printer or (lambda line: print(line, flush=True))
+    timeouts = timeouts or Timeouts()
+    worker = renewable(layout, ref)
+    net, paths = worker_net(layout, worker.index), worker_paths(layout, worker.index)
+    supervisor = Supervisor(layout.pids, layout.logs)
+    _, kubelet_name = process_names(worker.name)
+    if join.endpoint != worker.endpoint:
+        out(f"  note: the join command's endpoint {join.endpoint} is not the one {worker.name} "
+            f"joined through ({worker.endpoint}); discovery uses {join.endpoint}")
+    out(f"haku dev worker renew-ca {worker.name}: node {worker.node_name} of {worker.tenant}")
+    steps = _Steps(out)
+
+    # 1. discovery, checked as kubeadm does
+    signed = wait_token_signed(join.endpoint, join.token, timeouts.token_signed)
+    steps.done("bootstrap token signed in cluster-info" if signed else
+               f"bootstrap token not signed in cluster-info within {timeouts.token_signed:.0f}s")
+    info, pinned = _discover(join)
+    cas = [worker_ca.describe(c) for c in info.cas]
+    steps.done(f"cluster-info verified: {len(cas)} CA{'s' if len(cas) > 1 else ''} "
+               f"({'pinned: first' if info.cas[0] == pinned else 'pinned: not the first'})")
+    for i, (cert, text) in enumerate(zip(info.cas, cas, strict=True)):
+        out(f"    CA {i + 1}: {text} {worker_ca.spki_hash(cert)}")
+
+    # 2. the node's files: trust bundle and bootstrap kubeconfig
+    before = paths.ca.read_bytes() if paths.ca.exists() else b""
+    _write_atomic(paths.ca, info.bundle, 0o644)
+    _write_atomic(paths.bootstrap_kubeconfig,
+                  worker_ca.bootstrap_kubeconfig(info.server, info.bundle, join.token).encode(),
+                  0o600)
+    steps.done(f"wrote pki/ca.crt ({'changed' if before != info.bundle else 'unchanged'}), "
+               "bootstrap-kubelet.conf")
+
+    # 3. the kubelet without its client credentials, restarted with the same arguments
+    spec = _kubelet_spec(worker, paths, net, supervisor, kubelet_name, cache)
+    current = paths.kubelet_pki / worker_ca.CLIENT_CURRENT
+    old = worker_ca.load_certificate(current.read_bytes()) if current.exists() else None
+    supervisor.stop(kubelet_name)
+    paths.kubelet_kubeconfig.unlink(missing_ok=True)
+    removed = worker_ca.client_certificate_files(
+        p.name for p in paths.kubelet_pki.iterdir()) if paths.kubelet_pki.is_dir() else []
+    for name in removed:
+        (paths.kubelet_pki / name).unlink(missing_ok=True)
+    restarted = datetime.now(UTC)
+    record, _ = supervisor.start(spec)
+    worker.pids["kubelet"] = record.pid
+    _save(paths, worker)
+    steps.done(f"kubelet.conf, {len(removed)} client cert files removed; restarted")
+
+    # 4. its TLS bootstrap: a new client certificate from one of the bundle's CAs
+    new = _wait_client_certificate(current, old, supervisor, kubelet_name,
+                                   timeouts.tls_bootstrap)
+    issuer = next((c for c in info.cas if _issued_by(new, c)), None)
+    if issuer is None:
+        raise WorkerError(f"the kubelet's new client certificate ({worker_ca.describe(new)}, "
+                          f"issuer {new.issuer.rfc4514_string()}) is signed by no CA of the "
+                          f"tenant's bundle; {current} is kept to look at")
+    steps.done("TLS bootstrap: new client certificate")
+    out(f"    {worker_ca.describe(new)}, issued by {worker_ca.describe(issuer)}")
+
+    # 5. the restarted kubelet reports its Node Ready, with its new credentials
+    kubelet = next(Path(a) for a in spec.argv if Path(a).name == "kubelet")
+    _wait_node_ready(worker, paths, kubelet.with_name("kubectl"), supervisor, kubelet_name,
+                     timeouts.node_ready, since=restarted)
+    written = worker_ca.kubeconfig_bundle(paths.kubelet_kubeconfig.read_text())
+    if written != info.bundle:
+        raise WorkerError(f"the kubelet wrote {paths.kubelet_kubeconfig} without the tenant's "
+                          "bundle as its certificate-authority-data; run again")
+    paths.bootstrap_kubeconfig.unlink(missing_ok=True)  # the token's file, as kubeadm does
+    worker.state = "ready"
+    _save(paths, worker)
+    steps.done("node Ready (reported by the restarted kubelet)")
+    return RenewResult(worker, info.server, cas, worker_ca.describe(pinned),
+                       before != info.bundle, worker_ca.describe(old) if old else None,
+                       worker_ca.describe(new), worker_ca.describe(issuer), steps.steps)
+
+
+def renewable(layout: Layout, ref: str) -> Worker:
+    """Worker ``ref`` if ``renew_ca`` can work on it (joined, its containerd running, its
+    kubelet reading its client CA where the bundle goes); WorkerError saying why not."""
+    index = resolve(layout, ref)
+    worker = load(layout, index)
+    if worker is None:
+        raise WorkerError(f"worker {worker_name(index)} has no record (what a failed add left): "
+                          f"haku dev worker remove {worker_name(index)}")
+    paths = worker_paths(layout, index)
+    supervisor = Supervisor(layout.pids, layout.logs)
+    containerd_name, _ = process_names(worker.name)
+    again = f"haku dev worker remove {worker.name}, then add a new worker"
+    if worker.state not in ("joined", "ready") or not paths.downloaded_kubelet_config.exists():
+        raise WorkerError(f"worker {worker.name} has not joined its tenant (state "
+                          f"{worker.state}): there is nothing to renew; {again}")
+    if not supervisor.running(containerd_name):
+        raise WorkerError(f"worker {worker.name}'s containerd does not run, so neither do its "
+                          f"pods: {again}")
+    try:
+        dropin = yaml.safe_load(paths.kubelet_dropin.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise WorkerError(f"worker {worker.name} has no readable kubelet drop-in "
+                          f"({paths.kubelet_dropin}: {e}); {again}") from e
+    client_ca = worker_ca.dropin_client_ca(dropin)
+    if client_ca != str(paths.ca):  # the bundle goes there: it must be what the kubelet reads
+        raise WorkerError(f"the kubelet's drop-in {paths.kubelet_dropin} names clientCAFile "
+                          f"{client_ca}, not {paths.ca} where the tenant's bundle is written; "
+                          f"{again}")
+    return worker
+
+
+def _discover(join: JoinCommand) -> tuple[worker_ca.ClusterInfo, x509.Certificate]:
+    """cluster-info at ``join.endpoint``, checked as kubeadm's token discovery checks it."""
+    got = _cluster_info(join.endpoint, 5.0)
+    if isinstance(got, str):
+        raise WorkerError(f"cannot read the tenant's cluster-info: {got}")
+    status, data = got
+    if status != 200:
+        raise WorkerError(f"kube-public/cluster-info answers {status} "
+                          f"({data.get('message', '')}): the tenant is not bootstrapped for "
+                          "kubeadm (cluster-info and its anonymous read access)")
+    info, pinned = worker_ca.verify(data, join.token, join.ca_cert_hash)
+    again = _cluster_info(join.endpoint, 5.0, cadata=info.bundle)
+    if isinstance(again, str):
+        raise worker_ca.DiscoveryError(
+            f"reading cluster-info again over TLS verified against its CA bundle failed "
+            f"({again}): the endpoint's certificate does not chain to a CA the tenant "
+            "publishes; refused")
+    if (again[1].get("data") or {}).get("kubeconfig") != info.kubeconfig:
+        raise worker_ca.DiscoveryError(
+            "cluster-info changed between the two reads (the tenant's CA rotation moved on?); "
+            "run again")
+    return info, pinned
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.rename(path)
+
+
+def _kubelet_spec(worker: Worker, paths: WorkerPaths, net: WorkerNet, supervisor: Supervisor,
+                  kubelet_name: str, cache: Path | None) -> ProcessSpec:
+    """The worker's kubelet as it runs now (its recorded command line), or, when it does not
+    run, as ``add`` started it (from its version's cached binary)."""
+    record = supervisor.running(kubelet_name)
+    if record:
+        return ProcessSpec(kubelet_name, record.argv, env=WORKER_ENV)
+    versions = Versions.from_env().with_kubernetes(worker.kubernetes)
+    component, root = toolchain.components(versions)["kubernetes"], cache or toolchain.cache_root()
+    if not component.is_built(root):
+        raise WorkerError(f"worker {worker.name}'s kubelet does not run and kubernetes "
+                          f"{worker.kubernetes} is not built: haku dev images "
+                          f"{worker.kubernetes}, then run again")
+    flags = parse_kubeadm_flags(paths.kubeadm_flags.read_text())
+    return ProcessSpec(kubelet_name, kubelet_argv(component.directory(root) / "kubelet", paths,
+                                                  net, worker.node_name, flags), env=WORKER_ENV)
+
+
+def _wait_client_certificate(current: Path, old: x509.Certificate | None,
+                             supervisor: Supervisor, kubelet_name: str,
+                             timeout: float) -> x509.Certificate:
+    started = time.monotonic()
+    while True:
+        new = worker_ca.load_certificate(current.read_bytes()) if current.exists() else None
+        if new is not None and (old is None or new.serial_number != old.serial_number):
+            return new
+        if not supervisor.running(kubelet_name):
+            raise ComponentFailed(kubelet_name, "exited during its TLS bootstrap",
+                                  supervisor.log_path(kubelet_name))
+        if time.monotonic() - started > timeout:
+            raise ComponentFailed(
+                kubelet_name, f"got no new client certificate within {timeout:.0f}s (is the "
+                "CSR approved in the tenant? kubectl get csr; run this again with a fresh "
+                "token to retry)", supervisor.log_path(kubelet_name))
+        time.sleep(0.2)
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
 # status
 
 
@@ -975,3 +1212,30 @@ async def tenant_kubeconfig(admin_kubeconfig: Path, tenant: str) -> dict[str, An
         return (await access.load(client, namespace, name)).kubeconfig
     finally:
         await client.close()
+
+
+async def tenant_token(admin_kubeconfig: Path, tenant: str,
+                       ttl: timedelta = timedelta(minutes=15)) -> JoinCommand:
+    """A bootstrap token in ``tenant`` valid for ``ttl`` and the pin of its current CA (what
+    ``renew_ca`` needs; ``haku join-command``'s code), whatever the tenant's conditions."""
+    import httpx2
+    from lightkube import ApiError
+
+    from haku.tenant import access
+
+    namespace, name = split_tenant(tenant)
+    client = _admin_client(admin_kubeconfig)
+    try:
+        tenant_access = await access.load(client, namespace, name)
+    except LookupError as e:
+        raise WorkerError(str(e)) from e
+    except (httpx2.HTTPError, OSError) as e:
+        raise WorkerError(f"the admin cluster does not answer ({e}): is it up? "
+                          "(haku dev up)") from e
+    finally:
+        await client.close()
+    try:
+        return await access.create_join_command(tenant_access, ttl)
+    except (httpx2.HTTPError, OSError, ApiError) as e:
+        raise WorkerError(f"{tenant} did not take a bootstrap token ({e}): is it Ready? "
+                          f"(kubectl describe tcp -n {namespace} {name})") from e

@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class Timeouts:
     kubelet_files: float = 90.0  # kubeadm start -> kubelet files (discovery and preflight)
     join: float = 240.0  # the whole kubeadm join
     node_ready: float = 120.0
+    tls_bootstrap: float = 90.0  # renew-ca: kubelet restart -> a new client certificate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,9 +408,20 @@ def join_argv(net: WorkerNet, paths: WorkerPaths, kubeadm: Path) -> list[str]:
             "sh", "-c", join_script(paths, kubeadm)]
 
 
-def node_ready(node: dict[str, Any]) -> tuple[bool, str]:
-    """(Ready, why) from a Node object."""
+def node_ready(node: dict[str, Any], since: datetime | None = None) -> tuple[bool, str]:
+    """(Ready, why) from a Node object. With ``since`` (timezone-aware), Ready counts only
+    if the kubelet reported it at or after that second (its condition's lastHeartbeatTime):
+    a Node stays Ready for a while after its kubelet stops."""
     for c in (node.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
-            return c.get("status") == "True", f"{c.get('reason')}: {c.get('message')}"
+            ready, why = c.get("status") == "True", f"{c.get('reason')}: {c.get('message')}"
+            if ready and since is not None:
+                try:
+                    beat = datetime.fromisoformat(str(c.get("lastHeartbeatTime")))
+                except ValueError:
+                    return False, "Ready, without a lastHeartbeatTime"
+                if beat < since.replace(microsecond=0):
+                    return False, (f"Ready as last reported at {c.get('lastHeartbeatTime')}, "
+                                   "before the kubelet restarted")
+            return ready, why
     return False, "no Ready condition yet"
