@@ -58,6 +58,7 @@ bench: deps
 	$(VENV)/bin/python bench/datastores.py
 	$(VENV)/bin/python bench/operator_bench.py
 	$(VENV)/bin/python bench/join.py
+	$(VENV)/bin/python bench/upgrade.py
 	$(VENV)/bin/python bench/operator_image.py
 	$(VENV)/bin/python bench/operator_in_cluster.py
 

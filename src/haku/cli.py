@@ -327,6 +327,40 @@ def cmd_join_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_ca(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from haku.controller import operator
+    from haku.tenant import rotate
+
+    namespace, _, name = args.tenant.rpartition("/")
+    namespace = namespace or "default"
+
+    async def main() -> None:
+        client = operator.client_for(Path(args.kubeconfig) if args.kubeconfig else None)
+        try:
+            value = await rotate.request(client, namespace, name)
+            print(f"rotation {value} asked for (annotation haku.dev/rotate-ca)", flush=True)
+            if args.no_wait:
+                for step in rotate.node_steps(namespace, name):
+                    print(step)
+                return
+            await rotate.follow(client, namespace, name, value,
+                                lambda line: print(line, flush=True), args.timeout)
+            print(f"done: {namespace}/{name} trusts only its new CA; fetch the admin "
+                  f"kubeconfig again (haku kubeconfig {namespace}/{name})")
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(main())
+    except TimeoutError as e:
+        print(f"haku: {e}; it goes on: see kubectl get tcp -n {namespace} {name} -o "
+              "jsonpath='{.status.certificates.caRotation}'", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _worker_layout(args: argparse.Namespace) -> Layout:
     return Layout(state_dir=Path(args.state_dir) if args.state_dir else default_state_dir())
 
@@ -605,6 +639,15 @@ def parser() -> argparse.ArgumentParser:
     join.add_argument("--ttl", type=parse_duration, default=24 * 3600.0,
                       help="how long the token is valid, e.g. 30m, 24h (default 24h)")
     join.set_defaults(fn=cmd_join_command)
+    rotate = sub.add_parser(
+        "rotate-ca", help="rotate a tenant's cluster CA, staged; print what node owners do")
+    rotate.add_argument("tenant", help="NAMESPACE/NAME")
+    rotate.add_argument("--kubeconfig", help="of the admin cluster")
+    rotate.add_argument("--no-wait", action="store_true",
+                        help="ask for it and return (follow status.certificates.caRotation)")
+    rotate.add_argument("--timeout", type=parse_duration, default=3600.0,
+                        help="how long to follow it, e.g. 30m (default 1h)")
+    rotate.set_defaults(fn=cmd_rotate_ca)
     return p
 
 

@@ -13,7 +13,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.core_v1 import Pod
 
 from haku.api.resources import TenantControlPlane
-from haku.dev import addons
+from haku.dev import addons, releases
 from haku.dev import worker as workers
 from haku.dev.cluster import DevCluster
 from haku.dev.worker_config import Timeouts
@@ -87,6 +87,15 @@ async def ensure_addons(cluster: DevCluster,
     every existing worker (proxy-agent, metrics-server), built first if not cached (cold:
     minutes). Workers added afterwards get them from ``add_worker`` without a build."""
     return await asyncio.to_thread(addons.ensure, cluster.layout, names,
+                                   lambda line: print(line, flush=True))
+
+
+async def ensure_kubernetes_images(cluster: DevCluster, *kubernetes_versions: str,
+                                   ) -> releases.Report:
+    """The images of each Kubernetes release (``haku dev images``): its control-plane images
+    on the admin node, its kube-proxy on every worker; built first if not cached (cold: about
+    9 minutes a release)."""
+    return await asyncio.to_thread(releases.ensure, cluster.layout, kubernetes_versions,
                                    lambda line: print(line, flush=True))
 
 

@@ -18,7 +18,6 @@ from haku.controller.pipeline import (
     condition_types,
     run,
 )
-from haku.controller.steps.deployment import version_status
 from haku.controller.tenant import READY_TYPES
 from haku.render import InvalidSpec
 
@@ -122,23 +121,6 @@ def test_condition_types_follow_the_step_order_once_each() -> None:
         "finalizer") == len(cleanup) - 1
     # The ranges are checked, and the pods fenced in, before anything is provisioned or runs.
     assert names.index("network") < names.index("datastore") < names.index("deployment")
-
-
-@pytest.mark.parametrize(("args", "want"), [
-    # ready, rolled_out, replicas, ran_before, running, wanted
-    ((0, False, 0, True, "v1.37.2", "v1.37.2"), "Sleeping"),
-    ((0, False, 2, False, None, "v1.37.2"), "Provisioning"),
-    ((0, False, 2, True, "v1.37.2", "v1.37.2"), "NotReady"),
-    ((2, True, 2, True, "v1.37.2", "v1.37.2"), "Ready"),
-    # A scale-up or a restarted pod: still serving the same version, not an upgrade.
-    ((2, False, 3, True, "v1.37.2", "v1.37.2"), "Ready"),
-    ((1, False, 2, False, None, "v1.37.2"), "Ready"),
-    # Pods rolling from one version to another: the only Upgrading.
-    ((2, False, 2, True, "v1.36.3", "v1.37.2"), "Upgrading"),
-    ((2, True, 2, True, "v1.36.3", "v1.37.2"), "Ready"),
-])
-def test_upgrading_only_while_the_version_changes(args: Any, want: str) -> None:
-    assert version_status(*args) == want
 
 
 async def test_a_lost_lease_is_not_a_condition_but_stops_the_pass() -> None:

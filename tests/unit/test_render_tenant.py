@@ -53,9 +53,10 @@ def test_spec_defaults_match_the_crd_and_kamaji() -> None:
 def test_a_fresh_pki_is_complete_and_a_second_plan_keeps_it_byte_for_byte() -> None:
     s = tcp(networkProfile={"certSANs": ["api.example.com", "192.0.2.10"]})
     first = tenant_pki.plan(s, {}, ("10.0.0.7",), ALG, NOW)
-    assert set(first.issued) == {"ca", "front-proxy-ca", "apiserver",
+    assert set(first.issued) == {"ca", "ca-bundle", "front-proxy-ca", "apiserver",
                                  "apiserver-kubelet-client", "front-proxy-client", "sa"}
-    keys = {"ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "apiserver-kubelet-client.crt",
+    keys = {"ca.crt", "ca.key", "ca-bundle.crt", "apiserver.crt", "apiserver.key",
+            "apiserver-kubelet-client.crt",
             "apiserver-kubelet-client.key", "front-proxy-ca.crt", "front-proxy-ca.key",
             "front-proxy-client.crt", "front-proxy-client.key", "sa.key", "sa.pub"}
     assert set(first.data) == keys

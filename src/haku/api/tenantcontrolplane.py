@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 DEFAULT_ADMISSION_PLUGINS = (
@@ -410,6 +410,16 @@ class TenantControlPlaneSpec:
     # Where service_cidrs came from, for messages: serviceCidrs (a list) or serviceCidr.
     service_cidrs_field: str = "spec.networkProfile.serviceCidr"
     pod_cidrs_field: str = "spec.networkProfile.podCidr"
+
+    def at_version(self, version: str) -> TenantControlPlaneSpec:
+        """This spec for another Kubernetes version (what the in-tenant objects carry while
+        an upgrade rolls the control plane): kube-proxy's tag follows when it was derived."""
+        if version == self.version:
+            return self
+        proxy = self.addons.kube_proxy
+        if proxy is not None and proxy.image_tag == self.version:
+            proxy = replace(proxy, image_tag=version)
+        return replace(self, version=version, addons=replace(self.addons, kube_proxy=proxy))
 
     @classmethod
     def parse(cls, obj: dict[str, Any]) -> TenantControlPlaneSpec:

@@ -18,16 +18,19 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from haku.render import ca_rotation
+
 Key = tuple[str, str]
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 def certificate_expiries(data: Mapping[str, bytes]) -> dict[str, float]:
-    """notAfter (Unix seconds) of each ``NAME.crt`` in a Secret's data, by NAME."""
+    """notAfter (Unix seconds) of each ``NAME.crt`` in a Secret's data, by NAME; not the
+    trust bundle (``ca-bundle.crt``: the CAs listed on their own)."""
     out: dict[str, float] = {}
     for name, pem in data.items():
-        if not name.endswith(".crt"):
+        if not name.endswith(".crt") or name == ca_rotation.BUNDLE:
             continue
         try:
             cert = x509.load_pem_x509_certificate(pem)

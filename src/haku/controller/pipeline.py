@@ -93,6 +93,15 @@ class Context:
     deployment: Any = None
     konnectivity_port: int = 0  # the port agents dial (a NodePort's node port)
     agents: Any = None  # haku.tenant.bootstrap.Agents, when the addon is on and reachable
+    rollout: Any = None  # haku.render.upgrade.Rollout: the Deployment's pods
+    observed_version: str | None = None  # what the tenant's /version answered
+    # The version the in-tenant objects are rendered at (the running one during an upgrade's
+    # control-plane phase), and the one they were applied at this pass.
+    tenant_version: str = ""
+    tenant_objects_version: str | None = None
+    bundle_applied: bytes | None = None  # the trust bundle the in-tenant objects got
+    # Look again this soon at the latest, even when Ready (a CA rotation under way).
+    requeue_within: float | None = None
     # Conditions a step says do not apply to this tenant (an informational one whose addon
     # is off): removed from the status.
     removed_conditions: set[str] = field(default_factory=set)

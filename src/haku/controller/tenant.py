@@ -46,7 +46,7 @@ from haku.controller.resources import FIELD_MANAGER
 from haku.controller.runtime import Key, Result
 from haku.controller.steps.finalizer import FINALIZER
 from haku.controller.tenant_watches import TenantWatches
-from haku.render import InvalidSpec, tenant_status
+from haku.render import InvalidSpec, ca_rotation, tenant_status, upgrade
 
 __all__ = ["CONDITION_TYPES", "FINALIZER", "READY_TYPES", "OperatorConfig",
            "TenantReconciler"]
@@ -228,7 +228,7 @@ class TenantReconciler:
         """Seconds until the next look (see RequeuePolicy)."""
         if ready:
             self.requeue.reset(ctx.key)
-            return self.config.ready_resync
+            return min(self.config.ready_resync, ctx.requeue_within or self.config.ready_resync)
         if outcome.retry_after is not None:
             return self.requeue.delay(ctx.key, outcome.retry_after)
         if ctx.conditions["ControlPlaneAvailable"].status == "True":
@@ -396,6 +396,15 @@ class TenantReconciler:
         full = tenant_status.merge_status(previous, status)
         status.clear()
         status.update(full)
+        if not deleting:
+            version_before = (previous.get("kubernetesResources") or {}).get("version")
+            found_events = [
+                *upgrade.version_events(version_before, full["kubernetesResources"]["version"],
+                                        spec.replicas),
+                *ca_rotation.events(ca_rotation.rotation_of(previous),
+                                    ca_rotation.rotation_of(full))]
+            for event in found_events:
+                self.events.emit(ctx.obj, event.kind, event.reason, event.message)
         if full != previous:  # unchanged (a routine pass): no write
             await self._apply_status(spec.name, spec.namespace, status)
         return found["Ready"].status == "True"

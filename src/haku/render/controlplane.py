@@ -23,13 +23,16 @@ from haku.api.tenantcontrolplane import (
     service_cidr_problem,
     version_problem,
 )
-from haku.render import InvalidSpec
+from haku.render import InvalidSpec, ca_rotation
 from haku.render import kine as kine_render
 from haku.render import konnectivity as konnectivity_render
 from haku.render.args import flag_name, merge_args
 from haku.render.storage import TenantConnection
 
 PKI = "/etc/kubernetes/pki"
+# The CAs the tenant trusts (ca.crt, and another during a rotation: render/ca_rotation.py);
+# ca.crt alone is the CA that signs.
+TRUST_BUNDLE = ca_rotation.BUNDLE
 CONFIG = "/etc/kubernetes/config"
 MANAGED_BY = "haku"
 TENANT_LABEL = "haku.dev/tenant-control-plane"
@@ -49,6 +52,10 @@ READINESS = {"initialDelaySeconds": 0, "timeoutSeconds": 15, "periodSeconds": 1,
              "failureThreshold": 3}
 STARTUP = {"initialDelaySeconds": 0, "timeoutSeconds": 15, "periodSeconds": 1,
            "failureThreshold": 240}
+
+# kube-apiserver's --shutdown-delay-duration (see apiserver_args); well within the pods'
+# default 30 s grace period.
+SHUTDOWN_DELAY = "5s"
 
 # Requests when spec.controlPlane.deployment.resources does not set a component's (no
 # limits). Not kubeadm's (250m + 200m + 100m CPU assume a node of its own: 2 cores would hold
@@ -172,7 +179,7 @@ def apiserver_managed(spec: TenantControlPlaneSpec, storage: TenantConnection,
         "--advertise-address": advertise_address,
         "--bind-address": "0.0.0.0",  # noqa: S104  (inside the pod)
         "--secure-port": str(secure_port or spec.port),
-        "--client-ca-file": f"{PKI}/ca.crt",
+        "--client-ca-file": f"{PKI}/{TRUST_BUNDLE}",
         "--tls-cert-file": f"{PKI}/apiserver.crt",
         "--tls-private-key-file": f"{PKI}/apiserver.key",
         "--kubelet-client-certificate": f"{PKI}/apiserver-kubelet-client.crt",
@@ -207,6 +214,10 @@ def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
         "--requestheader-group-headers": "X-Remote-Group",
         "--requestheader-username-headers": "X-Remote-User",
         "--service-account-issuer": f"https://kubernetes.default.svc.{spec.cluster_domain}",
+        # On SIGTERM (a rollout replacing the pod) /readyz fails at once and the server goes
+        # on answering for this long, while its endpoint leaves the Service: no client sees a
+        # refused connection.
+        "--shutdown-delay-duration": SHUTDOWN_DELAY,
     }
     if any(flag_name(a) == "--authorization-config" for a in spec.extra_args.api_server):
         defaults.pop("--authorization-mode")  # the two flags exclude each other
@@ -220,9 +231,9 @@ def controller_manager_managed(spec: TenantControlPlaneSpec) -> dict[str, str]:
         "--authentication-kubeconfig": kc,
         "--authorization-kubeconfig": kc,
         "--bind-address": "0.0.0.0",  # noqa: S104  (inside the pod)
-        "--client-ca-file": f"{PKI}/ca.crt",
+        "--client-ca-file": f"{PKI}/{TRUST_BUNDLE}",
         "--requestheader-client-ca-file": f"{PKI}/front-proxy-ca.crt",
-        "--root-ca-file": f"{PKI}/ca.crt",
+        "--root-ca-file": f"{PKI}/{TRUST_BUNDLE}",
         "--service-account-private-key-file": f"{PKI}/sa.key",
         "--cluster-signing-cert-file": f"{PKI}/ca.crt",
         "--cluster-signing-key-file": f"{PKI}/ca.key",

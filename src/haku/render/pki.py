@@ -121,6 +121,38 @@ def new_ca(
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
 
+def cross_sign(ca: KeyPair, by: KeyPair, now: datetime | None = None) -> bytes:
+    """CA ``ca``'s certificate issued by CA ``by`` (its subject, key and key identifier, so
+    chains built from ``ca`` reach ``by`` too): served after a leaf of ``ca``, it lets
+    clients that trust only ``by`` verify that leaf. PEM; valid while both are."""
+    now = now or datetime.now(UTC)
+    cert, signer = ca.cert, by.cert
+    cross = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(signer.subject)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(min(cert.not_valid_after_utc, signer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=True, key_cert_sign=True,
+                content_commitment=False, data_encipherment=False, key_agreement=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(cert.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            by.key.public_key()), critical=False)
+        .sign(by.key, hashes.SHA256())
+    )
+    return cross.public_bytes(serialization.Encoding.PEM)
+
+
 def issue(
     ca: KeyPair,
     common_name: str,

@@ -15,6 +15,7 @@ removed addon takes exactly its own objects with it.
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,8 @@ from haku.render import konnectivity as konnectivity_render
 ADDON_LABEL = "haku.dev/addon"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "haku"}
 CORE, KUBE_PROXY, COREDNS = "core", "kube-proxy", "coredns"
+# On the addons' pod templates: the fingerprint of the CAs the tenant trusts.
+TRUST_ANNOTATION = "haku.dev/trust-bundle"
 KONNECTIVITY = konnectivity_render.GROUP
 
 KUBE_SYSTEM, KUBE_PUBLIC = "kube-system", "kube-public"
@@ -499,13 +502,23 @@ def konnectivity_objects(spec: TenantControlPlaneSpec, endpoint: str,
 
 def bootstrap_objects(spec: TenantControlPlaneSpec, ca_crt: bytes, endpoint: str,
                       konnectivity_port: int | None = None) -> dict[str, list[Object]]:
-    """Everything, by group; core first. An absent addon's group is empty."""
-    return {
+    """Everything, by group; core first. An absent addon's group is empty. ``ca_crt`` is
+    the CAs the tenant trusts (``cluster-info``'s; two during a CA rotation): the addons'
+    pod templates carry its fingerprint, so that a new bundle restarts them onto it (their
+    clients read the ServiceAccount's ca.crt once, at start)."""
+    groups = {
         CORE: core_objects(spec, ca_crt, endpoint),
         KUBE_PROXY: kube_proxy_objects(spec, endpoint),
         COREDNS: coredns_objects(spec),
         KONNECTIVITY: konnectivity_objects(spec, endpoint, konnectivity_port),
     }
+    trust = hashlib.sha256(ca_crt).hexdigest()[:16]
+    for objects in groups.values():
+        for obj in objects:
+            if obj["kind"] in ("Deployment", "DaemonSet"):
+                template = obj["spec"]["template"].setdefault("metadata", {})
+                template.setdefault("annotations", {})[TRUST_ANNOTATION] = trust
+    return groups
 
 
 def object_key(obj: Object) -> tuple[str, str, str, str]:

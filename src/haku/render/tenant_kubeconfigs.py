@@ -57,10 +57,13 @@ def plan(
     identities: tuple[Identity, ...] = IDENTITIES,
     algorithm: pki.KeyAlgorithm = pki.KeyAlgorithm.RSA_2048,
     now: datetime | None = None,
+    trust: bytes | None = None,
 ) -> Plan:
-    """Each identity's kubeconfig: kept while it points at the right server, trusts the current
-    CA and holds a valid client certificate; written afresh otherwise."""
+    """Each identity's kubeconfig: kept while it points at the right server, trusts
+    ``trust`` (the CAs the tenant trusts; default the current CA alone) and holds a valid
+    client certificate from the current CA; written afresh otherwise."""
     now = now or datetime.now(UTC)
+    trust = trust or ca.cert_pem
     data: dict[str, bytes] = {}
     issued: dict[str, str] = {}
     for ident in identities:
@@ -71,8 +74,8 @@ def plan(
             why = "missing"
         elif current[0] != server:
             why = f"server moved to {server}"
-        elif current[1] != ca.cert_pem:
-            why = "CA changed"
+        elif current[1] != trust:
+            why = "CAs trusted changed"
         else:
             why = why_reissue(current[2], "x", ca, now)
         if why is None:
@@ -81,7 +84,7 @@ def plan(
         pair = pki.issue(ca, ident.user, pki.Usage.CLIENT, organizations=ident.organizations,
                          algorithm=algorithm, valid_for=LEAF_VALIDITY, now=now)
         doc = kubeconfig.client_certificate_kubeconfig(
-            cluster_name, server, ca.cert_pem, ident.user, pair.cert_pem, pair.key_pem)
+            cluster_name, server, trust, ident.user, pair.cert_pem, pair.key_pem)
         data[ident.file] = kubeconfig.dump(doc).encode()
         issued[ident.file] = why
     return Plan(data, issued)

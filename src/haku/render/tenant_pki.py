@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.render import InvalidSpec, pki
+from haku.render import ca_rotation as cr
 from haku.render.controlplane import kubernetes_service_ips
 
 RENEW_BEFORE = timedelta(days=30)
@@ -118,7 +119,11 @@ def plan(
     addresses: tuple[str, ...] = (),
     algorithm: pki.KeyAlgorithm = pki.KeyAlgorithm.RSA_2048,
     now: datetime | None = None,
+    rotation: cr.Intent = cr.NO_CHANGE,
 ) -> Plan:
+    """The full set (see the module). ``rotation`` starts a CA rotation, promotes its new CA
+    or drops the old one (haku.render.ca_rotation); ``ca-bundle.crt`` is always the CAs the
+    tenant trusts, the signing one first."""
     now = now or datetime.now(UTC)
     data = dict(existing)
     issued: dict[str, str] = {}
@@ -146,11 +151,40 @@ def plan(
         issued[name] = why
 
     cluster_ca = ca("ca", "kubernetes")
+    if rotation.start and rotation.start.encode() != existing.get(cr.REQUEST) and \
+            cr.NEXT_CERT not in data and cr.PREVIOUS not in data:
+        # A rotation starts: a new CA, trusted (in the bundle) before it signs anything.
+        nxt = pki.new_ca(f"kubernetes-{now:%Y%m%d%H%M%S}", algorithm, CA_VALIDITY, now)
+        data[cr.NEXT_CERT], data[cr.NEXT_KEY] = nxt.cert_pem, nxt.key_pem
+        data[cr.REQUEST] = rotation.start.encode()
+        issued["ca-next"] = f"rotation {rotation.start!r}: a new CA, trusted before it signs"
+    if rotation.promote and cr.NEXT_CERT in data:
+        # It signs from now on; the old CA's certificate stays trusted (and vouches for the
+        # new one, cross-signed) until the drop; its key goes.
+        new = pki.KeyPair(data.pop(cr.NEXT_CERT), data.pop(cr.NEXT_KEY))
+        data[cr.PREVIOUS] = cluster_ca.cert_pem
+        data[cr.CROSS] = pki.cross_sign(new, cluster_ca, now)
+        data["ca.crt"], data["ca.key"] = new.cert_pem, new.key_pem
+        issued["ca"] = "rotation: the new CA signs from now on"
+        cluster_ca = new
+    if rotation.drop and cr.PREVIOUS in data:
+        del data[cr.PREVIOUS]
+        data.pop(cr.CROSS, None)
+        issued["ca-previous"] = "dropped: the rotation is over"
+    bundle = cluster_ca.cert_pem + data.get(cr.NEXT_CERT, b"") + data.get(cr.PREVIOUS, b"")
+    if data.get(cr.BUNDLE) != bundle:
+        data[cr.BUNDLE] = bundle
+        issued[cr.BUNDLE.removesuffix(".crt")] = "the CAs trusted changed"
     front_proxy_ca = ca("front-proxy-ca", "front-proxy-ca")
     dns, ips = apiserver_names(spec, addresses)
     leaf("apiserver", cluster_ca, "kube-apiserver", pki.Usage.SERVER, dns=dns, ips=ips)
     leaf("apiserver-kubelet-client", cluster_ca, "kube-apiserver-kubelet-client",
          pki.Usage.CLIENT, ("kubeadm:cluster-admins",))
+    for name in cr.CHAINED:  # the leaf, then the cross-signed CA while there is one
+        chained = cr.certificates(data[f"{name}.crt"])[0] + data.get(cr.CROSS, b"")
+        if data[f"{name}.crt"] != chained:
+            data[f"{name}.crt"] = chained
+            issued.setdefault(name, "chain changed")
     leaf("front-proxy-client", front_proxy_ca, "front-proxy-client", pki.Usage.CLIENT)
     if not existing.get("sa.key") or not existing.get("sa.pub"):
         key = pki.new_key(algorithm)

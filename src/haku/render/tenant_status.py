@@ -13,6 +13,15 @@ PROVISIONED = frozenset({"Ready", "NotReady", "Upgrading", "Sleeping",
                          "CertificateAuthorityRotating", "Migrating", "WriteLimited"})
 
 
+@dataclass(frozen=True)
+class Event:
+    """An Event a status change calls for (the controller records it)."""
+
+    kind: str  # Normal or Warning
+    reason: str
+    message: str
+
+
 def merge_status(previous: dict[str, Any] | None, computed: dict[str, Any]) -> dict[str, Any]:
     """The status to apply: ``previous`` with what this reconcile ``computed`` written over
     it, key by key in nested objects (lists and scalars are replaced whole). A field this

@@ -18,6 +18,9 @@ bootstrap          TenantBootstrapped      kubeadm's join objects and the addons
 konnectivity       KonnectivityConnected   whether the Konnectivity agents are connected
                                            (informational: not part of Ready; absent when the
                                            addon is off)
+ca-rotation        —                       a CA rotation's phases (status.certificates.caRotation)
+version            —                       status.kubernetesResources.version and an upgrade's
+                                           phases (control plane, then in-tenant objects)
 =================  ======================  =====================================================
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 from haku.controller.pipeline import Step
 from haku.controller.steps.apiserver import APIServerStep
 from haku.controller.steps.bootstrap import BootstrapStep
+from haku.controller.steps.ca_rotation import CARotationStep
 from haku.controller.steps.certificates import CertificatesStep
 from haku.controller.steps.datastore import DataStoreStep
 from haku.controller.steps.deployment import DeploymentStep
@@ -34,12 +38,14 @@ from haku.controller.steps.exposure import IngressStep, ServiceStep
 from haku.controller.steps.finalizer import FinalizerStep
 from haku.controller.steps.konnectivity import KonnectivityStep
 from haku.controller.steps.network import NetworkStep
+from haku.controller.steps.version import VersionStep
 
 __all__ = ["STEPS", "Deps", "pipeline"]
 
 # The steps of a TenantControlPlane, in the order they apply.
 STEPS = (FinalizerStep, NetworkStep, DataStoreStep, ServiceStep, CertificatesStep, DeploymentStep,
-         IngressStep, APIServerStep, BootstrapStep, KonnectivityStep)
+         IngressStep, APIServerStep, BootstrapStep, KonnectivityStep, CARotationStep,
+         VersionStep)
 
 
 def pipeline(deps: Deps) -> list[Step]:

@@ -1,5 +1,6 @@
 """``APIServerReady``: the tenant's /readyz answers through the exposed endpoint, asked with
-the tenant's super-admin identity (so the path a client takes is the one tested)."""
+the tenant's super-admin identity (so the path a client takes is the one tested); and the
+version /version reports, which an upgrade waits for (haku.render.upgrade)."""
 
 from __future__ import annotations
 
@@ -18,27 +19,34 @@ from haku.datastore.base import PrivateFiles
 CONDITION = "APIServerReady"
 
 
-async def probe(endpoint: str, super_admin: bytes) -> Condition:
-    """/readyz at ``endpoint`` with the identity of kubeconfig ``super_admin``."""
+async def probe(endpoint: str, super_admin: bytes,
+                ca: bytes | None = None) -> tuple[Condition, str | None]:
+    """/readyz at ``endpoint`` with the identity of kubeconfig ``super_admin``, and the
+    ``gitVersion`` /version answers once it is ready (None if it did not say). ``ca``: trust
+    these CAs instead of the kubeconfig's."""
     doc = yaml.safe_load(super_admin)
     user = doc["users"][0]["user"]
     files = PrivateFiles("haku-probe-")
     try:
-        ctx = ssl.create_default_context(cadata=base64.b64decode(
-            doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode())
+        ctx = ssl.create_default_context(cadata=(ca or base64.b64decode(
+            doc["clusters"][0]["cluster"]["certificate-authority-data"])).decode())
         ctx.load_cert_chain(
             files.write("tls.crt", base64.b64decode(user["client-certificate-data"])),
             files.write("tls.key", base64.b64decode(user["client-key-data"])))
         async with httpx2.AsyncClient(verify=ctx, timeout=5.0, trust_env=False) as http:
             response = await http.get(f"{endpoint}/readyz")
-        if response.status_code != 200:
-            return Condition(CONDITION, "False", "NotReady",
-                             f"{endpoint}/readyz answered {response.status_code}")
-    except (httpx2.HTTPError, ApiError, ssl.SSLError, OSError) as e:
-        return Condition(CONDITION, "False", "Unreachable", f"{endpoint}/readyz: {e}")
+            if response.status_code != 200:
+                return Condition(CONDITION, "False", "NotReady",
+                                 f"{endpoint}/readyz answered {response.status_code}"), None
+            answer = await http.get(f"{endpoint}/version")
+            version = answer.json().get("gitVersion") if answer.status_code == 200 else None
+    except (httpx2.HTTPError, ApiError, ssl.SSLError, OSError, ValueError) as e:
+        return Condition(CONDITION, "False", "Unreachable", f"{endpoint}/readyz: {e}"), None
     finally:
         files.cleanup()
-    return Condition(CONDITION, "True", "Serving", f"{endpoint}/readyz answered ok")
+    return Condition(CONDITION, "True", "Serving",
+                     f"{endpoint}/readyz answered ok" +
+                     (f"; /version: {version}" if version else "")), version
 
 
 class APIServerStep(StepBase):
@@ -51,5 +59,6 @@ class APIServerStep(StepBase):
             ctx.conditions[CONDITION] = Condition(CONDITION, "False", "NoControlPlane",
                                                   "no control-plane pod is ready yet")
             return
-        ctx.conditions[CONDITION] = await probe(ctx.endpoint, ctx.super_admin)
+        ctx.conditions[CONDITION], ctx.observed_version = await probe(ctx.endpoint,
+                                                                      ctx.super_admin)
 

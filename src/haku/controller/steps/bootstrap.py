@@ -1,6 +1,7 @@
 """``TenantBootstrapped``: kubeadm's bootstrap objects and the addons in ``spec.addons``,
 applied inside the tenant once its API answers (haku.tenant.bootstrap); the tenant's objects
-are watched so that drift is repaired."""
+are watched so that drift is repaired. While an upgrade rolls the control plane they keep the
+version that runs (haku.render.upgrade)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from haku.api.conditions import Condition
 from haku.controller.pipeline import Context
 from haku.controller.resources import FIELD_MANAGER
 from haku.controller.steps.deps import StepBase
-from haku.render import konnectivity, tenant_bootstrap
+from haku.render import ca_rotation, konnectivity, tenant_bootstrap, upgrade
 from haku.tenant import bootstrap
 
 CONDITION = "TenantBootstrapped"
@@ -37,8 +38,14 @@ class BootstrapStep(StepBase):
         ctx.conditions[CONDITION] = await self._bootstrap(ctx, installed)
 
     async def _bootstrap(self, ctx: Context, installed: dict[str, bool]) -> Condition:
-        spec = ctx.spec
-        groups = tenant_bootstrap.bootstrap_objects(spec, ctx.pki["ca.crt"], ctx.endpoint,
+        # During an upgrade's control-plane phase the objects keep the running version.
+        previous = (ctx.previous_status.get("kubernetesResources") or {}).get("version")
+        ctx.tenant_version = upgrade.tenant_objects_version(
+            previous, ctx.spec.version, ctx.rollout or upgrade.Rollout(0, 0, False),
+            ctx.observed_version)
+        spec = ctx.spec.at_version(ctx.tenant_version)
+        trust = ctx.pki[ca_rotation.BUNDLE]
+        groups = tenant_bootstrap.bootstrap_objects(spec, trust, ctx.endpoint,
                                                     ctx.konnectivity_port or None)
         doc: dict[str, Any] = yaml.safe_load(ctx.super_admin)
         tenant = AsyncClient(KubeConfig.from_dict(doc), field_manager=FIELD_MANAGER,
@@ -65,6 +72,8 @@ class BootstrapStep(StepBase):
                     "mode": ctx.agents.mode, "desired": ctx.agents.desired,
                     "ready": ctx.agents.ready}
             await tenant.close()
+        ctx.tenant_objects_version = ctx.tenant_version
+        ctx.bundle_applied = trust
         if pruned:
             self.deps.events.emit(ctx.obj, "Normal", "AddonRemoved",
                                   "removed from the tenant: " + ", ".join(pruned))

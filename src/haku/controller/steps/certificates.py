@@ -1,5 +1,7 @@
 """kubeadm's certificates for the tenant and its kubeconfigs, kept unless missing or due
-(key generation runs off the event loop)."""
+(key generation runs off the event loop). A CA rotation's changes to the CAs (a new one
+trusted, then signing, then the old one dropped) happen here, as its phase says
+(haku.render.ca_rotation; the ca-rotation step moves the phase on)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,14 @@ from haku.api.conditions import Condition
 from haku.controller.metrics import certificate_expiries
 from haku.controller.pipeline import Context
 from haku.controller.steps.deps import StepBase
-from haku.render import controlplane, konnectivity, pki, tenant_kubeconfigs, tenant_pki
+from haku.render import (
+    ca_rotation,
+    controlplane,
+    konnectivity,
+    pki,
+    tenant_kubeconfigs,
+    tenant_pki,
+)
 
 CONDITION = "CertificatesReady"
 
@@ -24,8 +33,10 @@ class CertificatesStep(StepBase):
         address = ctx.need(ctx.address, "the endpoint address")
         existing = await deps.secret_data(ctx, n["pki"])
         sans = (address, spec.advertise_address) if spec.advertise_address else (address,)
+        rotation = ca_rotation.intent(ca_rotation.requested(
+            ctx.obj["metadata"].get("annotations")), ca_rotation.rotation_of(ctx.previous_status))
         plan = await asyncio.to_thread(tenant_pki.plan, spec, existing, sans,
-                                       deps.config.key_algorithm)
+                                       deps.config.key_algorithm, None, rotation)
         if plan.changed:
             await deps.apply_secret(ctx, n["pki"], plan.data)
             deps.events.emit(ctx.obj, "Normal", "CertificatesIssued",
@@ -44,7 +55,8 @@ class CertificatesStep(StepBase):
             pod_files.append(tenant_kubeconfigs.KONNECTIVITY.file)
         configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca,
                                           internal | user_facing, ctx.endpoint, local,
-                                          identities, deps.config.key_algorithm)
+                                          identities, deps.config.key_algorithm, None,
+                                          plan.data[ca_rotation.BUNDLE])
         ctx.kubeconfigs = {k: configs.data[k] for k in pod_files}
         if spec.addons.konnectivity is not None:
             ctx.kubeconfigs[konnectivity.EGRESS_FILE] = \

@@ -1,11 +1,13 @@
-"""The control-plane Deployment (pod-template checksums roll the pods when a Secret changes),
-and Kamaji's ``kubernetesResources.version.status`` from what runs. On delete its pods are
+"""The control-plane Deployment (pod-template checksums roll the pods when a Secret changes; a
+new version rolls them with ``maxUnavailable: 0``), and Kamaji's
+``kubernetesResources.version`` from what runs (haku.render.upgrade). On delete its pods are
 stopped before the datastore step drops the tenant's data, so no API server writes into a
 space that is being deleted."""
 
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from lightkube.resources.apps_v1 import Deployment
@@ -14,7 +16,7 @@ from lightkube.resources.core_v1 import Pod
 from haku.api.conditions import Condition
 from haku.controller.pipeline import Context, Wait
 from haku.controller.steps.deps import StepBase
-from haku.render import controlplane
+from haku.render import controlplane, tenant_status, upgrade
 from haku.render.netpol import is_ip
 
 CONDITION = "ControlPlaneAvailable"
@@ -27,17 +29,18 @@ def sha(data: dict[str, bytes]) -> str:
     return h.hexdigest()[:16]
 
 
-def version_status(ready: int, rolled_out: bool, replicas: int, ran_before: bool,
-                   running_version: str | None, wanted: str) -> str:
-    """Kamaji's version.status. ``Upgrading`` only while the version changes (pods rolling
-    from ``running_version`` to ``wanted``), never for a scale-up or a restarted pod."""
-    if replicas == 0:
-        return "Sleeping"
-    if ready == 0:
-        return "NotReady" if ran_before else "Provisioning"
-    if not rolled_out and running_version and running_version != wanted:
-        return "Upgrading"
-    return "Ready"
+def version_state(ctx: Context) -> dict[str, Any]:
+    """``kubernetesResources.version`` from what this pass has seen so far (the version
+    step refines it once /version and the in-tenant objects are known)."""
+    previous = (ctx.previous_status.get("kubernetesResources") or {}).get("version") or {}
+    ran_before = previous.get("status") in tenant_status.PROVISIONED \
+        or bool(previous.get("version"))
+    return upgrade.version_state(previous, ctx.spec.version, ctx.rollout, ran_before,
+                                 now_rfc3339(), ctx.observed_version, ctx.tenant_objects_version)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class DeploymentStep(StepBase):
@@ -75,17 +78,8 @@ class DeploymentStep(StepBase):
             "selector": ",".join(f"{k}={v}" for k, v in controlplane.selector(spec).items()),
             "replicas": (s.replicas or 0) if s else 0, "readyReplicas": ready,
             "updatedReplicas": updated, "availableReplicas": available}
-        previous = (ctx.previous_status.get("kubernetesResources") or {}).get("version") or {}
-        ran_before = previous.get("status") in ("Ready", "NotReady", "Upgrading", "Sleeping") \
-            or bool(previous.get("version"))
-        status = version_status(ready, rolled_out, spec.replicas, ran_before,
-                                previous.get("version"), spec.version)
-        version: dict[str, Any] = {"status": status}
-        if (status == "Ready" and rolled_out) or status == "Sleeping":
-            version["version"] = spec.version
-        elif previous.get("version"):
-            version["version"] = previous["version"]  # what still runs
-        resources["version"] = version
+        ctx.rollout = upgrade.Rollout(spec.replicas, ready, rolled_out)
+        resources["version"] = version_state(ctx)
         if spec.replicas == 0:
             ctx.conditions[CONDITION] = Condition(CONDITION, "False", "Sleeping",
                                                   "replicas is 0")
