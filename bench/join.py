@@ -22,29 +22,23 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lightkube import AsyncClient, KubeConfig
+from lightkube import AsyncClient
 from lightkube.codecs import from_dict
 
+from common import log, operator_cluster
 from haku.api.resources import TenantControlPlane
-from haku.controller.operator import install_crds
 from haku.controller.tenant import CONDITION_TYPES
 from haku.dev import addons, samples, worker
 from haku.dev.cluster import DevCluster
-from haku.dev.layout import Layout
 from haku.tenant import access
 
 NAMESPACE = "bench-join"
-
-
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 async def conditions_until(client: AsyncClient, name: str, started: float,
@@ -98,36 +92,16 @@ async def one_run(cluster: DevCluster, client: AsyncClient, index: int,
 
 
 async def bench(runs: int, variants: list[str]) -> dict[str, Any]:
-    cluster = DevCluster(Layout(state_dir=Path("/var/lib/haku/bench-join")), printer=log)
-    cluster.down(purge=True)
-    cluster.up()
-    lay = cluster.layout
-    if "konnectivity" in variants:
-        await asyncio.to_thread(addons.ensure, lay, ["konnectivity"], log)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "haku", "operator", "run", f"--kubeconfig={lay.admin_kubeconfig}",
-         "--lease-duration=5"],
-        stdout=(lay.logs / "bench-operator.log").open("wb"), stderr=subprocess.STDOUT)
-    client = AsyncClient(KubeConfig.from_file(lay.admin_kubeconfig), field_manager="bench",
-                         trust_env=False)
+    def images(cluster: DevCluster) -> None:
+        if "konnectivity" in variants:
+            addons.ensure(cluster.layout, ["konnectivity"], log)
+
     results = []
-    try:
-        await install_crds(client, "haku-system")
-        for obj in samples.datastore_objects(lay):
-            await client.apply(from_dict(obj), force=True)
-        await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
-                                      "metadata": {"name": NAMESPACE}}), force=True)
+    async with operator_cluster(Path("/var/lib/haku/bench-join"), NAMESPACE,
+                                images) as (cluster, client):
         for i in range(runs):
             for j, variant in enumerate(variants):
                 results.append(await one_run(cluster, client, i * len(variants) + j, variant))
-    finally:
-        await client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        cluster.down(purge=True)
     medians: dict[str, Any] = {}
     for variant in variants:
         mine = [r for r in results if r["variant"] == variant]

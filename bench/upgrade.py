@@ -18,33 +18,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lightkube import AsyncClient, KubeConfig
+from lightkube import AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from common import log, operator_cluster
 from haku.api.resources import TenantControlPlane
-from haku.controller.operator import install_crds
 from haku.dev import releases, samples, worker
 from haku.dev.client_loop import ClientLoop
 from haku.dev.cluster import DevCluster
-from haku.dev.layout import Layout
 from haku.dev.versions import KUBERNETES_VERSION, PREVIOUS_KUBERNETES_VERSION
 from haku.tenant import access
 
 NAMESPACE = "bench-upgrade"
 OLD, NEW = PREVIOUS_KUBERNETES_VERSION, KUBERNETES_VERSION
-
-
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def version_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -129,34 +123,14 @@ async def one_run(cluster: DevCluster, client: AsyncClient, index: int) -> dict[
 
 
 async def bench(runs: int) -> dict[str, Any]:
-    cluster = DevCluster(Layout(state_dir=Path("/var/lib/haku/bench-upgrade")), printer=log)
-    cluster.down(purge=True)
-    cluster.up()
-    lay = cluster.layout
-    await asyncio.to_thread(releases.ensure, lay, [OLD, NEW], log)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "haku", "operator", "run", f"--kubeconfig={lay.admin_kubeconfig}",
-         "--lease-duration=5"],
-        stdout=(lay.logs / "bench-operator.log").open("wb"), stderr=subprocess.STDOUT)
-    client = AsyncClient(KubeConfig.from_file(lay.admin_kubeconfig), field_manager="bench",
-                         trust_env=False)
+    def images(cluster: DevCluster) -> None:
+        releases.ensure(cluster.layout, [OLD, NEW], log)
+
     results = []
-    try:
-        await install_crds(client, "haku-system")
-        for obj in samples.datastore_objects(lay):
-            await client.apply(from_dict(obj), force=True)
-        await client.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
-                                      "metadata": {"name": NAMESPACE}}), force=True)
+    async with operator_cluster(Path("/var/lib/haku/bench-upgrade"), NAMESPACE,
+                                images) as (cluster, client):
         for i in range(runs):
             results.append(await one_run(cluster, client, i))
-    finally:
-        await client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        cluster.down(purge=True)
     return {"benchmark": "upgrade", "runs": results,
             "failed_requests_total": sum(r["client"]["failed"] for r in results),
             "requests_total": sum(r["client"]["requests"] for r in results)}

@@ -36,7 +36,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from haku.render.tenant_status import Event
+from haku.render.tenant_status import Event, phases_entered
 
 ANNOTATION = "haku.dev/rotate-ca"
 TRUSTING, REISSUING, NODES_PENDING = "Trusting", "Reissuing", "NodesPending"
@@ -167,15 +167,10 @@ def advance(rotation: Mapping[str, Any], pki: Mapping[str, bytes], annotation: s
 
 def events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Event]:
     """Events for the phases entered between two ``caRotation`` statuses."""
-    order = list(PHASES)
-    new = after.get("phase")
-    if new not in order:
-        return []
     same = before.get("requested") == after.get("requested")
-    seen = before.get("phase") if same else None
-    start = order.index(seen) + 1 if seen in order else 0
     out = []
-    for phase in order[start:order.index(new) + 1]:
+    for phase in phases_entered(PHASES, before.get("phase") if same else None,
+                                after.get("phase") or ""):
         if phase == TRUSTING:
             out.append(Event("Normal", "CertificateAuthorityRotating", (
                 f"new CA {after.get('currentCA')} trusted beside {after.get('previousCA')}; "

@@ -89,6 +89,14 @@ def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
     return x509.Name(attributes)
 
 
+# What a CA's key may do: sign certificates (and, as kubeadm's CAs, sign and encipher).
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, key_encipherment=True, key_cert_sign=True,
+    content_commitment=False, data_encipherment=False, key_agreement=False,
+    crl_sign=False, encipher_only=False, decipher_only=False,
+)
+
+
 def new_ca(
     common_name: str,
     algorithm: KeyAlgorithm = KeyAlgorithm.RSA_2048,
@@ -107,14 +115,7 @@ def new_ca(
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + valid_for)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_encipherment=True, key_cert_sign=True,
-                content_commitment=False, data_encipherment=False, key_agreement=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -136,14 +137,7 @@ def cross_sign(ca: KeyPair, by: KeyPair, now: datetime | None = None) -> bytes:
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(min(cert.not_valid_after_utc, signer.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_encipherment=True, key_cert_sign=True,
-                content_commitment=False, data_encipherment=False, key_agreement=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(cert.public_key()),
                        critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(

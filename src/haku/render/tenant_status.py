@@ -4,6 +4,7 @@ is recorded in the datastore itself: see haku.controller.steps.datastore.)"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,15 @@ class Event:
     kind: str  # Normal or Warning
     reason: str
     message: str
+
+
+def phases_entered(order: Sequence[str], seen: str | None, now: str) -> list[str]:
+    """The phases of ``order`` after ``seen`` (None: from the first) up to ``now``: what a
+    status change entered, each to be told once."""
+    if now not in order:
+        return []
+    start = order.index(seen) + 1 if seen in order else 0
+    return list(order[start:order.index(now) + 1])
 
 
 def merge_status(previous: dict[str, Any] | None, computed: dict[str, Any]) -> dict[str, Any]:

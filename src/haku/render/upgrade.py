@@ -22,9 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from haku.render.tenant_status import Event
+from haku.render.tenant_status import Event, phases_entered
 
 CONTROL_PLANE, TENANT_OBJECTS, COMPLETED = "ControlPlane", "TenantObjects", "Completed"
+PHASES = (CONTROL_PLANE, TENANT_OBJECTS, COMPLETED)
 
 
 @dataclass(frozen=True)
@@ -125,15 +126,11 @@ def version_events(before: dict[str, Any] | None, after: dict[str, Any],
     """Events for the upgrade phases entered between two ``version`` statuses."""
     old = (before or {}).get("upgrade") or {}
     new = after.get("upgrade") or {}
-    if not new or (old.get("to") == new.get("to") and old.get("phase") == new.get("phase")
-                   and old.get("startedAt") == new.get("startedAt")):
+    if not new:
         return []
     same = old.get("to") == new.get("to") and old.get("startedAt") == new.get("startedAt")
-    seen = old.get("phase") if same else None
-    order = [CONTROL_PLANE, TENANT_OBJECTS, COMPLETED]
-    start = order.index(seen) + 1 if seen in order else 0
     events = []
-    for phase in order[start:order.index(new["phase"]) + 1]:
+    for phase in phases_entered(PHASES, old.get("phase") if same else None, new["phase"]):
         if phase == CONTROL_PLANE:
             events.append(Event("Normal", "UpgradeStarted", (
                 f"upgrading from {new['from']} to {new['to']}: rolling the control-plane pods "
