@@ -151,7 +151,6 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
      "spec.controlPlane.gateway is not supported by Haku yet"),
     ({"spec__controlPlane__deployment__additionalContainers": [{"name": "x"}]},
      "additionalContainers, additionalInitContainers"),
-    ({"spec__writePermissions": {"blockCreation": True}}, "spec.writePermissions is not"),
     ({"spec__kubernetes__version": "1.37"}, "spec.kubernetes.version"),
     ({"spec__kubernetes__version": None}, "spec.kubernetes.version: Required value"),
     ({"spec__controlPlane__service__serviceType": "ExternalName"}, "Unsupported value"),

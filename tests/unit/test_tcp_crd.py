@@ -157,7 +157,7 @@ def test_pod_fields_have_structural_schemas() -> None:
     spec = _schema()["properties"]["spec"]
     dep = "spec.controlPlane.deployment"
     assert sorted(_preserved(spec, "spec")) == sorted([
-        "spec.writePermissions", "spec.dataStoreOverrides[]",
+        "spec.dataStoreOverrides[]",
         "spec.addons.konnectivity.server.securityContext",
         "spec.kubernetes.kubelet.configurationJSONPatches[].value", "spec.controlPlane.gateway",
         f"{dep}.additionalContainers[]", f"{dep}.additionalInitContainers[]",

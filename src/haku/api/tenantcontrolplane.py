@@ -352,6 +352,32 @@ class Addons:
 
 
 @dataclass(frozen=True)
+class WritePermissions:
+    """``spec.writePermissions``: which writes the tenant's API server refuses (a freeze)."""
+
+    block_creation: bool = False
+    block_update: bool = False
+    block_deletion: bool = False
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None) -> WritePermissions:
+        data = data or {}
+        return cls(bool(data.get("blockCreation")), bool(data.get("blockUpdate")),
+                   bool(data.get("blockDeletion")))
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The admission operations refused, in Kubernetes' words."""
+        return tuple(op for op, on in (("CREATE", self.block_creation),
+                                       ("UPDATE", self.block_update),
+                                       ("DELETE", self.block_deletion)) if on)
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.operations)
+
+
+@dataclass(frozen=True)
 class TenantControlPlaneSpec:
     name: str
     namespace: str
@@ -396,6 +422,8 @@ class TenantControlPlaneSpec:
     # joining nodes, as given: haku.render.tenant_bootstrap applies them).
     kubelet_cgroupfs: str | None = None
     kubelet_patches: tuple[dict[str, Any], ...] = ()
+    # spec.writePermissions (Kamaji's shape): the kinds of write the tenant's API refuses.
+    write_permissions: WritePermissions = field(default_factory=lambda: WritePermissions())
     # networkProfile.port as given (None: not set, the NodePort is allocated by the API server)
     port_given: int | None = None
     advertise_address: str = ""
@@ -484,6 +512,7 @@ class TenantControlPlaneSpec:
             kubelet_cgroupfs=(k8s.get("kubelet") or {}).get("cgroupfs") or None,
             kubelet_patches=tuple(copy.deepcopy(
                 (k8s.get("kubelet") or {}).get("configurationJSONPatches") or ())),
+            write_permissions=WritePermissions.parse(spec.get("writePermissions")),
             port_given=int(net["port"]) if net.get("port") else None,
             advertise_address=net.get("advertiseAddress") or "",
             allow_address_as_external_ip=bool(net.get("allowAddressAsExternalIP")),

@@ -22,9 +22,13 @@ class Identity:
     local: bool  # True: dials the API server in its own pod (127.0.0.1)
 
 
+# The operator's own identity in the tenant (system:masters; never user-facing).
+SUPER_ADMIN = Identity("super-admin.conf", "kubernetes-super-admin", ("system:masters",), False)
+# The tenant admin's (admin.conf, user-facing; not in system:masters).
+ADMIN = Identity("admin.conf", "kubernetes-admin", ("kubeadm:cluster-admins",), False)
 IDENTITIES = (
-    Identity("admin.conf", "kubernetes-admin", ("kubeadm:cluster-admins",), False),
-    Identity("super-admin.conf", "kubernetes-super-admin", ("system:masters",), False),
+    ADMIN,
+    SUPER_ADMIN,
     Identity("controller-manager.conf", "system:kube-controller-manager", (), True),
     Identity("scheduler.conf", "system:kube-scheduler", (), True),
 )

@@ -15,6 +15,8 @@ deployment         ControlPlaneAvailable   the control-plane Deployment / stops 
 ingress            ControlPlaneAvailable   the Ingress, when the spec asks for one
 apiserver          APIServerReady          /readyz through the exposed endpoint
 bootstrap          TenantBootstrapped      kubeadm's join objects and the addons, in the tenant
+write-permissions  WriteLimited            spec.writePermissions as a policy in the tenant / lifts
+                                           it (informational; absent when there is none)
 konnectivity       KonnectivityConnected   whether the Konnectivity agents are connected
                                            (informational: not part of Ready; absent when the
                                            addon is off)
@@ -39,13 +41,14 @@ from haku.controller.steps.finalizer import FinalizerStep
 from haku.controller.steps.konnectivity import KonnectivityStep
 from haku.controller.steps.network import NetworkStep
 from haku.controller.steps.version import VersionStep
+from haku.controller.steps.write_permissions import WritePermissionsStep
 
 __all__ = ["STEPS", "Deps", "pipeline"]
 
 # The steps of a TenantControlPlane, in the order they apply.
 STEPS = (FinalizerStep, NetworkStep, DataStoreStep, ServiceStep, CertificatesStep, DeploymentStep,
-         IngressStep, APIServerStep, BootstrapStep, KonnectivityStep, CARotationStep,
-         VersionStep)
+         IngressStep, APIServerStep, BootstrapStep, WritePermissionsStep, KonnectivityStep,
+         CARotationStep, VersionStep)
 
 
 def pipeline(deps: Deps) -> list[Step]:

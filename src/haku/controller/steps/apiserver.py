@@ -19,20 +19,28 @@ from haku.datastore.base import PrivateFiles
 CONDITION = "APIServerReady"
 
 
+def tls_context(kubeconfig: bytes, files: PrivateFiles,
+                ca: bytes | None = None) -> ssl.SSLContext:
+    """A TLS client context with the identity and CA of ``kubeconfig`` (``ca``: trust these
+    CAs instead); the key goes through ``files``."""
+    doc = yaml.safe_load(kubeconfig)
+    user = doc["users"][0]["user"]
+    ctx = ssl.create_default_context(cadata=(ca or base64.b64decode(
+        doc["clusters"][0]["cluster"]["certificate-authority-data"])).decode())
+    ctx.load_cert_chain(
+        files.write("tls.crt", base64.b64decode(user["client-certificate-data"])),
+        files.write("tls.key", base64.b64decode(user["client-key-data"])))
+    return ctx
+
+
 async def probe(endpoint: str, super_admin: bytes,
                 ca: bytes | None = None) -> tuple[Condition, str | None]:
     """/readyz at ``endpoint`` with the identity of kubeconfig ``super_admin``, and the
     ``gitVersion`` /version answers once it is ready (None if it did not say). ``ca``: trust
     these CAs instead of the kubeconfig's."""
-    doc = yaml.safe_load(super_admin)
-    user = doc["users"][0]["user"]
     files = PrivateFiles("haku-probe-")
     try:
-        ctx = ssl.create_default_context(cadata=(ca or base64.b64decode(
-            doc["clusters"][0]["cluster"]["certificate-authority-data"])).decode())
-        ctx.load_cert_chain(
-            files.write("tls.crt", base64.b64decode(user["client-certificate-data"])),
-            files.write("tls.key", base64.b64decode(user["client-key-data"])))
+        ctx = tls_context(super_admin, files, ca)
         async with httpx2.AsyncClient(verify=ctx, timeout=5.0, trust_env=False) as http:
             response = await http.get(f"{endpoint}/readyz")
             if response.status_code != 200:

@@ -2,7 +2,7 @@
 version /version answers and the version the in-tenant objects were applied at. An upgrade
 moves through its phases here (haku.render.upgrade); the controller records an Event for each
 phase entered when it writes the status. A tenant that serves while its CA rotates is
-``CertificateAuthorityRotating``."""
+``CertificateAuthorityRotating``; one whose writes are frozen, ``WriteLimited``."""
 
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ class VersionStep(StepBase):
         version = version_state(ctx)
         rotation = (ctx.status.get("certificates") or {}).get("caRotation") \
             or ca_rotation.rotation_of(ctx.previous_status)
+        frozen = ctx.conditions.get("WriteLimited")
         if version["status"] == "Ready" and ca_rotation.in_progress(rotation):
             version["status"] = "CertificateAuthorityRotating"  # Kamaji's word for it
+        elif version["status"] == "Ready" and frozen is not None and frozen.status == "True":
+            version["status"] = "WriteLimited"  # Kamaji's, for spec.writePermissions
         ctx.status.setdefault("kubernetesResources", {})["version"] = version
 
     async def cleanup(self, ctx: Context) -> None:
