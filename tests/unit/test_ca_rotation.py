@@ -174,39 +174,39 @@ def seen(rolled_out: bool = True, new_only: bool = True, bundle: bytes | None = 
 def test_the_phases_wait_for_what_each_needs(stages: dict[str, dict[str, bytes]]) -> None:
     trusting, reissued, dropped = stages["trusting"], stages["reissued"], stages["dropped"]
     # The certificate step started it: Trusting, with both fingerprints.
-    s1 = cr.advance({}, trusting, "r1", seen(rolled_out=False, pending=None), T)
+    s1 = cr.advance({}, trusting, seen(rolled_out=False, pending=None), T)
     assert s1["phase"] == cr.TRUSTING and s1["requested"] == "r1"
     assert s1["previousCA"] == cr.fingerprint(trusting["ca.crt"])
     assert s1["currentCA"] == cr.fingerprint(trusting[cr.NEXT_CERT])
     # The new CA signs only once every pod and the in-tenant objects trust it.
-    assert cr.advance(s1, trusting, "r1", seen(rolled_out=False, bundle=trusting[cr.BUNDLE]),
+    assert cr.advance(s1, trusting, seen(rolled_out=False, bundle=trusting[cr.BUNDLE]),
                       T)["phase"] == cr.TRUSTING
-    assert cr.advance(s1, trusting, "r1", seen(bundle=b"other"), T)["phase"] == cr.TRUSTING
-    s2 = cr.advance(s1, trusting, "r1", seen(new_only=False, bundle=trusting[cr.BUNDLE],
+    assert cr.advance(s1, trusting, seen(bundle=b"other"), T)["phase"] == cr.TRUSTING
+    s2 = cr.advance(s1, trusting, seen(new_only=False, bundle=trusting[cr.BUNDLE],
                                              pending=None), T)
     assert s2["phase"] == cr.REISSUING and cr.intent("r1", s2) == cr.Intent(promote=True)
     bundle = reissued[cr.BUNDLE]
     # Reissued, but the operator's client has not verified with the new CA alone, or the
     # in-tenant objects hold another bundle: still Reissuing.
-    assert cr.advance(s2, reissued, "r1", seen(new_only=False, bundle=bundle, pending=None),
+    assert cr.advance(s2, reissued, seen(new_only=False, bundle=bundle, pending=None),
                       T)["phase"] == cr.REISSUING
-    assert cr.advance(s2, reissued, "r1", seen(bundle=trusting[cr.BUNDLE], pending=None),
+    assert cr.advance(s2, reissued, seen(bundle=trusting[cr.BUNDLE], pending=None),
                       T)["phase"] == cr.REISSUING
     # Settled with a Ready node still on the old CA: NodesPending, naming it.
-    s3 = cr.advance(s2, reissued, "r1", seen(bundle=bundle, pending=("w1",)), T)
+    s3 = cr.advance(s2, reissued, seen(bundle=bundle, pending=("w1",)), T)
     assert s3["phase"] == cr.NODES_PENDING and s3["pendingNodes"] == ["w1"]
     # Nodes not looked at this pass: nothing moves.
-    assert cr.advance(s3, reissued, "r1", seen(bundle=bundle, pending=None), T) == s3
+    assert cr.advance(s3, reissued, seen(bundle=bundle, pending=None), T) == s3
     # The node renewed: Dropping, and it is remembered (CSRs are garbage-collected).
-    s4 = cr.advance(s3, reissued, "r1", seen(bundle=bundle, pending=(), moved=("w1",)), T)
+    s4 = cr.advance(s3, reissued, seen(bundle=bundle, pending=(), moved=("w1",)), T)
     assert s4["phase"] == cr.DROPPING and s4["renewedNodes"] == ["w1"]
     assert cr.intent("r1", s4) == cr.Intent(drop=True)
     # Not Completed until the old CA is out of the Secret and everything settled on it.
-    assert cr.advance(s4, reissued, "r1", seen(bundle=bundle), T)["phase"] == cr.DROPPING
-    assert cr.advance(s4, dropped, "r1", seen(bundle=bundle), T)["phase"] == cr.DROPPING
-    s5 = cr.advance(s4, dropped, "r1", seen(bundle=dropped[cr.BUNDLE]), "2026-11-30T12:05:00Z")
+    assert cr.advance(s4, reissued, seen(bundle=bundle), T)["phase"] == cr.DROPPING
+    assert cr.advance(s4, dropped, seen(bundle=bundle), T)["phase"] == cr.DROPPING
+    s5 = cr.advance(s4, dropped, seen(bundle=dropped[cr.BUNDLE]), "2026-11-30T12:05:00Z")
     assert s5["phase"] == cr.COMPLETED and s5["completedAt"] == "2026-11-30T12:05:00Z"
-    assert cr.advance(s5, dropped, "r1", seen(bundle=dropped[cr.BUNDLE]), T) == s5
+    assert cr.advance(s5, dropped, seen(bundle=dropped[cr.BUNDLE]), T) == s5
 
 
 def test_a_lost_status_write_does_not_start_a_second_rotation(
@@ -214,10 +214,10 @@ def test_a_lost_status_write_does_not_start_a_second_rotation(
     # The Secret says r1 started; the status never recorded it: it is picked up, once, in
     # the phase the Secret is in.
     done = {"requested": "r0", "phase": "Completed"}
-    s = cr.advance(done, stages["trusting"], "r1", seen(rolled_out=False, pending=None), T)
+    s = cr.advance(done, stages["trusting"], seen(rolled_out=False, pending=None), T)
     assert s["phase"] == cr.TRUSTING and s["requested"] == "r1"
     assert cr.intent("r1", s) == cr.NO_CHANGE
-    s = cr.advance(done, stages["reissued"], "r1", seen(rolled_out=False, pending=None), T)
+    s = cr.advance(done, stages["reissued"], seen(rolled_out=False, pending=None), T)
     assert s["phase"] == cr.REISSUING and s["requested"] == "r1"
 
 

@@ -93,3 +93,20 @@ def test_placement_uses_the_names_asked_for_not_the_stored_ones() -> None:
                "requested": {"schema": "s1", "user": "u1"}}
     pinned = tenant_status.placement(tcp("a", "uid-a", "t1", {}, {"storage": storage}), None)
     assert pinned == tenant_status.Placement("ds1", "s1", "u1", True)
+
+
+def test_none_removes_a_field_that_no_longer_applies() -> None:
+    previous = {"kubernetesResources": {"service": {"port": 31443, "konnectivityPort": 31444,
+                                                    "nodeAddress": "10.0.0.1"}},
+                "addons": {"konnectivity": {"enabled": True, "agent": {"ready": 1}}}}
+    computed = {"kubernetesResources": {"service": {"port": 31443, "konnectivityPort": None,
+                                                    "nodeAddress": "10.0.0.1"}},
+                "addons": {"konnectivity": {"enabled": False, "agent": None}}}
+    merged = tenant_status.merge_status(previous, computed)
+    assert merged == {"kubernetesResources": {"service": {"port": 31443,
+                                                          "nodeAddress": "10.0.0.1"}},
+                      "addons": {"konnectivity": {"enabled": False}}}
+    # A field never there stays absent, however deep (a first status has no previous).
+    assert tenant_status.merge_status({}, {"a": None}) == {}
+    assert tenant_status.merge_status(None, {"s": {"port": 1, "k": None}}) == {"s": {"port": 1}}
+    assert tenant_status.merge_status({"s": 3}, {"s": {"k": None}}) == {"s": {}}

@@ -96,6 +96,8 @@ NO_CHANGE = Intent()
 
 
 def intent(annotation: str, rotation: Mapping[str, Any]) -> Intent:
+    """What the certificate step does this pass, from the annotation's value and the
+    rotation's status (its phase decides while one runs; a new value waits for it)."""
     phase = rotation.get("phase")
     if phase == REISSUING:
         return Intent(promote=True)
@@ -105,7 +107,7 @@ def intent(annotation: str, rotation: Mapping[str, Any]) -> Intent:
         return NO_CHANGE
     if annotation and annotation != rotation.get("requested"):
         return Intent(start=annotation)
-    return Intent()
+    return NO_CHANGE
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,8 @@ def started(pki: Mapping[str, bytes]) -> str:
     return ""
 
 
-def advance(rotation: Mapping[str, Any], pki: Mapping[str, bytes], annotation: str,
-            seen: Observed, now: str) -> dict[str, Any]:
+def advance(rotation: Mapping[str, Any], pki: Mapping[str, bytes], seen: Observed,
+            now: str) -> dict[str, Any]:
     """The next ``caRotation`` status from the previous one and what this pass saw."""
     state = dict(rotation)
     if not in_progress(state) and started(pki) and started(pki) != state.get("requested"):
@@ -161,8 +163,6 @@ def advance(rotation: Mapping[str, Any], pki: Mapping[str, bytes], annotation: s
         state["pendingNodes"] = []
     state["phase"] = phase
     return state
-
-
 
 
 def events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Event]:

@@ -37,12 +37,15 @@ def merge_status(previous: dict[str, Any] | None, computed: dict[str, Any]) -> d
     it, key by key in nested objects (lists and scalars are replaced whole). A field this
     reconcile did not get to (a step failed before it) keeps its last known value, so a
     transient failure does not wipe the endpoint, the kubeconfig Secret name, the pinned
-    storage or the installed addons."""
+    storage or the installed addons. ``None`` removes a field: what no longer applies (the
+    Konnectivity port of a tenant without the addon) is not kept."""
     out: dict[str, Any] = dict(previous or {})
     for key, value in computed.items():
         old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            out[key] = merge_status(old, value)
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            out[key] = merge_status(old if isinstance(old, dict) else {}, value)
         else:
             out[key] = value
     return out

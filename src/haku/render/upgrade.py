@@ -38,8 +38,6 @@ class Rollout:
     rolled_out: bool
 
 
-
-
 def running_version(previous: dict[str, Any] | None) -> str | None:
     """The version last confirmed running, from the previous ``version`` status."""
     return (previous or {}).get("version") or None

@@ -66,7 +66,9 @@ class BootstrapStep(StepBase):
                              f"applying inside the tenant: {e}")
         finally:
             ctx.status["addons"] = bootstrap.status_from_installed(progress)
-            if ctx.agents is not None:
+            if spec.addons.konnectivity is None:
+                ctx.status["addons"]["konnectivity"]["agent"] = None  # gone with the addon
+            elif ctx.agents is not None:
                 ctx.status["addons"]["konnectivity"]["agent"] = {
                     "name": konnectivity.AGENT, "namespace": konnectivity.AGENT_NAMESPACE,
                     "mode": ctx.agents.mode, "desired": ctx.agents.desired,

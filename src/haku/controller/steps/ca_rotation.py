@@ -78,8 +78,7 @@ class CARotationStep(StepBase):
             except (httpx2.HTTPError, ApiError, OSError):
                 pending = None  # not looked at: the next pass does
         seen = cr.Observed(rolled_out, new_ca_only, ctx.bundle_applied, pending, moved)
-        state = cr.advance(before, pki, cr.requested(ctx.obj["metadata"].get("annotations")),
-                           seen, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        state = cr.advance(before, pki, seen, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         ctx.status.setdefault("certificates", {})["caRotation"] = state
         if cr.in_progress(state):
             ctx.requeue_within = POLL

@@ -62,10 +62,10 @@ class ServiceStep(StepBase):
         status: dict[str, Any] = {
             "name": controlplane.names(spec.name)["service"], "namespace": spec.namespace,
             "port": ctx.port, "apiServerPort": secure}
-        if spec.service_type == "NodePort" and not spec.address:
-            status["nodeAddress"] = ctx.address
-        if ctx.konnectivity_port:
-            status["konnectivityPort"] = ctx.konnectivity_port
+        # None: not (or no longer) so; the status merge removes a stale value.
+        status["nodeAddress"] = ctx.address if spec.service_type == "NodePort" \
+            and not spec.address else None
+        status["konnectivityPort"] = ctx.konnectivity_port or None
         ctx.status.setdefault("kubernetesResources", {})["service"] = status
 
     async def endpoint_address(self, ctx: Context, svc: Any) -> str:
