@@ -105,6 +105,16 @@ class WritePermissionsStep(StepBase):
         finally:
             await tenant.close()
         if not wanted:
+            # Gone only once the API server has let go of the policy too: a dry-run write of
+            # each kind by the tenant admin is no longer refused for the freeze.
+            for operation in ("CREATE", "UPDATE", "DELETE"):
+                if await enforced(ctx.endpoint, ctx.super_admin, operation) is None:
+                    ctx.requeue_within = 2.0
+                    ctx.conditions[CONDITION] = Condition(
+                        CONDITION, "True", "Lifting",
+                        f"ValidatingAdmissionPolicy {write_permissions.NAME} is deleted; the "
+                        f"tenant's API server still refuses a dry-run {operation}")
+                    return
             ctx.removed_conditions.add(CONDITION)
             ctx.conditions.pop(CONDITION, None)
             self.deps.events.emit(ctx.obj, "Normal", "WritesAllowed",
