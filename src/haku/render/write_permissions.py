@@ -27,20 +27,18 @@ from typing import Any
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.render import tenant_kubeconfigs
+from haku.render.tenant_bootstrap import ADDON_LABEL, MANAGED_BY
 
 NAME = "haku-write-permissions"
 MESSAGE_START = "writes to this cluster are frozen"
 GROUP = "write-permissions"
+LABELS = {ADDON_LABEL: GROUP, **MANAGED_BY}  # as every object Haku applies in a tenant
 EXEMPT_USERS = ("system:apiserver", tenant_kubeconfigs.SUPER_ADMIN.user)
 EXEMPT_RESOURCES = (
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"]},
     {"apiGroups": ["authentication.k8s.io", "authorization.k8s.io"], "resources": ["*"]},
 )
-
-
-def _labels() -> dict[str, str]:
-    return {"haku.dev/addon": GROUP, "app.kubernetes.io/managed-by": "haku"}
 
 
 def objects(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
@@ -60,7 +58,7 @@ def objects(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": NAME, "labels": _labels()},
+        "metadata": {"name": NAME, "labels": LABELS},
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": {
@@ -78,7 +76,7 @@ def objects(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
     binding = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": NAME, "labels": _labels()},
+        "metadata": {"name": NAME, "labels": LABELS},
         "spec": {"policyName": NAME, "validationActions": ["Deny"]},
     }
     return [policy, binding]
