@@ -5,9 +5,11 @@ from __future__ import annotations
 from haku.datastore.base import (
     DataStoreError,
     Driver,
+    Entry,
     InUse,
     NotOwned,
     SchemaInUse,
+    SpaceNotEmpty,
     Tenant,
     TenantConnection,
     Usage,
@@ -15,8 +17,8 @@ from haku.datastore.base import (
 )
 from haku.datastore.settings import Settings
 
-__all__ = ["DataStoreError", "Driver", "InUse", "NotOwned", "SchemaInUse", "Settings", "Tenant",
-           "TenantConnection", "Usage", "UserInUse", "open_driver"]
+__all__ = ["DataStoreError", "Driver", "Entry", "InUse", "NotOwned", "SchemaInUse", "Settings",
+           "SpaceNotEmpty", "Tenant", "TenantConnection", "Usage", "UserInUse", "open_driver"]
 
 
 def open_driver(settings: Settings) -> Driver:

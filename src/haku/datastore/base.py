@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -134,6 +134,29 @@ class Tenant:
             validate_owner(self.owner)
 
 
+class SpaceNotEmpty(DataStoreError):
+    """A load into a tenant's space that already holds keys (it would mix two tenants' data
+    or two snapshots): clear it first, or load into a new tenant."""
+
+    reason = "SpaceNotEmpty"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key of a tenant's keyspace as kube-apiserver sees it, driver-neutral.
+
+    ``key`` is relative to the tenant's storage root: kube-apiserver's key without its
+    ``--etcd-prefix`` (``/pods/default/web`` for etcd's ``/<schema>/pods/default/web`` and
+    kine's ``/registry/pods/default/web``). ``revision`` is the key's modification revision
+    (the object's resourceVersion); ``ttl`` the seconds of the lease it is attached to, 0 if
+    none (Events, endpoint leases)."""
+
+    key: bytes
+    value: bytes
+    revision: int
+    ttl: int = 0
+
+
 @dataclass(frozen=True)
 class Usage:
     bytes: int
@@ -182,6 +205,22 @@ class Driver(Protocol):
 
     def physical_names(self, tenant: Tenant) -> tuple[str, str]:
         """(schema, user) as stored in the backend."""
+        ...
+
+    def snapshot(self, tenant: Tenant) -> AsyncIterator[Entry]:
+        """The tenant's live keys as of one moment (etcd: one revision of its prefix; SQL:
+        kine's table in one repeatable-read transaction), in revision order, read a page at
+        a time so that memory stays flat. Empty if the space was never written."""
+        ...
+
+    async def load(self, tenant: Tenant, entries: AsyncIterable[Entry]) -> int:
+        """Write ``entries`` (in revision order) into the tenant's space, which must hold no
+        key (:class:`SpaceNotEmpty` otherwise), keeping their order: kine's tables keep the
+        revisions themselves, etcd gives new ones in the same order. Returns how many."""
+        ...
+
+    async def clear(self, tenant: Tenant) -> None:
+        """Delete every key of the tenant's space (the space, user and grants stay)."""
         ...
 
     async def close(self) -> None: ...

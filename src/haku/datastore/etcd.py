@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,11 +39,13 @@ from aetcd import rpc  # generated etcd v3 stubs only; the connection is ours
 from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
+    Entry,
     InsecureConfiguration,
     InUse,
     InvalidTLSConfig,
     PermissionDenied,
     SchemaInUse,
+    SpaceNotEmpty,
     Tenant,
     TenantConnection,
     TLSFailure,
@@ -72,6 +75,9 @@ RESERVED = ("root",)  # etcd's administrator user and role
 AUTH_NOT_ENABLED = "authentication is not enabled"  # etcd's ErrAuthNotEnabled
 AUTH_FAILED = "authentication failed"  # ErrAuthFailed: "…, invalid user ID or password"
 OWNER_PREFIX = b"haku.dev/owner/"
+# Puts per Txn when loading a snapshot (etcd's --max-txn-ops defaults to 128). The keys of one
+# Txn share a revision; the order between Txns is the snapshot's.
+LOAD_BATCH = 100
 
 
 def prefix_of(schema: str) -> bytes:
@@ -181,6 +187,7 @@ class EtcdDriver:
         self.kv = rpc.KVStub(self.channel)
         self.auth = rpc.AuthStub(self.channel)
         self.maintenance = rpc.MaintenanceStub(self.channel)
+        self.leases = rpc.LeaseStub(self.channel)
 
     async def _call(self, doing: str, method: Any, request: Any,
                     tolerate: tuple[str, ...] = ()) -> Any:
@@ -520,6 +527,84 @@ class EtcdDriver:
             if not page.more or not page.kvs:
                 return Usage(bytes=total_bytes, keys=keys)
             start = page.kvs[-1].key + b"\0"
+
+    async def snapshot(self, tenant: Tenant) -> AsyncIterator[Entry]:
+        """One revision of the tenant's prefix, by modification revision, a page at a time
+        (each page starts at the last page's revision, skipping the keys already given)."""
+        schema, _ = self.physical_names(tenant)
+        prefix = prefix_of(schema)
+        root, end = prefix[:-1], range_end(prefix)
+        doing = f"reading a snapshot of {prefix!r}"
+        first = await self._call(doing, self.kv.Range,
+                                 rpc.RangeRequest(key=prefix, range_end=end, count_only=True))
+        at = first.header.revision
+        since, given, limit = 0, set[bytes](), PAGE
+        ttls: dict[int, int] = {}
+        while True:
+            page = await self._call(doing, self.kv.Range, rpc.RangeRequest(
+                key=prefix, range_end=end, revision=at, limit=limit, min_mod_revision=since,
+                sort_order=rpc.RangeRequest.ASCEND, sort_target=rpc.RangeRequest.MOD))
+            fresh = [kv for kv in page.kvs
+                     if not (kv.mod_revision == since and kv.key in given)]
+            if page.more and not fresh:
+                limit *= 2  # more keys share one revision than a page holds
+                continue
+            for kv in fresh:
+                ttl = 0
+                if kv.lease:
+                    if kv.lease not in ttls:
+                        ttls[kv.lease] = await self._ttl(kv.lease)
+                    ttl = ttls[kv.lease]
+                yield Entry(kv.key[len(root):], kv.value, kv.mod_revision, ttl)
+            if not page.more:
+                return
+            since = page.kvs[-1].mod_revision
+            given = {kv.key for kv in page.kvs if kv.mod_revision == since}
+
+    async def _ttl(self, lease: int) -> int:
+        """The seconds lease ``lease`` has left (at least 1: a key read alive was alive)."""
+        got = await self._call(f"reading etcd lease {lease:x}", self.leases.LeaseTimeToLive,
+                               rpc.LeaseTimeToLiveRequest(ID=lease))
+        return max(1, int(got.TTL))
+
+    async def load(self, tenant: Tenant, entries: AsyncIterable[Entry]) -> int:
+        schema, _ = self.physical_names(tenant)
+        prefix = prefix_of(schema)
+        root = prefix[:-1]
+        if await self._count(prefix):
+            raise SpaceNotEmpty(f"the etcd prefix {prefix.decode(errors='replace')!r} already "
+                                "holds keys")
+        leases: dict[int, int] = {}  # ttl -> lease ID: one lease per distinct TTL
+        batch: list[Any] = []
+        written = 0
+
+        async def flush() -> None:
+            await self._call(f"loading keys under {prefix!r}", self.kv.Txn,
+                             rpc.TxnRequest(success=batch))
+            batch.clear()
+
+        async for entry in entries:
+            lease = 0
+            if entry.ttl:
+                if entry.ttl not in leases:
+                    granted = await self._call("granting an etcd lease", self.leases.LeaseGrant,
+                                               rpc.LeaseGrantRequest(TTL=entry.ttl))
+                    leases[entry.ttl] = granted.ID
+                lease = leases[entry.ttl]
+            batch.append(rpc.RequestOp(request_put=rpc.PutRequest(
+                key=root + entry.key, value=entry.value, lease=lease)))
+            written += 1
+            if len(batch) >= LOAD_BATCH:
+                await flush()
+        if batch:
+            await flush()
+        return written
+
+    async def clear(self, tenant: Tenant) -> None:
+        schema, _ = self.physical_names(tenant)
+        prefix = prefix_of(schema)
+        await self._call(f"deleting keys under {prefix!r}", self.kv.DeleteRange,
+                         rpc.DeleteRangeRequest(key=prefix, range_end=range_end(prefix)))
 
     def issue_client_certificate(self, tenant: Tenant,
                                  valid_for: timedelta = timedelta(days=365)) -> pki.KeyPair:

@@ -31,6 +31,7 @@ import asyncio
 import re
 import ssl
 import warnings
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -38,13 +39,16 @@ from urllib.parse import quote
 import aiomysql
 import pymysql
 
+from haku.datastore import kine_table
 from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
+    Entry,
     InvalidName,
     PermissionDenied,
     PrivateFiles,
     SchemaInUse,
+    SpaceNotEmpty,
     Tenant,
     TenantConnection,
     TLSFailure,
@@ -511,6 +515,110 @@ class MySQLDriver:
                 (f"SELECT COUNT(*) FROM {quote_identifier(db)}.kine", ())])
             rows = int(count[0][0])
         return Usage(bytes=int(size[0][0]), keys=rows)
+
+    async def _as_tenant(self, tenant: Tenant, doing: str) -> aiomysql.Connection:
+        """A connection to the tenant's database as the tenant's own user (snapshots read and
+        write only what the tenant itself could)."""
+        db, user = self.physical_names(tenant)
+        tls = None
+        if self.settings.ca_cert:
+            tls = ssl.create_default_context(cadata=self.settings.ca_cert.decode())
+        try:
+            return await aiomysql.connect(
+                host=self.host, port=self.port, user=user, password=tenant.password or "",
+                db=db, ssl=tls, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                charset="utf8mb4")
+        except (TimeoutError, pymysql.Error, OSError) as e:
+            raise _map_error(e, doing) from e
+
+    async def snapshot(self, tenant: Tenant) -> AsyncIterator[Entry]:
+        db, _ = self.physical_names(tenant)
+        doing = f"reading a snapshot of MySQL tenant {db!r}"
+        conn = await self._as_tenant(tenant, doing)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 1 FROM information_schema.TABLES "
+                                  "WHERE table_schema = DATABASE() AND table_name = 'kine'")
+                if not await cur.fetchall():
+                    return
+                await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                after = 0
+                while True:
+                    await cur.execute(kine_table.SNAPSHOT_PAGE,
+                                      kine_table.snapshot_params(after))
+                    rows = await cur.fetchall()
+                    for row in rows:
+                        yield kine_table.entry(row)
+                    if len(rows) < kine_table.PAGE:
+                        break
+                    after = int(rows[-1][0])
+                await cur.execute("COMMIT")
+        except (pymysql.Error, OSError) as e:
+            raise _map_error(e, doing) from e
+        finally:
+            conn.close()
+
+    async def load(self, tenant: Tenant, entries: AsyncIterable[Entry]) -> int:
+        db, _ = self.physical_names(tenant)
+        doing = f"loading MySQL tenant {db!r}"
+        conn = await self._as_tenant(tenant, doing)
+        written = 0
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 1 FROM information_schema.TABLES "
+                                  "WHERE table_schema = DATABASE() AND table_name = 'kine'")
+                if not await cur.fetchall():
+                    for statement in kine_table.MYSQL_SCHEMA:
+                        try:
+                            await cur.execute(statement)
+                        except pymysql.Error as e:
+                            if e.args[0] != kine_table.MYSQL_DUPLICATE_INDEX:
+                                raise
+                await cur.execute(kine_table.ANY_KEY, (kine_table.LOW, kine_table.HIGH))
+                if await cur.fetchall():
+                    raise SpaceNotEmpty(f"the MySQL database {db!r} already holds keys")
+                await cur.execute(kine_table.LAST_ID)
+                (last,) = await cur.fetchone()
+                revisions = kine_table.Revisions(int(last))
+                batch: list[tuple[Any, ...]] = []
+                size = 0
+
+                async def flush() -> None:
+                    statement, params = kine_table.mysql_insert(batch)
+                    await cur.execute(statement, params)  # autocommit: one statement, atomic
+                    batch.clear()
+
+                async for entry in entries:
+                    batch.append(kine_table.insert_row(entry, revisions))
+                    written += 1
+                    size += 2 * len(entry.value) + len(entry.key) + 64
+                    if len(batch) >= kine_table.INSERT_BATCH or \
+                            size >= kine_table.MYSQL_BATCH_BYTES:
+                        await flush()
+                        size = 0
+                if batch:
+                    await flush()
+        except (pymysql.Error, OSError) as e:
+            raise _map_error(e, doing) from e
+        finally:
+            conn.close()
+        return written
+
+    async def clear(self, tenant: Tenant) -> None:
+        db, _ = self.physical_names(tenant)
+        doing = f"clearing MySQL tenant {db!r}"
+        conn = await self._as_tenant(tenant, doing)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 1 FROM information_schema.TABLES "
+                                  "WHERE table_schema = DATABASE() AND table_name = 'kine'")
+                if await cur.fetchall():
+                    await cur.execute(kine_table.CLEAR, (kine_table.LOW, kine_table.HIGH))
+        except (pymysql.Error, OSError) as e:
+            raise _map_error(e, doing) from e
+        finally:
+            conn.close()
 
     def tenant_connection(self, tenant: Tenant) -> TenantConnection:
         db, user = self.physical_names(tenant)

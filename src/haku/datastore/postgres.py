@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -36,15 +37,18 @@ from urllib.parse import quote
 import psycopg
 from psycopg import pq, sql
 
+from haku.datastore import kine_table
 from haku.datastore.base import (
     AuthenticationFailed,
     DataStoreError,
+    Entry,
     InUse,
     InvalidName,
     NotOwned,
     PermissionDenied,
     PrivateFiles,
     SchemaInUse,
+    SpaceNotEmpty,
     Tenant,
     TenantConnection,
     TLSFailure,
@@ -467,6 +471,95 @@ class PostgresDriver:
         except psycopg.Error as e:
             raise _map_error(e, f"counting rows of tenant {db!r}") from e
         return Usage(bytes=int(size[0][0]), keys=rows)
+
+    async def _as_tenant(self, tenant: Tenant, doing: str) -> psycopg.AsyncConnection[Any]:
+        """A connection to the tenant's database as the tenant's own role (snapshots read and
+        write only what the tenant itself could; tables it creates are its own)."""
+        db, role = self.physical_names(tenant)
+        if not tenant.password:
+            raise DataStoreError("a PostgreSQL tenant needs a password")
+        info = {k: v for k, v in self.conninfo.items() if k not in ("sslcert", "sslkey")}
+        info |= {"user": role, "password": tenant.password}
+        try:
+            return await psycopg.AsyncConnection.connect(dbname=db, **info)
+        except psycopg.Error as e:
+            raise _map_error(e, doing) from e
+
+    async def snapshot(self, tenant: Tenant) -> AsyncIterator[Entry]:
+        db, _ = self.physical_names(tenant)
+        doing = f"reading a snapshot of PostgreSQL tenant {db!r}"
+        conn = await self._as_tenant(tenant, doing)
+        try:
+            async with conn:
+                await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                await conn.set_read_only(True)
+                async with conn.transaction():
+                    cur = await conn.execute("SELECT to_regclass('public.kine') IS NOT NULL")
+                    exists = await cur.fetchone()
+                    if not (exists and exists[0]):
+                        return
+                    after = 0
+                    while True:
+                        cur = await conn.execute(kine_table.SNAPSHOT_PAGE,
+                                                 kine_table.snapshot_params(after))
+                        rows = await cur.fetchall()
+                        for row in rows:
+                            yield kine_table.entry(row)
+                        if len(rows) < kine_table.PAGE:
+                            return
+                        after = int(rows[-1][0])
+        except psycopg.Error as e:
+            raise _map_error(e, doing) from e
+
+    async def load(self, tenant: Tenant, entries: AsyncIterable[Entry]) -> int:
+        db, _ = self.physical_names(tenant)
+        doing = f"loading PostgreSQL tenant {db!r}"
+        conn = await self._as_tenant(tenant, doing)
+        written = 0
+        try:
+            async with conn:
+                await conn.set_autocommit(True)
+                for statement in kine_table.POSTGRES_SCHEMA:
+                    await conn.execute(statement)
+                cur = await conn.execute(kine_table.ANY_KEY, (kine_table.LOW, kine_table.HIGH))
+                if await cur.fetchone():
+                    raise SpaceNotEmpty(f"the PostgreSQL database {db!r} already holds keys")
+                cur = await conn.execute(kine_table.LAST_ID)
+                last = await cur.fetchone()
+                revisions = kine_table.Revisions(int(last[0]) if last else 0)
+                batch: list[tuple[object, ...]] = []
+
+                async def flush() -> None:
+                    async with conn.transaction(), conn.cursor() as cur:
+                        await cur.executemany(kine_table.INSERT, batch)
+                    batch.clear()
+
+                async for entry in entries:
+                    batch.append(kine_table.insert_row(entry, revisions))
+                    written += 1
+                    if len(batch) >= kine_table.INSERT_BATCH:
+                        await flush()
+                if batch:
+                    await flush()
+                if written:
+                    await conn.execute(kine_table.POSTGRES_RESYNC)
+        except psycopg.Error as e:
+            raise _map_error(e, doing) from e
+        return written
+
+    async def clear(self, tenant: Tenant) -> None:
+        db, _ = self.physical_names(tenant)
+        doing = f"clearing PostgreSQL tenant {db!r}"
+        conn = await self._as_tenant(tenant, doing)
+        try:
+            async with conn:
+                await conn.set_autocommit(True)
+                cur = await conn.execute("SELECT to_regclass('public.kine') IS NOT NULL")
+                exists = await cur.fetchone()
+                if exists and exists[0]:
+                    await conn.execute(kine_table.CLEAR, (kine_table.LOW, kine_table.HIGH))
+        except psycopg.Error as e:
+            raise _map_error(e, doing) from e
 
     def tenant_connection(self, tenant: Tenant) -> TenantConnection:
         db, role = self.physical_names(tenant)
