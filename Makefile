@@ -68,9 +68,10 @@ bench-cold: deps
 	$(VENV)/bin/python bench/dev_cluster.py --cold
 
 ## bench-density: how many running tenant control planes stay Ready on this machine (JSON on
-## stdout; about 70 s per tenant, up to --max 60: over an hour)
+## stdout; about 70 s per tenant, up to --max 60: over an hour); its flags in BENCH_ARGS, e.g.
+## make bench-density BENCH_ARGS="--settle 30 --time-limit 2100"
 bench-density: deps
-	$(VENV)/bin/python bench/density.py
+	$(VENV)/bin/python bench/density.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

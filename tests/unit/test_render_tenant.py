@@ -159,6 +159,56 @@ def test_deployment_on_etcd() -> None:
     assert pod["spec"]["automountServiceAccountToken"] is False
 
 
+LONG_LEASES = ["--leader-elect=true", "--leader-elect-lease-duration=137s",
+               "--leader-elect-renew-deadline=107s", "--leader-elect-retry-period=26s"]
+
+
+def _leader_flags(args: list[str]) -> list[str]:
+    return [a for a in args if a.startswith("--leader-elect")]
+
+
+def test_controller_manager_and_scheduler_get_long_leader_election_timings() -> None:
+    c = _containers(controlplane.deployment(tcp(), ETCD, "10.0.0.7", {}, "kine:x"))
+    for name in ("kube-controller-manager", "kube-scheduler"):
+        assert _leader_flags(c[name]["args"]) == LONG_LEASES
+    assert not _leader_flags(c["kube-apiserver"]["args"])
+
+
+def test_extra_args_override_the_leader_election_timings() -> None:
+    mine = ["--leader-elect-lease-duration=60s", "--leader-elect-renew-deadline=40s",
+            "--leader-elect-retry-period=5s"]
+    s = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "extraArgs": {"controllerManager": mine,
+                      "scheduler": ["--leader-elect-lease-duration=200s"]}}})
+    c = _containers(controlplane.deployment(s, ETCD, "10.0.0.7", {}, "kine:x"))
+    kcm, sched = c["kube-controller-manager"]["args"], c["kube-scheduler"]["args"]
+    assert _leader_flags(kcm) == ["--leader-elect=true", *mine]
+    assert kcm[-3:] == mine  # the user's, verbatim and last
+    # one flag overridden, the others keep Haku's defaults
+    assert _leader_flags(sched) == ["--leader-elect=true", "--leader-elect-renew-deadline=107s",
+                                    "--leader-elect-retry-period=26s",
+                                    "--leader-elect-lease-duration=200s"]
+
+
+def test_leader_election_timings_client_go_would_refuse_are_invalid() -> None:
+    # 60 s lease under the default 107 s renew deadline: the component would crash-loop
+    s = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "extraArgs": {"scheduler": ["--leader-elect-lease-duration=1m"]}}})
+    with pytest.raises(InvalidSpec, match="lease duration > renew deadline") as bad:
+        controlplane.deployment(s, ETCD, "10.0.0.7", {}, "kine:x")
+    assert bad.value.field == "spec.controlPlane.deployment.extraArgs.scheduler"
+    s = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "extraArgs": {"controllerManager": ["--leader-elect-retry-period=1m30s"]}}})
+    with pytest.raises(InvalidSpec, match=r"extraArgs\.controllerManager"):
+        controlplane.deployment(s, ETCD, "10.0.0.7", {}, "kine:x")
+    # longer than the defaults, or leader election off: fine
+    for extra in (["--leader-elect-lease-duration=2m30s"],
+                  ["--leader-elect=false", "--leader-elect-lease-duration=1s"]):
+        s = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+            "extraArgs": {"scheduler": extra}}})
+        controlplane.deployment(s, ETCD, "10.0.0.7", {}, "kine:x")
+
+
 def test_deployment_on_sql_runs_kine_with_the_password_out_of_argv() -> None:
     d = controlplane.deployment(tcp(), KINE, "10.0.0.7", {}, "docker.io/rancher/kine:v0.17.5")
     c = _containers(d)

@@ -55,7 +55,10 @@ class WorkerError(RuntimeError):
 class Timeouts:
     containerd: float = 30.0
     images: float = 120.0
-    token_signed: float = 30.0  # the tenant's bootstrapsigner, before kubeadm starts
+    # The tenant's bootstrapsigner, before kubeadm starts. Its controller-manager may have
+    # just rolled (an upgrade, a CA rotation): the new one leads only once the old one's Lease
+    # expires, up to 137 s + a retry period later (render/controlplane.py, LEADER_ELECTION).
+    token_signed: float = 200.0
     kubelet_files: float = 90.0  # kubeadm start -> kubelet files (discovery and preflight)
     join: float = 240.0  # the whole kubeadm join
     node_ready: float = 120.0

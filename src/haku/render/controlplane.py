@@ -70,6 +70,37 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, Mapping[str, str]]] = {
     "konnectivity-server": {"requests": {"cpu": "5m", "memory": "24Mi"}},
 }
 
+# Leader election of the tenant's kube-controller-manager and kube-scheduler (defaults, so
+# extraArgs override them). client-go's defaults, which kubeadm keeps (15 s lease, 10 s renew
+# deadline, 2 s retry), make a leader that cannot renew its Lease for 10 s exit; on a node
+# packed with tenants (docs/benchmarks.md, Density) one slow API server past ~15 tenants made
+# its controller-manager and scheduler restart, and the restarts' CPU slowed the others in
+# turn: a collapse. These are OpenShift's values for nearly every lease it runs (library-go
+# pkg/config/leaderelection, LeaderElectionDefaulting; openshift/enhancements CONVENTIONS.md,
+# "Handling kube-apiserver disruption"), which HyperShift's hosted control planes use too
+# (openshift/hypershift support/config/constants.go, RecommendedLeaseDuration,
+# RecommendedRenewDeadline, RecommendedRetryPeriod; e.g. for the hosted kube-scheduler's
+# KubeSchedulerConfiguration): 4 renew attempts 26 s apart, so a leader rides out about 78 s
+# of API server trouble, 30 s of clock skew, and a Lease write every 26 s instead of every 2 s
+# (two per tenant, on the shared DataStore). (HyperShift's own hosted kube-controller-manager
+# keeps OpenShift's 12 s / 3 s; widening it to these values, openshift/hypershift#6529, was
+# proposed for restarts under load and closed unmerged.)
+# The price: hand-over. A leader that stops without releasing its Lease is replaced only when
+# the Lease expires, up to lease duration + retry period (163 s) later, against 17 s before.
+# kube-scheduler releases its Lease on a clean exit (the next one takes it within a retry
+# period, 26 s); kube-controller-manager does not (ControllerManagerReleaseLeaderElectionLockOnExit
+# is alpha, off by default in v1.37), so after a rollout or a restart of its container the
+# tenant's controllers (bootstrapsigner, CSR signing, kube-root-ca.crt, ...) pause up to 163 s.
+LEADER_ELECT_LEASE_DURATION = "137s"
+LEADER_ELECT_RENEW_DEADLINE = "107s"
+LEADER_ELECT_RETRY_PERIOD = "26s"
+LEADER_ELECTION: Mapping[str, str] = {
+    "--leader-elect": "true",
+    "--leader-elect-lease-duration": LEADER_ELECT_LEASE_DURATION,
+    "--leader-elect-renew-deadline": LEADER_ELECT_RENEW_DEADLINE,
+    "--leader-elect-retry-period": LEADER_ELECT_RETRY_PERIOD,
+}
+
 # The control-plane pods' PriorityClass (deploy/priorityclass.yaml, priority_class()).
 DEFAULT_PRIORITY_CLASS = "haku-control-plane"
 PRIORITY = 100_000_000  # below system-cluster-critical (2,000,000,000) and its 1e9 user cap
@@ -243,15 +274,54 @@ def controller_manager_managed(spec: TenantControlPlaneSpec) -> dict[str, str]:
     }
 
 
+_GO_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                      "h": 3600.0}
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def go_duration_seconds(text: str) -> float | None:
+    """Seconds of a Go duration (``137s``, ``2m17s``, ``1.5h``), None if it is not one."""
+    parts = _GO_DURATION.findall(text)
+    if text == "0":
+        return 0.0
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _GO_DURATION_UNITS[u] for n, u in parts)
+
+
+def check_leader_election(args: list[str], component: str) -> None:
+    """InvalidSpec when the leader-election timings in ``args`` (Haku's defaults with the
+    user's extraArgs over them, one flag at a time) are a combination client-go refuses at
+    start (the component would only crash-loop): the lease must outlast the renew deadline,
+    which must exceed 1.2 retry periods (its JitterFactor)."""
+    given = {flag_name(a): a.split("=", 1)[1] for a in args if "=" in a}
+    if given.get("--leader-elect", "true").lower() in ("false", "f", "0"):
+        return
+    lease, renew, retry = (go_duration_seconds(given.get(f"--leader-elect-{f}", ""))
+                           for f in ("lease-duration", "renew-deadline", "retry-period"))
+    if lease is None or renew is None or retry is None:
+        return  # not `--flag=duration`: the component judges it itself
+    if not lease > renew > 1.2 * retry > 0:
+        raise InvalidSpec(
+            f"{EXTRA_ARGS_FIELD}.{component}",
+            f"leader election needs lease duration > renew deadline > 1.2 x retry period, "
+            f"here {given['--leader-elect-lease-duration']}, "
+            f"{given['--leader-elect-renew-deadline']}, {given['--leader-elect-retry-period']}"
+            f" (Haku's defaults: {LEADER_ELECT_LEASE_DURATION}, {LEADER_ELECT_RENEW_DEADLINE},"
+            f" {LEADER_ELECT_RETRY_PERIOD}; set the three together)")
+
+
 def controller_manager_args(spec: TenantControlPlaneSpec) -> list[str]:
     managed = controller_manager_managed(spec)
     defaults = {
         "--allocate-node-cidrs": "true",
         "--controllers": "*,bootstrapsigner,tokencleaner",
-        "--leader-elect": "true",
+        **LEADER_ELECTION,
         "--use-service-account-credentials": "true",
     }
-    return merge_args(managed, defaults, list(spec.extra_args.controller_manager))
+    args = merge_args(managed, defaults, list(spec.extra_args.controller_manager))
+    check_leader_election(args, "controllerManager")
+    return args
 
 
 def scheduler_managed() -> dict[str, str]:
@@ -265,8 +335,10 @@ def scheduler_managed() -> dict[str, str]:
 
 
 def scheduler_args(spec: TenantControlPlaneSpec) -> list[str]:
-    return merge_args(scheduler_managed(), {"--leader-elect": "true"},
+    args = merge_args(scheduler_managed(), dict(LEADER_ELECTION),
                       list(spec.extra_args.scheduler))
+    check_leader_election(args, "scheduler")
+    return args
 
 
 def _probe(path: str, port: int, timing: Mapping[str, int]) -> dict[str, Any]:
