@@ -361,6 +361,53 @@ def cmd_rotate_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_ref(text: str) -> tuple[str, str]:
+    namespace, _, name = text.rpartition("/")
+    return namespace or "default", name
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from haku.backup import run
+    from haku.controller import operator
+
+    namespace, name = _tenant_ref(args.tenant)
+
+    async def main() -> None:
+        client = operator.client_for(Path(args.kubeconfig) if args.kubeconfig else None)
+        try:
+            summary = await run.backup(client, namespace, name, Path(args.output),
+                                       args.with_pki, lambda line: print(line, flush=True))
+        finally:
+            await client.close()
+        print(f"wrote {args.output}: {summary.entries} keys, sha256 {summary.sha256}")
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from haku.backup import run
+    from haku.controller import operator
+
+    namespace, name = _tenant_ref(args.into)
+
+    async def main() -> None:
+        client = operator.client_for(Path(args.kubeconfig) if args.kubeconfig else None)
+        try:
+            await run.restore(client, Path(args.file), namespace, name, args.datastore,
+                              lambda line: print(line, flush=True), not args.no_wait,
+                              args.timeout)
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    return 0
+
+
 def _worker_layout(args: argparse.Namespace) -> Layout:
     return Layout(state_dir=Path(args.state_dir) if args.state_dir else default_state_dir())
 
@@ -648,6 +695,28 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--timeout", type=parse_duration, default=3600.0,
                         help="how long to follow it, e.g. 30m (default 1h)")
     rotate.set_defaults(fn=cmd_rotate_ca)
+
+    backup = sub.add_parser("backup", help="one tenant's data (a consistent snapshot) to a file")
+    backup.add_argument("tenant", help="NAMESPACE/NAME")
+    backup.add_argument("-o", "--output", required=True, help="the file to write (mode 0600)")
+    backup.add_argument("--with-pki", action="store_true",
+                        help="include its CAs and service-account key (private keys!), so "
+                             "that a restored tenant keeps its tokens and kubeconfigs valid")
+    backup.add_argument("--kubeconfig", help="of the admin cluster")
+    backup.set_defaults(fn=cmd_backup)
+    restore = sub.add_parser("restore",
+                             help="a backup into a new tenant, on any DataStore, before it starts")
+    restore.add_argument("file", help="a file written by haku backup")
+    restore.add_argument("--into", required=True, metavar="NAMESPACE/NAME",
+                         help="the new TenantControlPlane (made from the backed-up spec)")
+    restore.add_argument("--dataStore", "--datastore", dest="datastore",
+                         help="its DataStore (default: the backed-up tenant's)")
+    restore.add_argument("--no-wait", action="store_true",
+                         help="return once the data is loaded, not once the tenant is Ready")
+    restore.add_argument("--timeout", type=parse_duration, default=600.0,
+                         help="how long to wait for each stage, e.g. 10m (default 10m)")
+    restore.add_argument("--kubeconfig", help="of the admin cluster")
+    restore.set_defaults(fn=cmd_restore)
     return p
 
 
@@ -664,14 +733,16 @@ def _command_error(e: subprocess.CalledProcessError | subprocess.TimeoutExpired)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lightkube import ApiError
+    from lightkube import ApiError, ConfigError
+
+    from haku.datastore import DataStoreError
 
     args = parser().parse_args(argv)
     try:
         code: int = args.fn(args)
         return code
     except (HakuError, WorkerError, WorkerNetError, PermissionError, LookupError,
-            TimeoutError) as e:
+            TimeoutError, DataStoreError) as e:
         print(f"haku: {e}", file=sys.stderr)
         return 1
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
@@ -681,6 +752,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except ApiError as e:
         print(f"haku: {e.status.message}", file=sys.stderr)
+        return 1
+    except ConfigError as e:
+        print(f"haku: no admin cluster to talk to: {e} (give --kubeconfig or set KUBECONFIG)",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("haku: interrupted", file=sys.stderr)

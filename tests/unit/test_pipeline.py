@@ -107,13 +107,14 @@ def test_requeue_jitter_stays_within_its_band() -> None:
 
 def test_condition_types_follow_the_step_order_once_each() -> None:
     assert condition_types(steps.STEPS) == (
-        "NetworkIsolated", "DataStoreReady", "ControlPlaneAvailable", "CertificatesReady",
-        "APIServerReady", "TenantBootstrapped", "WriteLimited", "KonnectivityConnected",
-        "Ready")
-    # Ready stands for all of them but the informational WriteLimited and
+        "NetworkIsolated", "DataStoreReady", "DataRestored", "ControlPlaneAvailable",
+        "CertificatesReady", "APIServerReady", "TenantBootstrapped", "WriteLimited",
+        "KonnectivityConnected", "Ready")
+    # Ready stands for all of them but the informational DataRestored, WriteLimited and
     # KonnectivityConnected.
     assert tuple(t for t in condition_types(steps.STEPS)
-                 if t not in ("WriteLimited", "KonnectivityConnected")) == READY_TYPES
+                 if t not in ("DataRestored", "WriteLimited", "KonnectivityConnected")
+                 ) == READY_TYPES
     names = [s.name for s in steps.STEPS]
     assert len(names) == len(set(names))
     # On delete the pods stop (deployment) before the data goes (datastore), and the
@@ -123,6 +124,8 @@ def test_condition_types_follow_the_step_order_once_each() -> None:
         "finalizer") == len(cleanup) - 1
     # The ranges are checked, and the pods fenced in, before anything is provisioned or runs.
     assert names.index("network") < names.index("datastore") < names.index("deployment")
+    # A restored tenant's data is loaded before its CA is made or its pods start.
+    assert names.index("datastore") < names.index("restore") < names.index("certificates")
 
 
 async def test_a_lost_lease_is_not_a_condition_but_stops_the_pass() -> None:

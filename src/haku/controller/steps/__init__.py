@@ -9,6 +9,8 @@ network            NetworkIsolated         refuses ranges that overlap the admin
 datastore          DataStoreReady          the tenant's user and space, owned by its uid / drops
                                            them once the pods are gone (or abandons them when
                                            the annotation says so)
+restore            DataRestored            a tenant made by `haku restore` waits here until its
+                                           data is loaded (informational; absent otherwise)
 service            ControlPlaneAvailable   the Service and the endpoint derived from it
 certificates       CertificatesReady       kubeadm's certificates and the kubeconfigs
 deployment         ControlPlaneAvailable   the control-plane Deployment / stops its pods first
@@ -40,15 +42,16 @@ from haku.controller.steps.exposure import IngressStep, ServiceStep
 from haku.controller.steps.finalizer import FinalizerStep
 from haku.controller.steps.konnectivity import KonnectivityStep
 from haku.controller.steps.network import NetworkStep
+from haku.controller.steps.restore import RestoreStep
 from haku.controller.steps.version import VersionStep
 from haku.controller.steps.write_permissions import WritePermissionsStep
 
 __all__ = ["STEPS", "Deps", "pipeline"]
 
 # The steps of a TenantControlPlane, in the order they apply.
-STEPS = (FinalizerStep, NetworkStep, DataStoreStep, ServiceStep, CertificatesStep, DeploymentStep,
-         IngressStep, APIServerStep, BootstrapStep, WritePermissionsStep, KonnectivityStep,
-         CARotationStep, VersionStep)
+STEPS = (FinalizerStep, NetworkStep, DataStoreStep, RestoreStep, ServiceStep, CertificatesStep,
+         DeploymentStep, IngressStep, APIServerStep, BootstrapStep, WritePermissionsStep,
+         KonnectivityStep, CARotationStep, VersionStep)
 
 
 def pipeline(deps: Deps) -> list[Step]:

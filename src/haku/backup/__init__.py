@@ -1,0 +1,1 @@
+"""Backups of one tenant, restores into a new one (haku backup / haku restore)."""
