@@ -277,7 +277,7 @@ async def test_kubelet_patches_of_every_kind_are_kept_as_given(client: AsyncClie
 
 
 @pytest.mark.parametrize(("field", "first", "second", "message"), [
-    ("dataStore", "one", "two", "spec.dataStore is immutable"),
+    ("dataStore", "one", None, "spec.dataStore cannot be unset once set"),
     ("dataStoreSchema", "s1", "s2", "spec.dataStoreSchema is immutable"),
     ("dataStoreUsername", "u1", "u2", "spec.dataStoreUsername is immutable"),
     ("dataStoreSchema", "s1", None, "spec.dataStoreSchema cannot be unset once set"),
@@ -291,8 +291,15 @@ async def test_datastore_placement_is_immutable(
     assert message in info.value.status.message
 
 
+async def test_datastore_can_change_or_be_set_later_which_moves_the_data(
+        client: AsyncClient) -> None:
+    await client.apply(from_dict(manifest(spec__dataStore=None)), force=True)
+    for value in ("set-later", "moved-again"):  # each a migration (haku.render.migration)
+        made = await client.apply(from_dict(manifest(spec__dataStore=value)), force=True)
+        assert made.to_dict()["spec"]["dataStore"] == value
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("dataStore", "late", "spec.dataStore cannot be added after creation"),
     ("dataStoreSchema", "late", "spec.dataStoreSchema cannot be added after creation; this "
      "tenant uses status.storage.setup.schema"),
     ("dataStoreUsername", "late", "spec.dataStoreUsername cannot be added after creation"),

@@ -13,6 +13,7 @@ import pytest
 
 from haku.backup import format as fmt
 from haku.datastore.base import Entry
+from haku.datastore.digest import Digest
 
 HEADER = fmt.Header(source={"namespace": "a", "name": "t", "uid": "u", "dataStore": "dev-etcd",
                             "driver": "etcd", "revision": 42},
@@ -59,7 +60,7 @@ def test_the_pki_travels_in_the_file_when_asked(tmp_path: Path) -> None:
 
 
 def test_the_digest_ignores_order_but_not_content() -> None:
-    a, b, c = fmt.Digest(), fmt.Digest(), fmt.Digest()
+    a, b, c = Digest(), Digest(), Digest()
     for e in ENTRIES:
         a.add(e)
     for e in reversed(ENTRIES):
@@ -67,7 +68,7 @@ def test_the_digest_ignores_order_but_not_content() -> None:
     for e in [*ENTRIES[:2], Entry(ENTRIES[2].key, b"changed", 9)]:
         c.add(e)
     assert a == b and a != c
-    shorter = fmt.Digest()
+    shorter = Digest()
     for e in ENTRIES[:2]:
         shorter.add(e)
     assert shorter != a

@@ -108,13 +108,13 @@ def test_requeue_jitter_stays_within_its_band() -> None:
 def test_condition_types_follow_the_step_order_once_each() -> None:
     assert condition_types(steps.STEPS) == (
         "NetworkIsolated", "DataStoreReady", "DataRestored", "ControlPlaneAvailable",
-        "CertificatesReady", "APIServerReady", "TenantBootstrapped", "WriteLimited",
-        "KonnectivityConnected", "Ready")
-    # Ready stands for all of them but the informational DataRestored, WriteLimited and
-    # KonnectivityConnected.
+        "CertificatesReady", "APIServerReady", "TenantBootstrapped", "Migrating",
+        "WriteLimited", "KonnectivityConnected", "Ready")
+    # Ready stands for all of them but the informational DataRestored, Migrating,
+    # WriteLimited and KonnectivityConnected.
     assert tuple(t for t in condition_types(steps.STEPS)
-                 if t not in ("DataRestored", "WriteLimited", "KonnectivityConnected")
-                 ) == READY_TYPES
+                 if t not in ("DataRestored", "Migrating", "WriteLimited",
+                              "KonnectivityConnected")) == READY_TYPES
     names = [s.name for s in steps.STEPS]
     assert len(names) == len(set(names))
     # On delete the pods stop (deployment) before the data goes (datastore), and the

@@ -26,11 +26,12 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from haku.datastore.base import Entry
+from haku.datastore.digest import Digest
 
 FORMAT = "haku.dev/tenant-backup"
 VERSION = 1
@@ -59,35 +60,6 @@ class Summary:
     entries: int
     value_bytes: int
     sha256: str
-
-
-@dataclass
-class Digest:
-    """An order-independent digest of a keyspace: the count, and the sum (mod 2^256) of each
-    key's SHA-256 over key and value. Two keyspaces with the same digest hold the same keys
-    with the same values (but for a SHA-256 collision), whatever order they were read in."""
-
-    entries: int = 0
-    total: int = 0
-    keys: dict[bytes, str] = field(default_factory=dict)  # filled only when asked
-
-    def add(self, entry: Entry, keep: bool = False) -> None:
-        h = key_digest(entry)
-        self.entries += 1
-        self.total = (self.total + int(h, 16)) % (1 << 256)
-        if keep:
-            self.keys[entry.key] = h
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Digest) and (self.entries, self.total) == (other.entries,
-                                                                              other.total)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-def key_digest(entry: Entry) -> str:
-    h = hashlib.sha256(len(entry.key).to_bytes(4, "big") + entry.key + entry.value)
-    return h.hexdigest()
 
 
 def _key_text(key: bytes) -> str:

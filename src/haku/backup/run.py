@@ -30,6 +30,7 @@ from haku.controller.credentials import PASSWORD_KEY
 from haku.controller.resources import secret_reader
 from haku.controller.steps.restore import RESTORE_FROM, RESTORED, ran_before
 from haku.datastore import Driver, Entry, Tenant, open_driver
+from haku.datastore.digest import Digest
 from haku.datastore.settings import resolve
 from haku.errors import HakuError
 from haku.render import ca_rotation, controlplane
@@ -294,7 +295,7 @@ async def restore(client: AsyncClient, path: Path, namespace: str, name: str,
         with _opened(path) as reader:
             loaded = await driver.load(where.tenant, _entries(reader, progress))
         say(progress.line())
-        check = fmt.Digest()
+        check = Digest()
         async for entry in driver.snapshot(where.tenant):
             check.add(entry)
     if loaded != summary.entries or check != digest:

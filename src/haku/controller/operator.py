@@ -29,7 +29,7 @@ from haku.controller.runtime import Controller, Key, Result, SpecChanges, Watche
 from haku.controller.telemetry import Telemetry
 from haku.controller.tenant import OperatorConfig, TenantReconciler
 from haku.controller.tenant_watches import TenantWatches
-from haku.render import controlplane
+from haku.render import controlplane, migration
 from haku.render.controlplane import MANAGED_BY, TENANT_LABEL
 
 log = logging.getLogger("haku.operator")
@@ -94,12 +94,19 @@ async def wait_established(client: AsyncClient, name: str, timeout: float = 10.0
         await asyncio.sleep(0.1)
 
 
-def _datastore_of(tcp: Any, default: str | None) -> str | None:
-    """The DataStore a TenantControlPlane uses: the one it was set up on, else its spec's."""
+def _datastores_of(tcp: Any, default: str | None) -> set[str]:
+    """The DataStores a TenantControlPlane uses: the one it was set up on, else its spec's,
+    and both sides of a migration under way."""
     obj = tcp.to_dict()
-    setup = ((obj.get("status") or {}).get("storage") or {}).get("dataStoreName")
-    name: str | None = setup or (obj.get("spec") or {}).get("dataStore") or default
-    return name
+    storage = (obj.get("status") or {}).get("storage") or {}
+    name: str | None = (storage.get("dataStoreName") or (obj.get("spec") or {}).get("dataStore")
+                        or default)
+    names = {name} if name else set()
+    record = storage.get("migration") or {}
+    if migration.in_progress(record):
+        names |= {n for n in ((record.get("from") or {}).get("dataStoreName"),
+                              (record.get("to") or {}).get("dataStoreName")) if n}
+    return names
 
 
 def _owned_by_tenant(event: str, obj: Any) -> list[Key]:
@@ -189,7 +196,7 @@ async def run(options: RunOptions, config: OperatorConfig,
         async def datastore_reconcile(key: Key) -> Result:
             used_by = []
             async for t in client.list(TenantControlPlane, namespace=ALL_NS):
-                if _datastore_of(t, config.default_datastore) == key[1]:
+                if key[1] in _datastores_of(t, config.default_datastore):
                     ns, name = key_of(t)
                     used_by.append(f"{ns}/{name}")
             # Keeps the DataStore (finalizer) while any tenant uses it; None once it is gone.
@@ -205,8 +212,7 @@ async def run(options: RunOptions, config: OperatorConfig,
             # Coalesced: a burst of new tenants is one re-check, as each lists every tenant
             # (at most every 2 s, and every 10 s with 1,000 tenants).
             if tenant_changes(event, obj):
-                name = _datastore_of(obj, config.default_datastore)
-                if name:
+                for name in _datastores_of(obj, config.default_datastore):
                     stores.queue.add_after(("", name), max(
                         DATASTORE_COALESCE, len(tcp.known) * DATASTORE_COALESCE_PER_TENANT))
             return []

@@ -46,8 +46,6 @@ def objects(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
     blocked = spec.write_permissions.operations
     if not blocked:
         return []
-    any_op = {"apiVersions": ["*"], "operations": ["*"], "scope": "*"}
-    users = ", ".join(f"'{u}'" for u in EXEMPT_USERS)
     fields = ", ".join(f for f, on in (
         ("blockCreation", spec.write_permissions.block_creation),
         ("blockUpdate", spec.write_permissions.block_update),
@@ -55,17 +53,47 @@ def objects(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
     message = (f"{MESSAGE_START}: TenantControlPlane "
                f"{spec.namespace}/{spec.name} spec.writePermissions sets {fields}; reads work, "
                "and writes are accepted again once it is lifted")
+    return freeze(NAME, blocked, message)
+
+
+# A migration's freeze also holds status and other subresource writes: what the source
+# accepts after the copy is lost. A ServiceAccount's token (a TokenRequest stores nothing)
+# stays allowed, so that pods keep starting.
+MIGRATION_NAME = "haku-migration-freeze"
+MIGRATION_MARK = "is moving its data from DataStore"  # in its message only
+MIGRATION_EXEMPT = ({"apiGroups": [""], "resources": ["serviceaccounts/token"]},)
+
+
+def migration_freeze(spec: TenantControlPlaneSpec, source: str, target: str
+                     ) -> list[dict[str, Any]]:
+    """The freeze of a DataStore migration: every write but the exempt ones, subresources
+    included, while the tenant's data is copied from DataStore ``source`` to ``target``."""
+    message = (f"{MESSAGE_START}: TenantControlPlane {spec.namespace}/{spec.name} "
+               f"{MIGRATION_MARK} {source} to {target}; reads work, and writes are "
+               "accepted again in a few seconds: retry")
+    return freeze(MIGRATION_NAME, ("CREATE", "UPDATE", "DELETE"), message, subresources=True,
+                  exempt=EXEMPT_RESOURCES + MIGRATION_EXEMPT)
+
+
+def freeze(name: str, blocked: tuple[str, ...] | list[str], message: str,
+           subresources: bool = False,
+           exempt: tuple[dict[str, Any], ...] = EXEMPT_RESOURCES) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy ``name`` refusing ``blocked`` operations with ``message``
+    (on main resources, and subresources too if asked), and its binding."""
+    any_op = {"apiVersions": ["*"], "operations": ["*"], "scope": "*"}
+    users = ", ".join(f"'{u}'" for u in EXEMPT_USERS)
+    resources = ["*", "*/*"] if subresources else ["*"]
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": NAME, "labels": LABELS},
+        "metadata": {"name": name, "labels": LABELS},
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": {
                 "resourceRules": [{"apiGroups": ["*"], "apiVersions": ["*"],
-                                   "operations": list(blocked), "resources": ["*"],
+                                   "operations": list(blocked), "resources": resources,
                                    "scope": "*"}],
-                "excludeResourceRules": [{**rule, **any_op} for rule in EXEMPT_RESOURCES],
+                "excludeResourceRules": [{**rule, **any_op} for rule in exempt],
             },
             "matchConditions": [{"name": "not-exempt-user",
                                  "expression": f"!(request.userInfo.username in [{users}])"}],
@@ -76,7 +104,7 @@ def objects(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
     binding = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": NAME, "labels": LABELS},
-        "spec": {"policyName": NAME, "validationActions": ["Deny"]},
+        "metadata": {"name": name, "labels": LABELS},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
     }
     return [policy, binding]

@@ -17,6 +17,9 @@ deployment         ControlPlaneAvailable   the control-plane Deployment / stops 
 ingress            ControlPlaneAvailable   the Ingress, when the spec asks for one
 apiserver          APIServerReady          /readyz through the exposed endpoint
 bootstrap          TenantBootstrapped      kubeadm's join objects and the addons, in the tenant
+migration          Migrating               a move to the DataStore spec.dataStore now names:
+                                           freeze, copy, verify, switch, unfreeze, drop the
+                                           old space (informational; haku.render.migration)
 write-permissions  WriteLimited            spec.writePermissions as a policy in the tenant / lifts
                                            it (informational; absent when there is none)
 konnectivity       KonnectivityConnected   whether the Konnectivity agents are connected
@@ -41,6 +44,7 @@ from haku.controller.steps.deps import Deps
 from haku.controller.steps.exposure import IngressStep, ServiceStep
 from haku.controller.steps.finalizer import FinalizerStep
 from haku.controller.steps.konnectivity import KonnectivityStep
+from haku.controller.steps.migration import MigrationStep
 from haku.controller.steps.network import NetworkStep
 from haku.controller.steps.restore import RestoreStep
 from haku.controller.steps.version import VersionStep
@@ -50,8 +54,8 @@ __all__ = ["STEPS", "Deps", "pipeline"]
 
 # The steps of a TenantControlPlane, in the order they apply.
 STEPS = (FinalizerStep, NetworkStep, DataStoreStep, RestoreStep, ServiceStep, CertificatesStep,
-         DeploymentStep, IngressStep, APIServerStep, BootstrapStep, WritePermissionsStep,
-         KonnectivityStep, CARotationStep, VersionStep)
+         DeploymentStep, IngressStep, APIServerStep, BootstrapStep, MigrationStep,
+         WritePermissionsStep, KonnectivityStep, CARotationStep, VersionStep)
 
 
 def pipeline(deps: Deps) -> list[Step]:

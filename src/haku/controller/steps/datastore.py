@@ -31,7 +31,7 @@ from haku.controller.steps.deps import StepBase
 from haku.datastore import DataStoreError, Driver, Tenant
 from haku.datastore.base import InUse, InvalidName
 from haku.datastore.etcd import EtcdDriver
-from haku.render import controlplane, pki, tenant_pki, tenant_status
+from haku.render import controlplane, migration, pki, tenant_pki, tenant_status
 from haku.render.kine import ENDPOINT_KEY
 from haku.render.storage import TenantConnection
 
@@ -180,15 +180,27 @@ class DataStoreStep(StepBase):
                 f"{ABANDON}=true: leaving this tenant's data in DataStore {where.data_store} "
                 f"({where.schema!r}) as it is"))
             return
+        await self._delete_space(ctx, where.data_store, where.schema, where.user)
+        # A migration under way holds a second space: the target before its switch, the
+        # source after it (the pods are gone by now either way).
+        record = migration.migration_of(ctx.obj.get("status"))
+        if migration.in_progress(record):
+            side = "to" if record.get("phase") in migration.CANCELLABLE else "from"
+            other = (record.get(side) or {}).get("dataStoreName")
+            if other and other != where.data_store:
+                await self._delete_space(ctx, other, where.schema, where.user)
+
+    async def _delete_space(self, ctx: Context, name: str, schema: str, user: str) -> None:
+        """Delete what DataStore ``name`` records as this tenant's under these names."""
         try:
-            datastore = await self.deps.drivers.read(where.data_store)
+            datastore = await self.deps.drivers.read(name)
         except Wait as w:
             raise self._blocked(ctx, w.condition.reason, w.condition.message) from None
         try:
             async with self.deps.drivers.lease(datastore) as driver:
-                tenant = Tenant(where.schema, where.user, owner=ctx.spec.uid)
+                tenant = Tenant(schema, user, owner=ctx.spec.uid)
                 self.deps.fence.check()
-                async with self.deps.drivers.gate(where.data_store):
+                async with self.deps.drivers.gate(name):
                     await driver.delete_tenant(tenant)
                 physical = driver.physical_names(tenant)[0]
         except InvalidName as e:
@@ -199,7 +211,7 @@ class DataStoreStep(StepBase):
             raise self._blocked(ctx, e.reason, str(e)) from e
         self.deps.verified.pop(ctx.key, None)
         self.deps.events.emit(ctx.obj, "Normal", "DataStoreTenantDeleted",
-                              f"removed {physical!r} from {where.data_store}")
+                              f"removed {physical!r} from {name}")
 
     def _blocked(self, ctx: Context, reason: str, message: str) -> Wait:
         text = (f"cleaning up before deletion failed (retrying): {message}; the finalizer "

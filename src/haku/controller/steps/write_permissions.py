@@ -40,9 +40,10 @@ PROBE = {  # a dry-run write of each kind, on an object every namespace has
 }
 
 
-async def enforced(endpoint: str, super_admin: bytes, operation: str) -> str | None:
+async def enforced(endpoint: str, super_admin: bytes, operation: str,
+                   marker: str = write_permissions.MESSAGE_START) -> str | None:
     """None if the tenant's API server refuses a dry-run ``operation`` by the tenant admin
-    (impersonated) with the freeze's message; else what it answered."""
+    (impersonated) with a freeze's message (holding ``marker``); else what it answered."""
     method, path, body = PROBE[operation]
     admin = tenant_kubeconfigs.ADMIN
     headers = {"Impersonate-User": admin.user, "Impersonate-Group": admin.organizations[0]}
@@ -59,7 +60,7 @@ async def enforced(endpoint: str, super_admin: bytes, operation: str) -> str | N
         return f"a dry-run {operation}: {e}"
     finally:
         files.cleanup()
-    if answer.status_code == 403 and write_permissions.MESSAGE_START in answer.text:
+    if answer.status_code == 403 and marker in answer.text:
         return None
     return f"a dry-run {operation} as the tenant admin answered {answer.status_code}"
 
