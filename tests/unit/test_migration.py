@@ -55,6 +55,12 @@ def test_verification_leaves_out_what_the_freeze_lets_through() -> None:
     assert not mg.compared(b"/masterleases/10.0.0.1")
     assert mg.compared(b"/configmaps/default/x")
     assert mg.compared(b"/minions/w1") and mg.compared(b"/pods/default/p")
+    # The freeze itself is not copied: pods on the target start unfrozen.
+    for key in (b"/validatingadmissionpolicies/haku-migration-freeze",
+                b"/validatingadmissionpolicybindings/haku-migration-freeze"):
+        assert not mg.copied(key) and not mg.compared(key)
+    assert mg.copied(b"/validatingadmissionpolicies/haku-write-permissions")
+    assert mg.copied(b"/configmaps/default/haku-migration-freeze")
 
 
 def test_the_time_writes_were_refused_is_read_from_the_record() -> None:
@@ -72,7 +78,7 @@ def test_the_migration_freeze_refuses_status_writes_too_and_says_why() -> None:
         write_permissions.MIGRATION_NAME
     rule = policy["spec"]["matchConstraints"]["resourceRules"][0]
     assert rule["operations"] == ["CREATE", "UPDATE", "DELETE"]
-    assert rule["resources"] == ["*", "*/*"]  # pods/status, nodes/status too
+    assert rule["resources"] == ["*/*"]  # resources and subresources: pods/status too
     excluded = policy["spec"]["matchConstraints"]["excludeResourceRules"]
     assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "apiVersions": ["*"],
             "operations": ["*"], "scope": "*"} in excluded

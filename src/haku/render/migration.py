@@ -44,15 +44,27 @@ ENDED = frozenset({"Completed", "Cancelled"})
 # Keys whose writes the freeze lets through (see the module): not compared.
 EXEMPT_PREFIXES = (b"/leases/", b"/events/", b"/masterleases/")
 COPY_ATTEMPTS = 3
+FREEZE_NAME = "haku-migration-freeze"  # haku.render.write_permissions.MIGRATION_NAME
 
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def freeze_key(key: bytes) -> bool:
+    """Whether ``key`` holds the migration's own freeze (its ValidatingAdmissionPolicy or
+    binding). Not copied: the pods that start on the target accept writes at once, while
+    the old pods, still on the source, refuse them until they are gone."""
+    return key.endswith(b"/" + FREEZE_NAME.encode()) and b"/validatingadmissionpolic" in key
+
+
+def copied(key: bytes) -> bool:
+    return not freeze_key(key)
+
+
 def compared(key: bytes) -> bool:
     """Whether verification compares this key (writes to it are refused while frozen)."""
-    return not key.startswith(EXEMPT_PREFIXES)
+    return copied(key) and not key.startswith(EXEMPT_PREFIXES)
 
 
 def migration_of(status: Mapping[str, Any] | None) -> dict[str, Any]:

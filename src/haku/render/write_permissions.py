@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
-from haku.render import tenant_kubeconfigs
+from haku.render import migration, tenant_kubeconfigs
 from haku.render.tenant_bootstrap import ADDON_LABEL, MANAGED_BY
 
 NAME = "haku-write-permissions"
@@ -59,7 +59,7 @@ def objects(spec: TenantControlPlaneSpec) -> list[dict[str, Any]]:
 # A migration's freeze also holds status and other subresource writes: what the source
 # accepts after the copy is lost. A ServiceAccount's token (a TokenRequest stores nothing)
 # stays allowed, so that pods keep starting.
-MIGRATION_NAME = "haku-migration-freeze"
+MIGRATION_NAME = migration.FREEZE_NAME
 MIGRATION_MARK = "is moving its data from DataStore"  # in its message only
 MIGRATION_EXEMPT = ({"apiGroups": [""], "resources": ["serviceaccounts/token"]},)
 
@@ -82,7 +82,7 @@ def freeze(name: str, blocked: tuple[str, ...] | list[str], message: str,
     (on main resources, and subresources too if asked), and its binding."""
     any_op = {"apiVersions": ["*"], "operations": ["*"], "scope": "*"}
     users = ", ".join(f"'{u}'" for u in EXEMPT_USERS)
-    resources = ["*", "*/*"] if subresources else ["*"]
+    resources = ["*/*"] if subresources else ["*"]  # "*/*": resources and subresources
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",

@@ -141,6 +141,8 @@ class MigrationStep(StepBase):
 
             async def entries() -> AsyncIterator[Entry]:
                 async for entry in src.snapshot(source):
+                    if not mg.copied(entry.key):
+                        continue
                     if mg.compared(entry.key):
                         digest.add(entry)
                     yield entry
