@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint bench bench-cold bench-density clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint bench bench-cold bench-density bench-backup clean
 
 all: test
 
@@ -72,6 +72,13 @@ bench-cold: deps
 ## make bench-density BENCH_ARGS="--settle 30 --time-limit 2100"
 bench-density: deps
 	$(VENV)/bin/python bench/density.py $(BENCH_ARGS)
+
+## bench-backup: backup and restore rate and peak RSS per driver for tenants of 1,000 and 10,000
+## objects (JSON on stdout; a few minutes). Datastores of its own (state dir and ports apart), so
+## no lock is needed; its flags in BENCH_ARGS, e.g.
+## make bench-backup BENCH_ARGS="--sizes 1000,10000,50000 --out bench/results/backup.json"
+bench-backup: deps
+	$(VENV)/bin/python bench/backup.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
