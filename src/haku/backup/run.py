@@ -21,6 +21,7 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import Deployment
+from lightkube.types import PatchType
 
 from haku.api.datastore import DataStoreSpec
 from haku.api.resources import DataStore, TenantControlPlane
@@ -87,14 +88,18 @@ async def placement(client: AsyncClient, tcp: dict[str, Any]) -> Placement:
                             password, owner=storage.get("owner") or meta["uid"]))
 
 
-@contextlib.asynccontextmanager
-async def driver_for(client: AsyncClient, datastore: str) -> AsyncIterator[Driver]:
+async def _datastore_exists(client: AsyncClient, datastore: str) -> dict[str, Any]:
     try:
-        obj = _dict(await client.get(DataStore, datastore))
+        return _dict(await client.get(DataStore, datastore))
     except ApiError as e:
         if e.status.code == 404:
             raise BackupError(f"DataStore {datastore} does not exist") from e
         raise
+
+
+@contextlib.asynccontextmanager
+async def driver_for(client: AsyncClient, datastore: str) -> AsyncIterator[Driver]:
+    obj = await _datastore_exists(client, datastore)
     settings = await resolve(DataStoreSpec.parse(obj), secret_reader(client))
     driver = open_driver(settings)
     try:
@@ -260,13 +265,17 @@ async def restore(client: AsyncClient, path: Path, namespace: str, name: str,
     try:
         header, summary, digest = await asyncio.to_thread(fmt.verify, path)
     except fmt.BackupFileError as e:
-        raise BackupError(f"{path}: {e}") from e
+        why = str(e)  # some of the format's messages name the file already
+        raise BackupError(why if why.startswith(f"{path}") else f"{path}: {why}") from e
     src = header.source
     say(f"{path}: {summary.entries} keys of {src.get('namespace')}/{src.get('name')} "
         f"({src.get('driver')} DataStore {src.get('dataStore')}, {header.created_at}), "
         f"checksum {summary.sha256[:12]} verified")
     tcp = await read_tcp(client, namespace, name)
     if tcp is None:
+        target = restored_spec(header, datastore).get("dataStore")
+        if target:  # named wrong, the tenant would wait for it, made for nothing
+            await _datastore_exists(client, target)
         tcp = await _create(client, namespace, name, header, summary.sha256, datastore)
         say(f"created TenantControlPlane {namespace}/{name} on DataStore "
             f"{tcp['spec'].get('dataStore')}, held until its data is loaded")
@@ -304,7 +313,7 @@ async def restore(client: AsyncClient, path: Path, namespace: str, name: str,
                           "(run it again to start over)")
     say(f"{loaded} keys in {where.driver} DataStore {where.datastore}, read back and matching")
     await client.patch(TenantControlPlane, name, {"metadata": {"annotations": {
-        RESTORED: summary.sha256}}}, namespace=namespace)
+        RESTORED: summary.sha256}}}, namespace=namespace, patch_type=PatchType.MERGE)
     if wait:
         await wait_ready(client, namespace, name, say, timeout)
     return summary

@@ -19,6 +19,9 @@ from haku.controller.steps.deps import StepBase
 CONDITION = "DataRestored"
 RESTORE_FROM = "haku.dev/restore-from"
 RESTORED = "haku.dev/restored"
+# How often a held tenant looks for RESTORED: an annotation does not wake the operator (only
+# spec, deletion and finalizer changes do), and a restore's user waits for its control plane.
+POLL = 5.0
 
 
 def ran_before(status: dict[str, object]) -> bool:
@@ -53,4 +56,4 @@ class RestoreStep(StepBase):
             CONDITION, "False", "WaitingForData",
             f"waiting for `haku restore` to load the backup {short} into this tenant's space; "
             "the control plane starts once it has (if it stopped, run it again: it resumes)"),
-            30.0)
+            POLL, poll=True)
