@@ -78,6 +78,10 @@ OWNER_PREFIX = b"haku.dev/owner/"
 # Puts per Txn when loading a snapshot (etcd's --max-txn-ops defaults to 128). The keys of one
 # Txn share a revision; the order between Txns is the snapshot's.
 LOAD_BATCH = 100
+# ... and at most this many bytes of keys and values, under etcd's --max-request-bytes
+# (1.5 MiB by default); a larger single key goes alone.
+LOAD_BATCH_BYTES = 1 << 20
+MAX_MESSAGE = 1 << 30
 
 
 def prefix_of(schema: str) -> bytes:
@@ -182,7 +186,11 @@ class EtcdDriver:
         self.channel = grpc.aio.secure_channel(
             target, credentials,
             options=[("grpc.default_authority", authority),
-                     ("grpc.lb_policy_name", "round_robin")],
+                     ("grpc.lb_policy_name", "round_robin"),
+                     # A snapshot page of 1,000 keys can be far over gRPC's 4 MiB default
+                     # (objects up to etcd's 1.5 MiB request limit each).
+                     ("grpc.max_receive_message_length", MAX_MESSAGE),
+                     ("grpc.max_send_message_length", MAX_MESSAGE)],
         )
         self.kv = rpc.KVStub(self.channel)
         self.auth = rpc.AuthStub(self.channel)
@@ -576,7 +584,7 @@ class EtcdDriver:
                                 "holds keys")
         leases: dict[int, int] = {}  # ttl -> lease ID: one lease per distinct TTL
         batch: list[Any] = []
-        written = 0
+        written = held = 0
 
         async def flush() -> None:
             await self._call(f"loading keys under {prefix!r}", self.kv.Txn,
@@ -591,11 +599,14 @@ class EtcdDriver:
                                                rpc.LeaseGrantRequest(TTL=entry.ttl))
                     leases[entry.ttl] = granted.ID
                 lease = leases[entry.ttl]
+            size = len(root) + len(entry.key) + len(entry.value)
+            if batch and (len(batch) >= LOAD_BATCH or held + size > LOAD_BATCH_BYTES):
+                await flush()
+                held = 0
             batch.append(rpc.RequestOp(request_put=rpc.PutRequest(
                 key=root + entry.key, value=entry.value, lease=lease)))
+            held += size
             written += 1
-            if len(batch) >= LOAD_BATCH:
-                await flush()
         if batch:
             await flush()
         return written
