@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint bench bench-cold bench-density bench-backup clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint bench bench-cold bench-density bench-backup bench-migration clean
 
 all: test
 
@@ -79,6 +79,12 @@ bench-density: deps
 ## make bench-backup BENCH_ARGS="--sizes 1000,10000,50000 --out bench/results/backup.json"
 bench-backup: deps
 	$(VENV)/bin/python bench/backup.py $(BENCH_ARGS)
+
+## bench-migration: a 1,000-object tenant moved across every driver pair: migration time and
+## how long writes were refused (JSON on stdout; about 10 minutes; its own full cluster, which
+## shares the node tier's ports: not beside `make test`)
+bench-migration: deps
+	$(VENV)/bin/python bench/migration.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
