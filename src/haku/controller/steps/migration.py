@@ -206,6 +206,10 @@ class MigrationStep(StepBase):
     async def _cleaning(self, ctx: Context, record: dict[str, Any]) -> str | None:
         async with self._driver(record["from"]["dataStoreName"]) as src:
             source = await self._tenant(ctx, src)
+            if await src.holder(source) == (None, None):
+                # Dropped already (an operator stopped after the drop, before the status).
+                record |= {"completedAt": mg.now(), "phase": "Completed"}
+                return None
             if await _digest(src, source) != record.get("digest"):
                 self.deps.events.emit(ctx.obj, "Warning", "MigrationSourceChanged", (
                     f"{mg.describe(record)}: the source space changed after the copy; those "
