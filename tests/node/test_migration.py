@@ -175,8 +175,14 @@ async def test_a_tenant_moves_across_every_driver_with_the_operator_killed_in_ea
             failed = [r for r in failed if r.operation != "list"]
             refused_creates = {f"{loop.prefix}-{i // 3}" for i, r in enumerate(loop.requests)
                                if r.operation == "create" and r.error}
+            # A write that got no answer (a connection to a pod that went away) has an unknown
+            # outcome: reported, and its object left out of the comparison below.
+            unknown = {f"{loop.prefix}-{i // 3}" for i, r in enumerate(loop.requests)
+                       if r.error and not r.error[:1].isdigit() and r.operation != "list"}
+            if unknown:
+                print(f"writes without an answer: {sorted(unknown)}", flush=True)
             for i, r in enumerate(loop.requests):
-                if not r.error or r.operation == "list":
+                if not r.error or r.operation == "list" or f"{loop.prefix}-{i // 3}" in unknown:
                     continue
                 if r.operation == "delete" and r.error.startswith("404"):
                     # The delete of an object whose create was refused.
@@ -189,7 +195,7 @@ async def test_a_tenant_moves_across_every_driver_with_the_operator_killed_in_ea
             deleted = {f"{loop.prefix}-{i // 3}" for i, r in enumerate(loop.requests)
                        if r.operation == "delete" and not r.error}
             present = {n for n in await configmaps(t, "loop") if n.startswith(loop.prefix)}
-            assert present == created - deleted, (present, created, deleted)
+            assert present - unknown == created - deleted - unknown, (present, created, deleted)
             refused = [r.at for r in failed if r.error.startswith("403")]
             print(f"{source} -> {target}: {len(loop.requests)} requests, "
                   f"{len(refused)} writes refused"
