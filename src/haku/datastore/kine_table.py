@@ -63,6 +63,10 @@ SNAPSHOT_PAGE = (
     "AND NOT EXISTS (SELECT 1 FROM kine n WHERE n.name = k.name AND n.id > k.id) "
     "ORDER BY k.id LIMIT %s")
 
+# Whether kine's table exists (a tenant whose API server never wrote has none).
+POSTGRES_TABLE_EXISTS = "SELECT to_regclass('public.kine') IS NOT NULL"
+MYSQL_TABLE_EXISTS = ("SELECT 1 FROM information_schema.TABLES "
+                      "WHERE table_schema = DATABASE() AND table_name = 'kine'")
 ANY_KEY = "SELECT 1 FROM kine WHERE name >= %s AND name < %s LIMIT 1"
 LAST_ID = "SELECT COALESCE(MAX(id), 0) FROM kine"
 # A create, as kine writes one (created 1, deleted 0, create_revision NULL, prev_revision 0,

@@ -537,8 +537,7 @@ class MySQLDriver:
         conn = await self._as_tenant(tenant, doing)
         try:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT 1 FROM information_schema.TABLES "
-                                  "WHERE table_schema = DATABASE() AND table_name = 'kine'")
+                await cur.execute(kine_table.MYSQL_TABLE_EXISTS)
                 if not await cur.fetchall():
                     return
                 await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -566,8 +565,7 @@ class MySQLDriver:
         written = 0
         try:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT 1 FROM information_schema.TABLES "
-                                  "WHERE table_schema = DATABASE() AND table_name = 'kine'")
+                await cur.execute(kine_table.MYSQL_TABLE_EXISTS)
                 if not await cur.fetchall():
                     for statement in kine_table.MYSQL_SCHEMA:
                         try:
@@ -611,8 +609,7 @@ class MySQLDriver:
         conn = await self._as_tenant(tenant, doing)
         try:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT 1 FROM information_schema.TABLES "
-                                  "WHERE table_schema = DATABASE() AND table_name = 'kine'")
+                await cur.execute(kine_table.MYSQL_TABLE_EXISTS)
                 if await cur.fetchall():
                     await cur.execute(kine_table.CLEAR, (kine_table.LOW, kine_table.HIGH))
         except (pymysql.Error, OSError) as e:

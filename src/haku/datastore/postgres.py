@@ -462,7 +462,7 @@ class PostgresDriver:
         try:
             async with await psycopg.AsyncConnection.connect(
                     dbname=db, autocommit=True, **self.conninfo) as conn:
-                cur = await conn.execute("SELECT to_regclass('public.kine') IS NOT NULL")
+                cur = await conn.execute(kine_table.POSTGRES_TABLE_EXISTS)
                 found = await cur.fetchone()
                 if found and found[0]:
                     cur = await conn.execute("SELECT count(*) FROM public.kine")
@@ -494,7 +494,7 @@ class PostgresDriver:
                 await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
                 await conn.set_read_only(True)
                 async with conn.transaction():
-                    cur = await conn.execute("SELECT to_regclass('public.kine') IS NOT NULL")
+                    cur = await conn.execute(kine_table.POSTGRES_TABLE_EXISTS)
                     exists = await cur.fetchone()
                     if not (exists and exists[0]):
                         return
@@ -554,7 +554,7 @@ class PostgresDriver:
         try:
             async with conn:
                 await conn.set_autocommit(True)
-                cur = await conn.execute("SELECT to_regclass('public.kine') IS NOT NULL")
+                cur = await conn.execute(kine_table.POSTGRES_TABLE_EXISTS)
                 exists = await cur.fetchone()
                 if exists and exists[0]:
                     await conn.execute(kine_table.CLEAR, (kine_table.LOW, kine_table.HIGH))
