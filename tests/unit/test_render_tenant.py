@@ -174,6 +174,26 @@ def test_controller_manager_and_scheduler_get_long_leader_election_timings() -> 
     assert not _leader_flags(c["kube-apiserver"]["args"])
 
 
+GATE = "ControllerManagerReleaseLeaderElectionLockOnExit"
+
+
+def test_controller_manager_releases_its_lease_on_exit_unless_the_user_says_otherwise() -> None:
+    c = _containers(controlplane.deployment(tcp(), ETCD, "10.0.0.7", {}, "kine:x"))
+    gates = [a for a in c["kube-controller-manager"]["args"] if a.startswith("--feature-gates")]
+    assert gates == [f"--feature-gates={GATE}=true"]
+    for name in ("kube-apiserver", "kube-scheduler"):
+        assert not [a for a in c[name]["args"] if a.startswith("--feature-gates")]
+    # the user's --feature-gates come after Haku's: the component merges repeated flags and
+    # the later value of a gate wins, so theirs add to it or turn it off
+    s = tcp(controlPlane={"service": {"serviceType": "ClusterIP"}, "deployment": {
+        "extraArgs": {"controllerManager": ["--feature-gates=A=true",
+                                            f"--feature-gates={GATE}=false"]}}})
+    kcm = _containers(controlplane.deployment(s, ETCD, "10.0.0.7", {}, "kine:x"))[
+        "kube-controller-manager"]["args"]
+    assert [a for a in kcm if a.startswith("--feature-gates")] == [
+        f"--feature-gates={GATE}=true", "--feature-gates=A=true", f"--feature-gates={GATE}=false"]
+
+
 def test_extra_args_override_the_leader_election_timings() -> None:
     mine = ["--leader-elect-lease-duration=60s", "--leader-elect-renew-deadline=40s",
             "--leader-elect-retry-period=5s"]

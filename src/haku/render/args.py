@@ -21,3 +21,15 @@ def merge_args(managed: Mapping[str, str], defaults: Mapping[str, str],
     owned = dict(managed) | {k: v for k, v in defaults.items()
                              if k not in user_flags and k not in managed}
     return [f"{k}={v}" for k, v in sorted(owned.items())] + user
+
+
+def with_feature_gates(args: list[str], gates: Mapping[str, bool]) -> list[str]:
+    """``args`` with Haku's default ``gates`` as one ``--feature-gates`` flag, first (so before any
+    of the user's). Kubernetes components merge a repeated ``--feature-gates`` and the later
+    value of a gate wins, so a user's own ``--feature-gates`` adds gates to these and can still
+    turn one of them off."""
+    if not gates:
+        return list(args)
+    ours = "--feature-gates=" + ",".join(
+        f"{k}={str(v).lower()}" for k, v in sorted(gates.items()))
+    return [ours, *args]

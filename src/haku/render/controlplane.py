@@ -26,7 +26,7 @@ from haku.api.tenantcontrolplane import (
 from haku.render import InvalidSpec, ca_rotation
 from haku.render import kine as kine_render
 from haku.render import konnectivity as konnectivity_render
-from haku.render.args import flag_name, merge_args
+from haku.render.args import flag_name, merge_args, with_feature_gates
 from haku.render.storage import TenantConnection
 
 PKI = "/etc/kubernetes/pki"
@@ -87,13 +87,21 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, Mapping[str, str]]] = {
 # proposed for restarts under load and closed unmerged.)
 # The price: hand-over. A leader that stops without releasing its Lease is replaced only when
 # the Lease expires, up to lease duration + retry period (163 s) later, against 17 s before.
-# kube-scheduler releases its Lease on a clean exit (the next one takes it within a retry
-# period, 26 s); kube-controller-manager does not (ControllerManagerReleaseLeaderElectionLockOnExit
-# is alpha, off by default in v1.37), so after a rollout or a restart of its container the
-# tenant's controllers (bootstrapsigner, CSR signing, kube-root-ca.crt, ...) pause up to 163 s.
+# So both release theirs when stopped: kube-scheduler always does on a clean exit;
+# kube-controller-manager does with the gate below (alpha since v1.36, off by default; without
+# it every rollout paused the tenant's controllers, DaemonSets and bootstrap tokens included,
+# for up to 163 s, and the node tier's upgrade test timed out on it). The next leader then
+# takes the Lease at its next try, 26-57 s later (the retry period, jittered by client-go).
+# A leader that crashes or is killed still holds its Lease until it expires.
 LEADER_ELECT_LEASE_DURATION = "137s"
 LEADER_ELECT_RENEW_DEADLINE = "107s"
 LEADER_ELECT_RETRY_PERIOD = "26s"
+# Turned on in every kube-controller-manager Haku runs (a user's --feature-gates adds to it, and
+# "ControllerManagerReleaseLeaderElectionLockOnExit=false" there turns it off). Every minor in
+# SUPPORTED_MINORS knows it (v1.36+); revisit when a minor where it is removed is added.
+CONTROLLER_MANAGER_FEATURE_GATES: Mapping[str, bool] = {
+    "ControllerManagerReleaseLeaderElectionLockOnExit": True,
+}
 LEADER_ELECTION: Mapping[str, str] = {
     "--leader-elect": "true",
     "--leader-elect-lease-duration": LEADER_ELECT_LEASE_DURATION,
@@ -319,7 +327,9 @@ def controller_manager_args(spec: TenantControlPlaneSpec) -> list[str]:
         **LEADER_ELECTION,
         "--use-service-account-credentials": "true",
     }
-    args = merge_args(managed, defaults, list(spec.extra_args.controller_manager))
+    args = with_feature_gates(
+        merge_args(managed, defaults, list(spec.extra_args.controller_manager)),
+        CONTROLLER_MANAGER_FEATURE_GATES)
     check_leader_election(args, "controllerManager")
     return args
 
