@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint bench bench-cold bench-density bench-backup bench-migration clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration clean
 
 all: test
 
@@ -41,13 +41,19 @@ lint: venv
 
 ## test: everything: lint, unit, API-only tier, full-node tier
 test: deps lint
+	$(HAKU) dev build helm
 	$(PYTEST) tests
 
-## test-fast: unit + API-only tier (needs only the kubernetes and etcd binaries)
+## test-fast: unit + API-only tier (needs the kubernetes, etcd and helm binaries)
 # (the datastore and node tiers run in `make test`)
 test-fast: venv
-	$(HAKU) dev build kubernetes etcd
+	$(HAKU) dev build kubernetes etcd helm
 	$(PYTEST) tests/unit tests/api
+
+## helm-lint: `helm lint --strict` of charts/haku (helm built and cached on first use)
+helm-lint: venv
+	$(HAKU) dev build helm
+	$$($(HAKU) dev build helm | sed 's/^helm: //')/helm lint --strict --namespace haku-system charts/haku
 
 test-node: deps
 	$(PYTEST) tests/node

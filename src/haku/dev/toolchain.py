@@ -1,6 +1,6 @@
 """Build the upstream binaries from the Go module proxy, cached per version.
 
-Kubernetes, etcd, kine, CoreDNS, kube-network-policies and metrics-server are compiled from
+Kubernetes, etcd, kine, CoreDNS, kube-network-policies, metrics-server and Helm are compiled from
 their published Go modules at the versions pinned in :mod:`haku.dev.versions`; Konnectivity
 (whose module path the proxy refuses) from its release tarball in the project's
 ``shared/third_party`` (:func:`third_party_dir`), its dependencies from the proxy. Results land in
@@ -56,6 +56,7 @@ MODULES = {
     "coredns": "github.com/coredns/coredns",
     "kube-network-policies": "sigs.k8s.io/kube-network-policies",
     "metrics-server": "sigs.k8s.io/metrics-server",
+    "helm": "helm.sh/helm/v4",
 }
 # Components built from a source tarball rather than the module proxy: the file in
 # third_party_dir(), by version.
@@ -69,6 +70,7 @@ VERSION_SETTINGS = {
     "github.com/coredns/coredns": "set HAKU_COREDNS_VERSION",
     "sigs.k8s.io/kube-network-policies": "set HAKU_KUBE_NETWORK_POLICIES_VERSION",
     "sigs.k8s.io/metrics-server": "set HAKU_METRICS_SERVER_VERSION",
+    "helm.sh/helm/v4": "set HAKU_HELM_VERSION (a v4 release)",
 }
 
 Progress = Callable[[str], None]
@@ -114,6 +116,7 @@ def components(versions: Versions) -> dict[str, Component]:
             "konnectivity", versions.konnectivity, KONNECTIVITY_BINARIES),
         "metrics-server": Component(
             "metrics-server", versions.metrics_server, ("metrics-server",)),
+        "helm": Component("helm", versions.helm, ("helm",)),
     }
 
 
@@ -508,6 +511,40 @@ def _build_metrics_server(c: Component, go: GoBuilder, work: Path, out: Path) ->
     )
 
 
+def helm_ldflags(version: str, commit: str) -> str:
+    """Upstream's Makefile for a tagged release: the version, no metadata, the commit and a
+    clean tree in ``internal/version`` (``-w -s`` as there)."""
+    pkg = MODULES["helm"] + "/internal/version"
+    flags = ["-w", "-s", f"-X {pkg}.version={version}", f"-X {pkg}.metadata="]
+    if commit:
+        flags.append(f"-X {pkg}.gitCommit={commit}")
+    flags.append(f"-X {pkg}.gitTreeState=clean")
+    return " ".join(flags)
+
+
+def _module_commit(info: dict[str, str]) -> str:
+    """The commit a module version was cut from, when the proxy's .info file records it."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError):
+        origin = json.loads(Path(info["Info"]).read_text()).get("Origin") or {}
+        return str(origin.get("Hash") or "")
+    return ""
+
+
+def _build_helm(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # helm.sh/helm/v4's go.mod has no replaces; upstream builds ./cmd/helm with CGO off and
+    # -trimpath. A consumer module requiring only helm resolves the same dependency versions.
+    module = MODULES["helm"]
+    info = go.module_info(module, c.version, work)
+    (work / "go.mod").write_text("module local.invalid/haku-helm-build\n\ngo 1.26.0\n")
+    go.output(["get", f"{module}@{c.version}"], work)
+    go.build(
+        ["-trimpath", "-ldflags", helm_ldflags(c.version, _module_commit(info)),
+         "-o", str(out / "helm"), f"{module}/cmd/helm"],
+        work,
+        f"helm {c.version}",
+    )
+
+
 def extract_tarball(tarball: Path, into: Path) -> Path:
     """Unpack a source release (``git archive``: one top directory) and return that directory."""
     try:
@@ -568,6 +605,7 @@ BUILDERS: dict[str, Builder] = {
     ),
     "konnectivity": _build_konnectivity,
     "metrics-server": _build_metrics_server,
+    "helm": _build_helm,
 }
 
 

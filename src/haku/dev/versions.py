@@ -33,6 +33,9 @@ KUBE_NETWORK_POLICIES_VERSION = "v0.8.0"
 KONNECTIVITY_VERSION = api.KONNECTIVITY_VERSION
 METRICS_SERVER_VERSION = "v0.8.0"
 PAUSE_VERSION = "3.10.2"
+# Helm, for the chart in charts/haku (its tests run the real `helm` against the API tier). A v4
+# release: the module path (helm.sh/helm/v4) is the major's.
+HELM_VERSION = "v4.3.1"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
 BUSYBOX_IMAGE = "docker.io/library/busybox:haku"
 # Haku's own image (the operator), tagged with Haku's version.
@@ -55,6 +58,7 @@ class Versions:
     kube_network_policies: str = KUBE_NETWORK_POLICIES_VERSION
     konnectivity: str = KONNECTIVITY_VERSION
     metrics_server: str = METRICS_SERVER_VERSION
+    helm: str = HELM_VERSION
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Versions:
@@ -69,9 +73,10 @@ class Versions:
                                           KUBE_NETWORK_POLICIES_VERSION),
             konnectivity=env.get("HAKU_KONNECTIVITY_VERSION", KONNECTIVITY_VERSION),
             metrics_server=env.get("HAKU_METRICS_SERVER_VERSION", METRICS_SERVER_VERSION),
+            helm=env.get("HAKU_HELM_VERSION", HELM_VERSION),
         )
         for name in ("kubernetes", "etcd", "kine", "coredns", "kube_network_policies",
-                     "konnectivity", "metrics_server"):
+                     "konnectivity", "metrics_server", "helm"):
             parse_semver(getattr(versions, name), what=name)
         return versions
 
