@@ -176,10 +176,22 @@ def test_values_change_what_they_name_and_nothing_else(
         "--set-json", 'admission.allowedRegistries=["registry.example"]',
         "--set-json", 'admission.allowedExternalIPs=["203.0.113.10","10.1.0.0/16"]',
         "--set", "admission.podRules=false",
+        "--set-json", 'imagePullSecrets=[{"name":"regcred"}]',
+        "--set-json", 'tolerations=[{"key":"infra","operator":"Exists"}]',
+        "--set", "nodeSelector.role=infra",
+        "--set", "podAnnotations.team=platform",
+        "--set", "serviceAccount.annotations.team=platform",
     )
     want = copy.deepcopy(defaults)
     deployment = want[("Deployment", NS, "haku-operator")]
     deployment["spec"]["replicas"] = 3
+    template = deployment["spec"]["template"]
+    template["metadata"]["annotations"] = {"team": "platform"}
+    template["spec"] |= {"imagePullSecrets": [{"name": "regcred"}],
+                         "tolerations": [{"key": "infra", "operator": "Exists"}],
+                         "nodeSelector": {"role": "infra"}}
+    want[("ServiceAccount", NS, "haku-operator")]["metadata"]["annotations"] = {
+        "team": "platform"}
     c = container(want)
     c["image"] = "registry.example/haku:0.2.0"
     c["args"] = [a.replace("--lease-duration=15", "--lease-duration=30")
@@ -227,8 +239,19 @@ def test_optional_parts_leave_only_themselves_out(
 @pytest.mark.parametrize(("args", "namespace", "message"), [
     ((), "default", "Haku goes into a namespace of its own, not default"),
     ((), "kube-system", "not kube-system"),
-    (("--set", "healthProbeBindAddress=0"), NS, "healthProbeBindAddress must serve"),
-    (("--set", "metricsBindAddress=localhost"), NS, '"localhost" is not HOST:PORT or :PORT'),
+    # values.schema.json
+    (("--set", "replicas=3"), NS, "additional properties 'replicas' not allowed"),
+    (("--set", "replicaCount=two"), NS, "at '/replicaCount': got string, want integer"),
+    (("--set", "admission.podRules=off"), NS, "at '/admission/podRules': got string"),
+    (("--set", "priorityClass.value=2000000000"), NS, "at '/priorityClass/value': maximum"),
+    (("--set", "healthProbeBindAddress=0"), NS, "at '/healthProbeBindAddress'"),
+    (("--set", "metricsBindAddress=localhost"), NS,
+     "'localhost' does not match pattern"),
+    # the templates' own checks, for a render without the schema
+    (("--skip-schema-validation", "--set", "healthProbeBindAddress=0"), NS,
+     "healthProbeBindAddress must serve"),
+    (("--skip-schema-validation", "--set", "metricsBindAddress=localhost"), NS,
+     '"localhost" is not HOST:PORT or :PORT'),
 ])
 def test_refuses_what_cannot_work(helm: Tool, args: tuple[str, ...], namespace: str,
                                   message: str) -> None:
