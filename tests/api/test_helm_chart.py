@@ -133,6 +133,16 @@ def test_lint_is_clean(helm: Tool) -> None:
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
 
 
+def test_the_packaged_chart_renders_the_same(helm: Tool, tmp_path: Path,
+                                             defaults: dict[Key, dict[str, Any]]) -> None:
+    out = helm.run("package", str(CHART), "--destination", str(tmp_path)).stdout
+    archive = tmp_path / "haku-0.1.0.tgz"
+    assert str(archive) in out
+    packaged = helm.run("template", RELEASE, str(archive), "--namespace", NS,
+                        "--include-crds").stdout
+    assert by_key(documents(packaged)) == defaults
+
+
 def test_defaults_render_deploy(defaults: dict[Key, dict[str, Any]],
                                 deploy_objects: dict[Key, dict[str, Any]]) -> None:
     assert sorted(defaults) == sorted(deploy_objects)
