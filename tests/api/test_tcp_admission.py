@@ -148,7 +148,7 @@ async def test_a_kamaji_manifest_is_accepted_with_defaults(client: AsyncClient) 
     ({"spec__addons__coreDNS": {"imageRepository": "Registry.example/UPPER"}},
      "spec.addons.coreDNS.imageRepository"),
     ({"spec__controlPlane__gateway": {"hostname": "x"}},
-     "spec.controlPlane.gateway is not supported by Haku yet"),
+     "spec.controlPlane.gateway.parentRefs needs exactly one entry"),
     ({"spec__controlPlane__deployment__additionalContainers": [{"name": "x"}]},
      "additionalContainers, additionalInitContainers"),
     ({"spec__kubernetes__version": "1.37"}, "spec.kubernetes.version"),

@@ -183,6 +183,8 @@ def test_the_spec_cannot_ask_for_host_namespaces_ports_or_paths() -> None:
         "spec.controlPlane.deployment.containerSecurityContexts.scheduler.windowsOptions"
         ".hostProcess",
         "spec.controlPlane.deployment.podSecurityContext.windowsOptions.hostProcess",
+        # DNS names a TLSRoute or an Ingress routes by: no host resource.
+        "spec.controlPlane.gateway.hostname",
         "spec.controlPlane.ingress.hostname",
     ]
     unsupported = [r["rule"] for r in _spec_schema()["properties"]["controlPlane"][

@@ -159,7 +159,7 @@ def test_pod_fields_have_structural_schemas() -> None:
     assert sorted(_preserved(spec, "spec")) == sorted([
         "spec.dataStoreOverrides[]",
         "spec.addons.konnectivity.server.securityContext",
-        "spec.kubernetes.kubelet.configurationJSONPatches[].value", "spec.controlPlane.gateway",
+        "spec.kubernetes.kubelet.configurationJSONPatches[].value",
         f"{dep}.additionalContainers[]", f"{dep}.additionalInitContainers[]",
         f"{dep}.additionalVolumes[]", f"{dep}.additionalVolumeMounts", f"{dep}.probes"])
     d = spec["properties"]["controlPlane"]["properties"]["deployment"]["properties"]

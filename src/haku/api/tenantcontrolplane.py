@@ -212,6 +212,36 @@ class Metadata:
 
 
 @dataclass(frozen=True)
+class Gateway:
+    """spec.controlPlane.gateway (Kamaji's shape): a Gateway API TLSRoute to the Service.
+    ``hostname`` as given (a DNS name, optionally ``:port``); ``parent_refs`` the Gateway API
+    ParentReferences as given (the CRD admits exactly one)."""
+
+    hostname: str
+    parent_refs: tuple[dict[str, Any], ...] = ()
+    metadata: Metadata = field(default_factory=Metadata)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None) -> Gateway | None:
+        if data is None:
+            return None
+        return cls(hostname=str(data.get("hostname") or ""),
+                   parent_refs=tuple(copy.deepcopy(data.get("parentRefs") or ())),
+                   metadata=Metadata.parse(data.get("additionalMetadata")))
+
+    @property
+    def host(self) -> str:
+        """The host name without a port."""
+        return self.hostname.rsplit(":", 1)[0]
+
+    @property
+    def port_given(self) -> int | None:
+        """The port after the host name, if one is given."""
+        host, sep, port = self.hostname.rpartition(":")
+        return int(port) if sep and host and port.isdigit() else None
+
+
+@dataclass(frozen=True)
 class Components:
     """A value per control-plane component (extra args, resources)."""
 
@@ -438,6 +468,8 @@ class TenantControlPlaneSpec:
     # Where service_cidrs came from, for messages: serviceCidrs (a list) or serviceCidr.
     service_cidrs_field: str = "spec.networkProfile.serviceCidr"
     pod_cidrs_field: str = "spec.networkProfile.podCidr"
+    # spec.controlPlane.gateway (None: not set).
+    gateway: Gateway | None = None
 
     def at_version(self, version: str) -> TenantControlPlaneSpec:
         """This spec for another Kubernetes version (what the in-tenant objects carry while
@@ -529,6 +561,7 @@ class TenantControlPlaneSpec:
                                  else "spec.networkProfile.serviceCidr"),
             pod_cidrs_field=("spec.networkProfile.podCidrs" if net.get("podCidrs")
                              else "spec.networkProfile.podCidr"),
+            gateway=Gateway.parse(cp.get("gateway")),
         )
 
     def image(self, component: str) -> str:

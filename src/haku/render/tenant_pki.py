@@ -72,11 +72,14 @@ def apiserver_names(spec: TenantControlPlaneSpec,
             raise InvalidSpec(where, f"{value!r} is neither an IP address nor an ASCII DNS "
                               "name; write an internationalised name as its xn-- A-label")
         dns.append(value)
-    if spec.ingress_hostname:
-        host = spec.ingress_hostname.rsplit(":", 1)[0]
+    for where, hostname in (("spec.controlPlane.ingress.hostname", spec.ingress_hostname),
+                            ("spec.controlPlane.gateway.hostname",
+                             spec.gateway.hostname if spec.gateway else None)):
+        if not hostname:
+            continue
+        host = hostname.rsplit(":", 1)[0]
         if not host.isascii():
-            raise InvalidSpec("spec.controlPlane.ingress.hostname",
-                              f"{host!r} is not an ASCII DNS name")
+            raise InvalidSpec(where, f"{host!r} is not an ASCII DNS name")
         dns.append(host)
     return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
 

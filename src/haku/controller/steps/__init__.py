@@ -15,6 +15,9 @@ service            ControlPlaneAvailable   the Service and the endpoint derived 
 certificates       CertificatesReady       kubeadm's certificates and the kubeconfigs
 deployment         ControlPlaneAvailable   the control-plane Deployment / stops its pods first
 ingress            ControlPlaneAvailable   the Ingress, when the spec asks for one
+gateway            ControlPlaneAvailable   the TLSRoute(s) of spec.controlPlane.gateway and
+                                           whether the Gateway accepted them / deleted when
+                                           the spec drops it
 apiserver          APIServerReady          /readyz through the exposed endpoint
 bootstrap          TenantBootstrapped      kubeadm's join objects and the addons, in the tenant
 migration          Migrating               a move to the DataStore spec.dataStore now names:
@@ -43,6 +46,7 @@ from haku.controller.steps.deployment import DeploymentStep
 from haku.controller.steps.deps import Deps
 from haku.controller.steps.exposure import IngressStep, ServiceStep
 from haku.controller.steps.finalizer import FinalizerStep
+from haku.controller.steps.gateway import GatewayStep
 from haku.controller.steps.konnectivity import KonnectivityStep
 from haku.controller.steps.migration import MigrationStep
 from haku.controller.steps.network import NetworkStep
@@ -54,7 +58,7 @@ __all__ = ["STEPS", "Deps", "pipeline"]
 
 # The steps of a TenantControlPlane, in the order they apply.
 STEPS = (FinalizerStep, NetworkStep, DataStoreStep, RestoreStep, ServiceStep, CertificatesStep,
-         DeploymentStep, IngressStep, APIServerStep, BootstrapStep, MigrationStep,
+         DeploymentStep, IngressStep, GatewayStep, APIServerStep, BootstrapStep, MigrationStep,
          WritePermissionsStep, KonnectivityStep, CARotationStep, VersionStep)
 
 

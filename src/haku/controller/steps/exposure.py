@@ -1,5 +1,6 @@
-"""How clients reach the tenant: the Service (and from it the control-plane endpoint) and,
-when the spec asks for one, an Ingress."""
+"""How clients reach the tenant: the Service (and from it the control-plane endpoint, or the
+Gateway's host name with spec.controlPlane.gateway) and, when the spec asks for one, an
+Ingress (the TLSRoutes: haku.controller.steps.gateway)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from haku.api.conditions import Condition
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller.pipeline import Context, Wait
 from haku.controller.steps.deps import StepBase
-from haku.render import controlplane, konnectivity
+from haku.render import controlplane, gateway, konnectivity
 from haku.render.netpol import is_ip
 
 CONDITION = "ControlPlaneAvailable"
@@ -56,9 +57,14 @@ class ServiceStep(StepBase):
                 or spec.addons.konnectivity.server.port
         ctx.address = await self.endpoint_address(ctx, svc)
         ctx.port = endpoint_port(spec, svc)
-        # What tenants are told (admin.conf, cluster-info): advertiseAddress when given.
+        # What tenants are told (admin.conf, cluster-info): advertiseAddress when given; with
+        # spec.controlPlane.gateway the Gateway's host name and port (Kamaji's choice).
         ctx.endpoint = f"https://{url_host(spec.advertise_address or ctx.address)}:{ctx.port}"
         ctx.status["controlPlaneEndpoint"] = f"{ctx.address}:{ctx.port}"
+        through = gateway.endpoint(spec)
+        if through is not None:
+            ctx.endpoint = f"https://{through[0]}:{through[1]}"
+            ctx.status["controlPlaneEndpoint"] = f"{through[0]}:{through[1]}"
         status: dict[str, Any] = {
             "name": controlplane.names(spec.name)["service"], "namespace": spec.namespace,
             "port": ctx.port, "apiServerPort": secure}
