@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx2
 from lightkube import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 
@@ -26,11 +27,16 @@ TLSRoute = create_namespaced_resource(gateway.GROUP, gateway.VERSION, gateway.KI
 NOT_INSTALLED = "GatewayAPINotInstalled"
 
 
-def not_installed(e: ApiError) -> bool:
+def not_installed(e: httpx2.HTTPStatusError) -> bool:
     """Whether ``e`` says the admin cluster does not serve TLSRoute (the Gateway API CRDs
-    are not installed): a 404 that names no object (an object's 404 carries its name)."""
+    are not installed): a 404 that is not about an object (the API server answers an unknown
+    resource with a plain-text 404, an object's 404 is a Status that names it)."""
+    if e.response.status_code != 404:
+        return False
+    if not isinstance(e, ApiError):
+        return True
     details = getattr(e.status, "details", None)
-    return e.status.code == 404 and not getattr(details, "name", None)
+    return not getattr(details, "name", None)
 
 
 def recorded(status: dict[str, Any]) -> bool:
@@ -53,7 +59,7 @@ class GatewayStep(StepBase):
         for manifest in wanted:
             try:
                 obj = await self.deps.apply_checked(ctx, manifest, "TLSRoute")
-            except ApiError as e:
+            except httpx2.HTTPStatusError as e:
                 if not not_installed(e):
                     raise
                 raise Fail(Condition(
@@ -81,7 +87,7 @@ class GatewayStep(StepBase):
                 continue
             try:
                 await self.deps.delete_owned(TLSRoute, ctx, name)
-            except ApiError as e:
+            except httpx2.HTTPStatusError as e:
                 if not not_installed(e):
                     raise
                 return  # no TLSRoute served: none to delete
