@@ -241,6 +241,12 @@ def test_deployment_on_sql_runs_kine_with_the_password_out_of_argv() -> None:
         c["kine"]["volumeMounts"]
     volumes = {v["name"] for v in d["spec"]["template"]["spec"]["volumes"]}
     assert {"pki", "kubeconfigs", "datastore", "kine-socket"} <= volumes
+    # kine outlives kube-apiserver's shutdown (its delay, then its watches ended)
+    assert c["kine"]["lifecycle"] == {"preStop": {"sleep": {"seconds": 10}}}
+    args = c["kube-apiserver"]["args"]
+    assert "--shutdown-delay-duration=5s" in args
+    assert "--shutdown-watch-termination-grace-period=10s" in args
+    assert "lifecycle" not in c["kube-apiserver"]
 
 
 def test_service_and_ingress() -> None:

@@ -9,9 +9,11 @@ say which requests it did not take: its GOAWAY names the last stream it processe
 client sends the rest again on a new connection. Over HTTP/1.1 a request sent on a kept-alive
 connection just as the server closes it fails with no answer, whatever the server does.)
 Every request is recorded (time, operation, error if it failed; a request still unanswered
-after ``timeout`` fails). ``kubeconfig`` is asked again every ``reread`` seconds (None:
-once), so a loop that reads it from the admin Secret follows a rotated CA as a real client
-re-reading its file does.
+after ``timeout`` fails). Like client-go it sends a request again when the answer asks for it
+(:func:`retry_after`: 429, or a 5xx with ``Retry-After``), up to three times; such a request
+counts as retried, and fails only if the last answer is an error. ``kubeconfig`` is asked
+again every ``reread`` seconds (None: once), so a loop that reads it from the admin Secret
+follows a rotated CA as a real client re-reading its file does.
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ from haku.render.ca_rotation import certificates, fingerprint
 
 KubeconfigSource = Callable[[], Awaitable[dict[str, Any]]]
 OPERATIONS = ("list", "create", "delete")
+MAX_RETRIES = 3
+
+
+def retry_after(error: ApiError) -> float | None:
+    """Seconds to wait before sending ``error``'s request again, as client-go does: a 429, or a
+    5xx with a ``Retry-After`` header (a kube-apiserver shutting down answers a request that
+    reaches it after its shutdown delay with 503 and ``Retry-After: 1``). None: do not."""
+    code = error.status.code or 0
+    header = error.response.headers.get("Retry-After") if error.response is not None else None
+    if not (code == 429 or (code >= 500 and header is not None)):
+        return None
+    try:
+        return min(max(float(header or 1), 0.0), 1.0)  # capped: the loop keeps its pace
+    except ValueError:
+        return 1.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class Request:
     seconds: float
     error: str = ""  # empty: it succeeded
     ca: str = ""  # fingerprints of the CAs it trusted (haku.render.ca_rotation.fingerprint)
+    retries: int = 0  # answers that asked it to come back (retry_after) before the last one
 
 
 @dataclass
@@ -63,6 +81,7 @@ class ClientLoop:
         durations = sorted(r.seconds for r in self.requests if not r.error)
         return {
             "requests": len(self.requests), "failed": len(failed),
+            "retried": sum(1 for r in self.requests if r.retries),
             "p50_seconds": round(durations[len(durations) // 2], 4) if durations else None,
             "max_seconds": round(durations[-1], 4) if durations else None,
             "failures": [{"at": round(r.at, 2), "operation": r.operation, "error": r.error}
@@ -104,16 +123,26 @@ class ClientLoop:
                 operation = OPERATIONS[n % len(OPERATIONS)]
                 name = f"{self.prefix}-{n // len(OPERATIONS)}"
                 t0 = time.monotonic()
-                error = ""
-                try:
-                    await asyncio.wait_for(self._one(client, operation, name), self.timeout)
-                except ApiError as e:
-                    error = f"{e.status.code} {e.status.reason}: {e.status.message}"
-                except (httpx2.HTTPError, OSError, TimeoutError) as e:
-                    error = f"{type(e).__name__}: {e}"
+                error, retries = "", 0
+                while True:
+                    try:
+                        await asyncio.wait_for(self._one(client, operation, name),
+                                               self.timeout)
+                        error = ""
+                        break
+                    except ApiError as e:
+                        error = f"{e.status.code} {e.status.reason}: {e.status.message}"
+                        wait = retry_after(e)
+                        if wait is None or retries >= MAX_RETRIES:
+                            break
+                        retries += 1
+                        await asyncio.sleep(wait)
+                    except (httpx2.HTTPError, OSError, TimeoutError) as e:
+                        error = f"{type(e).__name__}: {e}"
+                        break
                 t1 = time.monotonic()
                 self.requests.append(Request(round(t0 - started, 3), operation,
-                                             round(t1 - t0, 4), error, ca))
+                                             round(t1 - t0, 4), error, ca, retries))
                 n += 1
                 next_at = started + n * period
                 with_stop = max(0.0, next_at - time.monotonic())

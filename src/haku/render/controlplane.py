@@ -53,9 +53,17 @@ READINESS = {"initialDelaySeconds": 0, "timeoutSeconds": 15, "periodSeconds": 1,
 STARTUP = {"initialDelaySeconds": 0, "timeoutSeconds": 15, "periodSeconds": 1,
            "failureThreshold": 240}
 
-# kube-apiserver's --shutdown-delay-duration (see apiserver_args); well within the pods'
-# default 30 s grace period.
+# Pod-template annotations ``checksum.haku.dev/<what>``: one per Secret the pods mount (a change
+# rolls them), e.g. ``datastore`` for the DataStore connection.
+CHECKSUM_PREFIX = "checksum.haku.dev/"
+
+# kube-apiserver's --shutdown-delay-duration and --shutdown-watch-termination-grace-period (see
+# apiserver_args); together well within the pods' default 30 s grace period.
 SHUTDOWN_DELAY = "5s"
+SHUTDOWN_WATCH_GRACE = "10s"
+# How long the kine sidecar waits before its own SIGTERM (a preStop sleep: Kubernetes 1.30+ on
+# the admin cluster): kube-apiserver, stopped at once, has usually exited by then.
+KINE_STOP_DELAY_SECONDS = 10
 
 # Requests when spec.controlPlane.deployment.resources does not set a component's (no
 # limits). Not kubeadm's (250m + 200m + 100m CPU assume a node of its own: 2 cores would hold
@@ -257,6 +265,12 @@ def apiserver_args(spec: TenantControlPlaneSpec, storage: TenantConnection,
         # on answering for this long, while its endpoint leaves the Service: no client sees a
         # refused connection.
         "--shutdown-delay-duration": SHUTDOWN_DELAY,
+        # Then it ends its watches (their clients watch again, on a new pod) and exits once
+        # they are gone, waiting for them at most this long. Without it the HTTP server's
+        # shutdown waits on the open watch streams until the kubelet kills the pod at the end
+        # of its 30 s grace period: every rollout left the old pods serving from their old
+        # connection that long (and a migration waits for them before lifting its freeze).
+        "--shutdown-watch-termination-grace-period": SHUTDOWN_WATCH_GRACE,
     }
     if any(flag_name(a) == "--authorization-config" for a in spec.extra_args.api_server):
         defaults.pop("--authorization-mode")  # the two flags exclude each other
@@ -463,6 +477,10 @@ def deployment(
         # kine serves no health endpoint (its metrics listener is off), so it has no probes;
         # kube-apiserver's /readyz checks its storage through kine, so a kine that stops
         # answering takes the pod out of the Service.
+        # On SIGTERM kine stops within 2 s, while kube-apiserver goes on answering for its
+        # shutdown delay and then ends its watches: without this pause its last seconds had no
+        # storage (reads timed out, and its shutdown hung until the pod's grace period ran out).
+        kine["lifecycle"] = {"preStop": {"sleep": {"seconds": KINE_STOP_DELAY_SECONDS}}}
         kine_resources = _resources("kine", spec.resources.kine, default_resources)
         if kine_resources:
             kine["resources"] = kine_resources
@@ -481,7 +499,7 @@ def deployment(
             LIVENESS))
     pod_labels = {**spec.pod_metadata.labels, **labels(spec, "control-plane")}
     pod_annotations = {**spec.pod_metadata.annotations,
-                       **{f"checksum.haku.dev/{k}": v for k, v in sorted(checksums.items())}}
+                       **{f"{CHECKSUM_PREFIX}{k}": v for k, v in sorted(checksums.items())}}
     pod: dict[str, Any] = {
         "automountServiceAccountToken": spec.automount_service_account_token,
         "enableServiceLinks": False,

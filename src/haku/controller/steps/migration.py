@@ -21,6 +21,7 @@ from lightkube.resources.admissionregistration_v1 import (
     ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
 )
+from lightkube.resources.core_v1 import Pod
 
 from haku.api.conditions import Condition
 from haku.controller.credentials import ensure_password
@@ -83,7 +84,7 @@ class MigrationStep(StepBase):
             waiting = await getattr(self, "_" + phase.lower())(ctx, record)
             self._save(ctx, record)
             if waiting is not None:
-                ctx.requeue_within = 2.0
+                ctx.requeue_within = 1.0  # writes are refused while most phases wait
                 ctx.conditions[CONDITION] = Condition(
                     CONDITION, "True", record["phase"], f"{mg.describe(record)}: {waiting}")
                 return
@@ -188,6 +189,14 @@ class MigrationStep(StepBase):
             return "waiting for every control-plane pod to run on the target DataStore"
         if not self._serving(ctx):
             return "waiting for the tenant's API server on the target DataStore"
+        # A terminating pod is in no Deployment count but still serves (its shutdown delay,
+        # then its in-flight requests) from the source: the freeze stays until it is gone, and
+        # the source is dropped only after that (lifting the freeze through such a pod would
+        # open the source to writes that the drop then loses).
+        old = await self._pods_on_the_source(ctx)
+        if old:
+            return (f"waiting for {old} control-plane pod(s) still on "
+                    f"{record['from']['dataStoreName']} to stop")
         record["phase"] = "Unfreezing"
         return None
 
@@ -256,6 +265,18 @@ class MigrationStep(StepBase):
             f"moved {mg.describe(record)} at {record.get('completedAt')}: "
             f"{record.get('keys')} keys; writes refused for "
             + (f"{refused:.0f} s" if refused is not None else "an unknown time")))
+
+    async def _pods_on_the_source(self, ctx: Context) -> int:
+        """The tenant's control-plane pods not of the Deployment's current connection: those of
+        an older template (by its datastore checksum) and any being deleted."""
+        key = f"{controlplane.CHECKSUM_PREFIX}datastore"
+        template = ctx.need(ctx.deployment, "the Deployment").spec.template.metadata
+        current = (template.annotations or {}).get(key)
+        pods = [p async for p in self.deps.client.list(
+            Pod, namespace=ctx.spec.namespace, labels=dict(controlplane.selector(ctx.spec)))]
+        metas = [p.metadata for p in pods if p.metadata]
+        return sum(1 for m in metas
+                   if m.deletionTimestamp or (m.annotations or {}).get(key) != current)
 
     @staticmethod
     def _serving(ctx: Context) -> bool:
