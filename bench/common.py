@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from lightkube import AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
+from lightkube.resources.core_v1 import Node
 
 from haku.controller.operator import install_crds
 from haku.dev import samples
@@ -21,6 +23,27 @@ from haku.dev.layout import Layout
 
 def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+class NodeReadyPolls:
+    """Polls a tenant's Node once a second until stopped; ``not_ready`` counts the polls that
+    found it not Ready (a poll without an answer is the client loop's to count)."""
+
+    def __init__(self, tenant_client: AsyncClient, node: str) -> None:
+        self.client = tenant_client
+        self.node = node
+        self.not_ready = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                n = await self.client.get(Node, self.node)
+                if not any(c.type == "Ready" and c.status == "True"
+                           for c in (n.status.conditions if n.status else None) or []):
+                    self.not_ready += 1
+            except Exception as e:  # logged; an unanswered poll is the client loop's to count
+                log(f"  node poll: {e}")
+            await asyncio.sleep(1.0)
 
 
 @asynccontextmanager

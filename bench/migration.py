@@ -32,10 +32,9 @@ from typing import Any
 import yaml
 from lightkube import AsyncClient
 from lightkube.codecs import from_dict
-from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
-from common import log, operator_cluster
+from common import NodeReadyPolls, log, operator_cluster
 from haku.api.resources import TenantControlPlane
 from haku.dev import samples, worker
 from haku.dev.client_loop import ClientLoop
@@ -91,23 +90,10 @@ async def one_move(client: AsyncClient, tenant: access.TenantAccess, node: str, 
 
     loop = ClientLoop(kubeconfig, namespace="loop", rate=RATE, prefix=f"move-{index}")
     stop = asyncio.Event()
-    not_ready_polls = 0
     t = tenant.client()
-
-    async def watch_node() -> None:
-        nonlocal not_ready_polls
-        while not stop.is_set():
-            try:
-                n = await t.get(Node, node)
-                if not any(c.type == "Ready" and c.status == "True"
-                           for c in n.status.conditions or []):
-                    not_ready_polls += 1
-            except Exception as e:  # an unanswered poll is counted by the client loop
-                log(f"  node poll: {e}")
-            await asyncio.sleep(1.0)
-
+    node_polls = NodeReadyPolls(t, node)
     running = asyncio.create_task(loop.run(stop))
-    watching = asyncio.create_task(watch_node())
+    watching = asyncio.create_task(node_polls.run(stop))
     phases: dict[str, float] = {}
     try:
         await asyncio.sleep(3)
@@ -146,12 +132,13 @@ async def one_move(client: AsyncClient, tenant: access.TenantAccess, node: str, 
         "writes_refused_client_s": (round(refused[-1] - refused[0] + 1.0 / RATE, 2)
                                     if refused else 0.0),
         "writes_refused": len(refused), "reads_failed": len(reads_failed),
+        "read_errors": sorted({r.error[:200] for r in reads_failed})[:5],
         "other_failures": [r.error for r in other][:10],
-        "requests": summary["requests"], "node_not_ready_polls": not_ready_polls,
+        "requests": summary["requests"], "node_not_ready_polls": node_polls.not_ready,
     }
 
 
-async def bench(objects: int) -> dict[str, Any]:
+async def bench(objects: int, count: int = len(ROUTE)) -> dict[str, Any]:
     moves = []
     async with operator_cluster(Path("/var/lib/haku/bench-migration"), NAMESPACE) as (
             cluster, client):
@@ -169,7 +156,7 @@ async def bench(objects: int) -> dict[str, Any]:
         t0 = time.monotonic()
         await asyncio.to_thread(fill, cluster, config, objects)
         log(f"  {objects} ConfigMaps in {time.monotonic() - t0:.1f}s")
-        for i, target in enumerate(ROUTE):
+        for i, target in enumerate(ROUTE[:count]):
             moves.append(await one_move(client, tenant, result.worker.node_name, target, i))
         await asyncio.to_thread(worker.remove, cluster.layout, result.worker.name,
                                 tenant_kubeconfig=tenant.kubeconfig, printer=log)
@@ -184,8 +171,10 @@ async def bench(objects: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--moves", type=int, default=len(ROUTE),
+                        help="only the first N moves of the route (default: all six)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(bench(args.objects)), indent=2))
+    print(json.dumps(asyncio.run(bench(args.objects, args.moves)), indent=2))
     return 0
 
 

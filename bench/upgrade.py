@@ -26,10 +26,9 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.codecs import from_dict
-from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
-from common import log, operator_cluster
+from common import NodeReadyPolls, log, operator_cluster
 from haku.api.resources import TenantControlPlane
 from haku.dev import releases, samples, worker
 from haku.dev.client_loop import ClientLoop
@@ -75,23 +74,10 @@ async def one_run(cluster: DevCluster, client: AsyncClient, index: int) -> dict[
 
     loop = ClientLoop(kubeconfig, rate=5.0, prefix=f"bench-{index}")
     stop = asyncio.Event()
-    not_ready_polls = 0
     t = tenant.client()
-
-    async def watch_node() -> None:
-        nonlocal not_ready_polls
-        while not stop.is_set():
-            try:
-                n = await t.get(Node, node)
-                if not any(c.type == "Ready" and c.status == "True"
-                           for c in n.status.conditions or []):
-                    not_ready_polls += 1
-            except Exception as e:  # an unanswered poll is counted by the client loop
-                log(f"  node poll: {e}")
-            await asyncio.sleep(1.0)
-
+    node_polls = NodeReadyPolls(t, node)
     running = asyncio.create_task(loop.run(stop))
-    watching = asyncio.create_task(watch_node())
+    watching = asyncio.create_task(node_polls.run(stop))
     phases: dict[str, float] = {}
     try:
         await asyncio.sleep(5)
@@ -119,7 +105,7 @@ async def one_run(cluster: DevCluster, client: AsyncClient, index: int) -> dict[
     summary = loop.summary()
     return {"from": OLD, "to": NEW, "replicas": 2, "phase_reached_at_s": phases,
             "upgrade_s": phases["Completed"], "client": summary,
-            "node_not_ready_polls": not_ready_polls}
+            "node_not_ready_polls": node_polls.not_ready}
 
 
 async def bench(runs: int) -> dict[str, Any]:
