@@ -205,7 +205,10 @@ async def test_the_crd_refuses_a_gateway_kamaji_would_not_serve(
 
 async def test_without_the_gateway_api_the_tenant_says_so(
         client: AsyncClient, fake: CountingDriver) -> None:
+    from haku.controller import operator
+
     await _remove_gateway_api(client)
+    assert not await operator._gateway_api_served(client)  # the operator would not watch
     await client.apply(from_dict(tcp("nogw", gw())), force=True)
     r = reconciler(client)
     result = await r.reconcile((NS, "nogw"))
@@ -376,3 +379,57 @@ async def test_a_foreign_route_of_the_tenants_name_is_left_alone(
     assert (await _route(client, "squat"))["spec"]["hostnames"] == ["theirs.example.com"]
     await r.events.flush()
     await r.close()
+
+
+# ---------------------------------------------------------------------------- the operator
+
+
+async def test_the_running_operator_watches_its_routes(
+        api_cluster: DevCluster, client: AsyncClient, fake: CountingDriver,
+        gateway_crds: None) -> None:
+    """With the Gateway API installed the operator watches the tenants' TLSRoutes: a Gateway
+    controller's verdict reaches the Condition at once, not at the next requeue (15 s and
+    more after a Wait)."""
+    from haku.controller import operator
+    from haku.controller.telemetry import Telemetry
+
+    assert await operator._gateway_api_served(client)
+    telemetry, stop = Telemetry(), asyncio.Event()
+    options = operator.RunOptions(kubeconfig=api_cluster.layout.admin_kubeconfig, workers=2,
+                                  resync=300.0, leader_elect=False, install_crds=False,
+                                  identity="gateway-test", metrics_bind_address="127.0.0.1:0",
+                                  health_probe_bind_address="127.0.0.1:0")
+    task = asyncio.create_task(operator.run(
+        options, OperatorConfig(key_algorithm=KeyAlgorithm.ECDSA_P256), stop, telemetry))
+
+    async def until(check: Any, timeout: float) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            conds = await conditions_of(client, NS, "watched")
+            if check(conds):
+                return conds
+            assert not task.done(), task
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"Conditions never matched: {conds}")
+            await asyncio.sleep(0.1)
+
+    try:
+        await client.apply(from_dict(tcp("watched", gw("watched.example.invalid"))),
+                           force=True)
+        await until(lambda c: c.get("ControlPlaneAvailable", {}).get("reason")
+                    == "WaitingForGateway", 30.0)
+        await _accept(client, "watched", "False", "NotAllowedByListeners")
+        started = asyncio.get_running_loop().time()
+        await until(lambda c: c["ControlPlaneAvailable"]["reason"] == "RouteNotAccepted", 8.0)
+        assert asyncio.get_running_loop().time() - started < 8.0
+        await client.delete(TenantControlPlane, "watched", namespace=NS)
+        for _ in range(100):  # finalized by the operator
+            try:
+                await client.get(TenantControlPlane, "watched", namespace=NS)
+            except ApiError as e:
+                assert e.status.code == 404
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig, operators
 from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
@@ -26,6 +27,7 @@ from haku.controller.fencing import Fence
 from haku.controller.lease import LeaseElector, LostLeadership
 from haku.controller.resources import FIELD_MANAGER, DataStore
 from haku.controller.runtime import Controller, Key, Result, SpecChanges, Watcher, key_of
+from haku.controller.steps.gateway import TLSRoute
 from haku.controller.telemetry import Telemetry
 from haku.controller.tenant import OperatorConfig, TenantReconciler
 from haku.controller.tenant_watches import TenantWatches
@@ -120,6 +122,20 @@ async def _crds_present(client: AsyncClient) -> bool:
             await wait_established(client, crd["metadata"]["name"])
     except (ApiError, TimeoutError) as e:
         log.warning("Haku's CRDs are not installed or not served: %s", e)
+        return False
+    return True
+
+
+async def _gateway_api_served(client: AsyncClient) -> bool:
+    """Whether the admin cluster serves TLSRoute (the Gateway API CRDs are installed), so
+    that the tenants' routes can be watched. Asked once at start: installed later, the
+    routes are still made, and a route's status is looked at when its tenant requeues."""
+    try:
+        async for _ in client.list(TLSRoute, namespace=ALL_NS, chunk_size=1):
+            break
+    except httpx2.HTTPStatusError as e:
+        if e.response.status_code != 404:
+            log.warning("cannot list TLSRoutes, not watching them: %s", e)
         return False
     return True
 
@@ -276,6 +292,9 @@ async def run(options: RunOptions, config: OperatorConfig,
         controllers = [tcp, stores]
         health.informers_started = lambda: tcp.started and stores.started
         owned = {"app.kubernetes.io/managed-by": MANAGED_BY, TENANT_LABEL: operators.exists()}
+        # spec.controlPlane.gateway's TLSRoutes: watched when the Gateway API is installed.
+        routes: list[Any] = [TLSRoute] if await _gateway_api_served(client) else []
+        watched: list[Any] = [Secret, Deployment, Service, Ingress, NetworkPolicy, *routes]
         runs = [
             asyncio.create_task(tcp.run(
                 client,
@@ -284,7 +303,7 @@ async def run(options: RunOptions, config: OperatorConfig,
                 parents=[Watcher(TenantControlPlane, tenant_events, namespace=ALL_NS)],
                 children=[Watcher(kind, owned_by_tenant(kind.__name__), labels=owned,
                                   namespace=ALL_NS)
-                          for kind in (Secret, Deployment, Service, Ingress, NetworkPolicy)]
+                          for kind in watched]
                 + [Watcher(DataStore, tenants_of_datastore)])),
             asyncio.create_task(stores.run(
                 # Not on its own status writes (each would check it again at once).
