@@ -231,3 +231,53 @@ def test_the_operator_may_manage_tlsroutes_and_both_rbac_copies_say_so() -> None
         text = (ROOT / path).read_text()
         assert ("  - apiGroups: [gateway.networking.k8s.io]\n    resources: [tlsroutes]\n"
                 "    verbs: [get, list, watch, create, patch, delete]\n") in text, path
+
+
+async def test_the_service_step_tells_tenants_the_hostname_and_agents_the_listener() -> None:
+    """NodePort + gateway + Konnectivity: the endpoint (admin.conf, cluster-info, status) is
+    the hostname on the listener's port, and the agents dial the Gateway's
+    konnectivity-server listener (server.port), not the Service's node port."""
+    from types import SimpleNamespace
+
+    from haku.controller.config import OperatorConfig
+    from haku.controller.pipeline import Context
+    from haku.controller.steps.exposure import ServiceStep
+    from haku.render import tenant_bootstrap
+
+    def ports(*pairs: tuple[str, int]) -> Any:
+        return SimpleNamespace(spec=SimpleNamespace(ports=[
+            SimpleNamespace(name=n, nodePort=p) for n, p in pairs]),
+            metadata=SimpleNamespace(name="t1"))
+
+    svc = ports(("kube-apiserver", 31443), ("konnectivity-server", 31132))
+
+    async def apply_checked(ctx: Any, manifest: dict[str, Any], kind: str) -> Any:
+        return svc
+
+    deps = SimpleNamespace(config=OperatorConfig(node_address="192.0.2.10"),
+                           apply_checked=apply_checked)
+    obj = {"metadata": {"name": "t1", "namespace": "tenants", "uid": "u-1"},
+           "spec": {"kubernetes": {"version": "v1.37.2"},
+                    "addons": {"konnectivity": {}},
+                    "controlPlane": {"service": {"serviceType": "NodePort"},
+                                     "gateway": {"hostname": "t1.example.com",
+                                                 "parentRefs": [PARENT]}}}}
+    ctx = Context(obj=obj, spec=TenantControlPlaneSpec.parse(obj))
+    await ServiceStep(deps).apply(ctx)  # type: ignore[arg-type]
+    assert ctx.endpoint == "https://t1.example.com:6443"
+    assert ctx.status["controlPlaneEndpoint"] == "t1.example.com:6443"
+    assert ctx.address == "192.0.2.10"  # the Service's own address stays (certificate SAN)
+    assert ctx.konnectivity_port == 8132
+    assert ctx.status["kubernetesResources"]["service"]["konnectivityPort"] == 8132
+    objects = tenant_bootstrap.konnectivity_objects(ctx.spec, ctx.endpoint,
+                                                    ctx.konnectivity_port)
+    args = " ".join(objects[-1]["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--proxy-server-host=t1.example.com" in args
+    assert "--proxy-server-port=8132" in args
+    # Without the gateway: the node address and node ports, as before.
+    plain = dict(obj, spec=dict(obj["spec"], controlPlane={"service": {
+        "serviceType": "NodePort"}}))
+    ctx = Context(obj=plain, spec=TenantControlPlaneSpec.parse(plain))
+    await ServiceStep(deps).apply(ctx)  # type: ignore[arg-type]
+    assert ctx.endpoint == "https://192.0.2.10:31443"
+    assert ctx.konnectivity_port == 31132

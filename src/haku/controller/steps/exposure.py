@@ -65,6 +65,9 @@ class ServiceStep(StepBase):
         if through is not None:
             ctx.endpoint = f"https://{through[0]}:{through[1]}"
             ctx.status["controlPlaneEndpoint"] = f"{through[0]}:{through[1]}"
+            if spec.addons.konnectivity is not None:
+                # Agents dial the Gateway's listener konnectivity-server (the route's port).
+                ctx.konnectivity_port = spec.addons.konnectivity.server.port
         status: dict[str, Any] = {
             "name": controlplane.names(spec.name)["service"], "namespace": spec.namespace,
             "port": ctx.port, "apiServerPort": secure}
