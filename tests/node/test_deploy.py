@@ -1,11 +1,15 @@
-"""Haku installed with ``kubectl apply -k deploy/`` runs in-cluster from the image Haku builds
-itself: a tenant becomes Ready through it, its ServiceAccount can do what the pipeline needs
-and nothing dangerous, a killed leader hands over to the standby, /metrics tells the truth."""
+"""Haku installed in-cluster runs from the image Haku builds itself: a tenant becomes Ready
+through it, its ServiceAccount can do what the pipeline needs and nothing dangerous, a killed
+leader hands over to the standby, /metrics tells the truth. Every test runs twice: installed
+with the Helm chart (``helm install charts/haku``, the real helm), then with ``kubectl apply
+-k deploy/``, which stays installed for the rest of the suite."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,13 +25,14 @@ from lightkube.resources.networking_v1 import Ingress
 
 from haku.api import conditions
 from haku.api.resources import TenantControlPlane
-from haku.dev import images, operator_image, samples
+from haku.dev import images, operator_image, samples, toolchain
 from haku.dev.cluster import DevCluster
 from haku.dev.versions import operator_image_name
 
 from .helpers import client, eventually, kubectl
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "haku"
 NS = "in-cluster"
 VERSION = "v1.37.2"
 SA = "system:serviceaccount:haku-system:haku-operator"
@@ -69,13 +74,37 @@ async def apply_tcp(c: AsyncClient, name: str) -> None:
                   force=True)
 
 
-@pytest.fixture(scope="module")
-async def deployed(node_handle: Any) -> AsyncIterator[DevCluster]:
+def helm(cluster: DevCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real helm (built and cached like the other upstream binaries) on the dev cluster."""
+    home = cluster.layout.state_dir / "helm"
+    env = {**os.environ, "KUBECONFIG": str(cluster.layout.admin_kubeconfig),
+           "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+           "HELM_DATA_HOME": str(home / "data")}
+    binary = toolchain.ensure(["helm"])["helm"] / "helm"
+    done = subprocess.run([str(binary), *args], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, f"helm {' '.join(args)}: {done.stderr[-2000:]}"
+    return done
+
+
+# Helm first: its uninstall takes the PriorityClass and the admission policy along, which
+# `kubectl apply -k deploy/` then puts back for the rest of the suite.
+@pytest.fixture(scope="module", params=["helm", "kustomize"])
+async def deployed(request: pytest.FixtureRequest, node_handle: Any) -> AsyncIterator[DevCluster]:
     cluster: DevCluster = node_handle.ensure_up()
     archive, name = await asyncio.to_thread(operator_image.build_operator_image)
     await asyncio.to_thread(images.import_images, [operator_image.built_image(archive, name)],
                             cluster.layout.containerd_socket)
-    kubectl(cluster, "apply", "-k", str(DEPLOY))
+    with_helm = request.param == "helm"
+    if with_helm:
+        # The namespace and CRDs may be there already (the suite's own, not Helm's): adopted.
+        helm(cluster, "install", "haku", str(CHART), "--namespace", "haku-system",
+             "--create-namespace", "--take-ownership", "--force-conflicts")
+        listed = json.loads(helm(cluster, "list", "--namespace", "haku-system",
+                                 "--output", "json").stdout)
+        assert [(r["name"], r["status"]) for r in listed] == [("haku", "deployed")]
+    else:
+        kubectl(cluster, "apply", "-k", str(DEPLOY))
     c = client(cluster)
     try:
         async def available() -> bool:
@@ -87,6 +116,13 @@ async def deployed(node_handle: Any) -> AsyncIterator[DevCluster]:
         except AssertionError:
             described = kubectl(cluster, "-n", "haku-system", "describe", "pods", check=False)
             raise AssertionError(described.stdout[-3000:]) from None
+        async def led_by_a_pod_of_this_install() -> bool:
+            return await leader(c) in {p.metadata.name for p in await operator_pods(c)
+                                       if p.metadata}
+
+        # A Lease left by the previous install's pods (their RBAC went with them, so they
+        # could not release it) expires first: up to the 15 s lease duration.
+        await eventually(led_by_a_pod_of_this_install, 60, "a pod of this install to lead")
         for obj in samples.datastore_objects(cluster.layout):
             await c.apply(from_dict(obj), force=True)
         await c.apply(from_dict({"apiVersion": "v1", "kind": "Namespace",
@@ -104,8 +140,11 @@ async def deployed(node_handle: Any) -> AsyncIterator[DevCluster]:
         try:
             await eventually(tenants_gone, 90, "the in-cluster operator to finalize tenants")
         finally:
-            kubectl(cluster, "delete", "--wait=true", "-f", str(DEPLOY / "operator.yaml"),
-                    "-f", str(DEPLOY / "rbac.yaml"), check=False)
+            if with_helm:
+                helm(cluster, "uninstall", "haku", "--namespace", "haku-system", "--wait")
+            else:
+                kubectl(cluster, "delete", "--wait=true", "-f", str(DEPLOY / "operator.yaml"),
+                        "-f", str(DEPLOY / "rbac.yaml"), check=False)
             with_pods = True
             for _ in range(120):
                 with_pods = bool(await operator_pods(c))
