@@ -61,7 +61,8 @@ INFORMATIONAL = frozenset(CONDITION_TYPES) - frozenset(READY_TYPES)
 # other False reason counts in haku_reconcile_errors_total.
 PROGRESS_REASONS = frozenset({"Pending", "NoReadyPods", "NoControlPlane", "Sleeping",
                               "WaitingForLoadBalancer", "WaitingForAPIServer",
-                              "DataStoreBusy", "Stopping", "NoAgentsScheduled"})
+                              "DataStoreBusy", "Stopping", "NoAgentsScheduled",
+                              "WaitingForGateway"})
 CONTROLLER = "tenantcontrolplane"
 # The reasons of the first status (before any step ran).
 FIRST_REASONS = frozenset({"Pending", "Provisioning"})
