@@ -567,7 +567,8 @@ def parser() -> argparse.ArgumentParser:
     build = dev_sub.add_parser("build", help="build and cache the upstream binaries")
     build.add_argument("components", nargs="*",
                        help="kubernetes, etcd, kine, coredns, kube-network-policies, "
-                       "konnectivity, metrics-server, helm, operator-image (default: the first "
+                       "konnectivity, metrics-server, helm, operator-image, and for the "
+                       "conformance run e2e (e2e.test), agnhost, registry (default: the first "
                        "three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)

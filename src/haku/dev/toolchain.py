@@ -1,7 +1,9 @@
 """Build the upstream binaries from the Go module proxy, cached per version.
 
 Kubernetes, etcd, kine, CoreDNS, kube-network-policies, metrics-server and Helm are compiled from
-their published Go modules at the versions pinned in :mod:`haku.dev.versions`; Konnectivity
+their published Go modules at the versions pinned in :mod:`haku.dev.versions` (so are, for the
+conformance run of issue 16, Kubernetes' ``e2e.test`` and ``agnhost`` and CNCF Distribution's
+``registry``: :mod:`haku.dev.conformance`); Konnectivity
 (whose module path the proxy refuses) from its release tarball in the project's
 ``shared/third_party`` (:func:`third_party_dir`), its dependencies from the proxy. Results land in
 ``~/.cache/haku/bin/<component>-<version>/`` (``HAKU_CACHE`` overrides the root); a stamp file
@@ -44,6 +46,9 @@ STAMP = ".haku-built"
 # Timeouts, generous: a cold Kubernetes build takes ~8 min on 2 cores, its module download 1-3.
 GO_BUILD_TIMEOUT = 40 * 60.0  # one `go build`
 GO_COMMAND_TIMEOUT = 20 * 60.0  # `go mod download`, `go get`
+# `go test -c k8s.io/kubernetes/test/e2e`: ~27 min on 2 cores with the Go build cache warm
+# from the Kubernetes build, longer cold.
+E2E_BUILD_TIMEOUT = 120 * 60.0
 GO_LIST_TIMEOUT = 2 * 60.0  # `go list -m -versions`: one request to the module proxy
 GO_HINT = ("check the network and the Go module proxy (GOPROXY, default proxy.golang.org), "
            "then run it again: finished components stay cached")
@@ -57,6 +62,10 @@ MODULES = {
     "kube-network-policies": "sigs.k8s.io/kube-network-policies",
     "metrics-server": "sigs.k8s.io/metrics-server",
     "helm": "helm.sh/helm/v4",
+    # Built from k8s.io/kubernetes at the Kubernetes version, like the kubernetes component.
+    "e2e": "k8s.io/kubernetes",
+    "agnhost": "k8s.io/kubernetes",
+    "registry": "github.com/distribution/distribution/v3",
 }
 # Components built from a source tarball rather than the module proxy: the file in
 # third_party_dir(), by version.
@@ -71,6 +80,7 @@ VERSION_SETTINGS = {
     "sigs.k8s.io/kube-network-policies": "set HAKU_KUBE_NETWORK_POLICIES_VERSION",
     "sigs.k8s.io/metrics-server": "set HAKU_METRICS_SERVER_VERSION",
     "helm.sh/helm/v4": "set HAKU_HELM_VERSION (a v4 release)",
+    "github.com/distribution/distribution/v3": "set HAKU_REGISTRY_VERSION (a v3 release)",
 }
 
 Progress = Callable[[str], None]
@@ -117,7 +127,20 @@ def components(versions: Versions) -> dict[str, Component]:
         "metrics-server": Component(
             "metrics-server", versions.metrics_server, ("metrics-server",)),
         "helm": Component("helm", versions.helm, ("helm",)),
+        # The conformance run (issue 16): upstream's test binary and test-image server at the
+        # Kubernetes version, and the CNCF Distribution registry.
+        "e2e": Component("e2e", versions.kubernetes, (E2E_BINARY,)),
+        "agnhost": Component("agnhost", versions.kubernetes, ("agnhost",)),
+        "registry": Component("registry", versions.registry, ("registry",)),
     }
+
+
+E2E_BINARY = "e2e.test"
+E2E_PACKAGE = "k8s.io/kubernetes/test/e2e"
+AGNHOST_PACKAGE = "k8s.io/kubernetes/test/images/agnhost"
+# Upstream's build tags for every Kubernetes binary (hack/lib/golang.sh, non-debug builds),
+# test binaries included.
+KUBERNETES_BUILD_TAGS = "selinux,notest,grpcnotrace"
 
 
 # Konnectivity's two commands, under the names upstream's images give them.
@@ -284,11 +307,14 @@ class GoBuilder:
         return info
 
     def build(self, args: list[str], cwd: Path, label: str,
-              timeout: float | None = None) -> None:
+              timeout: float | None = None,
+              command: tuple[str, ...] = ("build", "-v")) -> None:
         """``go build -v …`` with a progress line every ``report_every`` seconds.
 
         Stopped (with go's whole process group) after ``timeout`` seconds (default
-        :data:`GO_BUILD_TIMEOUT`), raising :class:`CommandTimedOut`.
+        :data:`GO_BUILD_TIMEOUT`), raising :class:`CommandTimedOut`. ``command`` replaces
+        ``build -v``: ``("test", "-c")`` compiles a test binary (go names no packages then, so
+        the progress lines give the time only).
         """
         timeout = GO_BUILD_TIMEOUT if timeout is None else timeout
         started = time.monotonic()
@@ -299,7 +325,7 @@ class GoBuilder:
         done = threading.Event()
         timed_out = threading.Event()
         proc = subprocess.Popen(
-            [self.go, "build", "-v", *args],
+            [self.go, *command, *args],
             cwd=cwd,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -321,6 +347,10 @@ class GoBuilder:
                     next_report += self.report_every
                     with lock:
                         elapsed = int(now - started)
+                        if command[0] != "build" and not compiled:
+                            self.progress(f"  {label}: {elapsed // 60}m{elapsed % 60:02d}s, "
+                                          f"go {' '.join(command)} compiling")
+                            continue
                         self.progress(
                             f"  {label}: {elapsed // 60}m{elapsed % 60:02d}s, "
                             f"{compiled} packages compiled (now {last or 'resolving modules'})"
@@ -419,19 +449,27 @@ def _finish(component: Component, staging: Path, root: Path, details: dict[str, 
     return target
 
 
-def _build_kubernetes(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
-    info = go.module_info("k8s.io/kubernetes", c.version, work)
+def _kubernetes_consumer_module(version: str, go: GoBuilder, work: Path) -> dict[str, str]:
+    """``work`` as a module requiring k8s.io/kubernetes@version with its staging modules
+    replaced by the published ones (:func:`kubernetes_consumer_gomod`), modules downloaded.
+    Returns ``go mod download -json``'s record of k8s.io/kubernetes (``Dir``: its source)."""
+    info = go.module_info("k8s.io/kubernetes", version, work)
     gomod = Path(info["GoMod"]).read_text()
-    (work / "go.mod").write_text(kubernetes_consumer_gomod(gomod, c.version))
-    go.progress(f"  kubernetes {c.version}: resolving modules (first time: 1-3 min)")
+    (work / "go.mod").write_text(kubernetes_consumer_gomod(gomod, version))
+    go.progress(f"  kubernetes {version}: resolving modules (first time: 1-3 min)")
     go.output(["mod", "download", "k8s.io/kubernetes"], work)
+    return info
+
+
+def _build_kubernetes(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    _kubernetes_consumer_module(c.version, go, work)
     go.output(["get", f"k8s.io/kubernetes/cmd/kube-apiserver@{c.version}"], work)
     ldflags = kubernetes_ldflags(c.version, datetime.now(UTC))
     go.build(
         [
             "-trimpath",
             "-tags",
-            "selinux,notest,grpcnotrace",
+            KUBERNETES_BUILD_TAGS,
             "-ldflags",
             ldflags,
             "-o",
@@ -545,6 +583,81 @@ def _build_helm(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     )
 
 
+def _build_e2e(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # Upstream (hack/lib/golang.sh) builds test binaries with `go test -c`, the same tags,
+    # -trimpath and version ldflags as the commands; vet adds nothing to the binary.
+    _kubernetes_consumer_module(c.version, go, work)
+    go.output(["get", "-t", f"{E2E_PACKAGE}@{c.version}"], work)
+    go.build(
+        ["-vet=off", "-trimpath", "-tags", KUBERNETES_BUILD_TAGS,
+         "-ldflags", kubernetes_ldflags(c.version, datetime.now(UTC)),
+         "-o", str(out / E2E_BINARY), E2E_PACKAGE],
+        work,
+        f"e2e.test {c.version}",
+        timeout=E2E_BUILD_TIMEOUT,
+        command=("test", "-c"),
+    )
+
+
+def agnhost_version(kubernetes_source: Path) -> str:
+    """agnhost's own version (its image tag), from ``test/images/agnhost/VERSION`` in the
+    k8s.io/kubernetes source: 2.66.1 at v1.37.2."""
+    path = kubernetes_source / "test" / "images" / "agnhost" / "VERSION"
+    try:
+        version = path.read_text().strip()
+    except OSError as e:
+        raise ToolchainError(f"cannot read agnhost's version from {path}: {e}") from e
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", version):
+        raise ToolchainError(f"{path} holds {version!r}, not an agnhost version such as 2.66.1")
+    return version
+
+
+def agnhost_ldflags(version: str) -> str:
+    """test/images/image-util.sh: ``-w -X 'main.Version=<VERSION>'`` (``-s`` too here)."""
+    return f"-s -w -X main.Version={version}"
+
+
+def _build_agnhost(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # Upstream: CGO off, no build tags, `go build ./agnhost` in test/images.
+    info = _kubernetes_consumer_module(c.version, go, work)
+    version = agnhost_version(Path(info.get("Dir") or work / "missing"))
+    go.output(["get", f"{AGNHOST_PACKAGE}@{c.version}"], work)
+    go.build(
+        ["-trimpath", "-ldflags", agnhost_ldflags(version),
+         "-o", str(out / "agnhost"), AGNHOST_PACKAGE],
+        work,
+        f"agnhost {version} (kubernetes {c.version})",
+    )
+    (out / "agnhost.version").write_text(version + "\n")
+
+
+def registry_ldflags(version: str, commit: str) -> str:
+    """Distribution's Makefile: ``-s -w`` and the version, revision and main package in
+    ``version``. No build tags (BUILDTAGS is empty by default): v3's ``cmd/registry`` links
+    every storage driver (filesystem, inmemory, s3-aws, gcs, azure) without them."""
+    pkg = MODULES["registry"]
+    flags = ["-s", "-w", f"-X {pkg}/version.version={version}"]
+    if commit:
+        flags.append(f"-X {pkg}/version.revision={commit}")
+    flags.append(f"-X {pkg}/version.mainpkg={pkg}")
+    return " ".join(flags)
+
+
+def _build_registry(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # github.com/distribution/distribution/v3's go.mod has no replaces: a consumer module
+    # requiring it resolves the same dependency versions. Upstream's image: CGO off, -trimpath.
+    module = MODULES["registry"]
+    info = go.module_info(module, c.version, work)
+    (work / "go.mod").write_text("module local.invalid/haku-registry-build\n\ngo 1.26.0\n")
+    go.output(["get", f"{module}@{c.version}"], work)
+    go.build(
+        ["-trimpath", "-ldflags", registry_ldflags(c.version, _module_commit(info)),
+         "-o", str(out / "registry"), f"{module}/cmd/registry"],
+        work,
+        f"registry {c.version}",
+    )
+
+
 def extract_tarball(tarball: Path, into: Path) -> Path:
     """Unpack a source release (``git archive``: one top directory) and return that directory."""
     try:
@@ -606,6 +719,9 @@ BUILDERS: dict[str, Builder] = {
     "konnectivity": _build_konnectivity,
     "metrics-server": _build_metrics_server,
     "helm": _build_helm,
+    "e2e": _build_e2e,
+    "agnhost": _build_agnhost,
+    "registry": _build_registry,
 }
 
 

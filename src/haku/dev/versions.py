@@ -36,6 +36,9 @@ PAUSE_VERSION = "3.10.2"
 # Helm, for the chart in charts/haku (its tests run the real `helm` against the API tier). A v4
 # release: the module path (helm.sh/helm/v4) is the major's.
 HELM_VERSION = "v4.3.1"
+# CNCF Distribution's registry (issue 16: a local OCI registry for the conformance run), built
+# from github.com/distribution/distribution/v3 (the proxy serves v3.0.0, v3.1.1, v3.1.2).
+REGISTRY_VERSION = "v3.1.2"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
 BUSYBOX_IMAGE = "docker.io/library/busybox:haku"
 # Haku's own image (the operator), tagged with Haku's version.
@@ -59,6 +62,7 @@ class Versions:
     konnectivity: str = KONNECTIVITY_VERSION
     metrics_server: str = METRICS_SERVER_VERSION
     helm: str = HELM_VERSION
+    registry: str = REGISTRY_VERSION
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Versions:
@@ -74,9 +78,10 @@ class Versions:
             konnectivity=env.get("HAKU_KONNECTIVITY_VERSION", KONNECTIVITY_VERSION),
             metrics_server=env.get("HAKU_METRICS_SERVER_VERSION", METRICS_SERVER_VERSION),
             helm=env.get("HAKU_HELM_VERSION", HELM_VERSION),
+            registry=env.get("HAKU_REGISTRY_VERSION", REGISTRY_VERSION),
         )
         for name in ("kubernetes", "etcd", "kine", "coredns", "kube_network_policies",
-                     "konnectivity", "metrics_server", "helm"):
+                     "konnectivity", "metrics_server", "helm", "registry"):
             parse_semver(getattr(versions, name), what=name)
         return versions
 
