@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build clean
 
 all: test
 
@@ -91,6 +91,12 @@ bench-backup: deps
 ## shares the node tier's ports: not beside `make test`)
 bench-migration: deps
 	$(VENV)/bin/python bench/migration.py $(BENCH_ARGS)
+
+## conformance-build: what the conformance run (issue 16) needs, built and cached: e2e.test and
+## agnhost at the Kubernetes version, the CNCF Distribution registry (e2e.test: ~27 min on 2
+## cores the first time; docs/conformance.md). Builds only: no registry runs, no suite yet.
+conformance-build: venv
+	$(HAKU) dev build e2e agnhost registry
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -382,6 +382,9 @@ class GoBuilder:
         if code != 0:
             raise ToolchainError(f"building {label} failed:\n" + "\n".join(tail))
         elapsed = time.monotonic() - started
+        if command[0] != "build" and not compiled:  # go test -c names no packages
+            self.progress(f"  {label}: built in {elapsed:.0f}s")
+            return
         self.progress(f"  {label}: built in {elapsed:.0f}s ({compiled} packages compiled)")
 
 
