@@ -3,9 +3,9 @@
 Kubernetes, etcd, kine, CoreDNS, kube-network-policies, metrics-server and Helm are compiled from
 their published Go modules at the versions pinned in :mod:`haku.dev.versions` (so are, for the
 conformance run of issue 16, Kubernetes' ``e2e.test`` and ``agnhost`` and CNCF Distribution's
-``registry``: :mod:`haku.dev.conformance`); Konnectivity
-(whose module path the proxy refuses) from its release tarball in the project's
-``shared/third_party`` (:func:`third_party_dir`), its dependencies from the proxy. Results land in
+``registry``: :mod:`haku.dev.conformance`); Konnectivity (whose module path the proxy refuses)
+from its release tarball in the project's ``shared/third_party`` (:func:`third_party_dir`), its
+dependencies from the proxy. Results land in
 ``~/.cache/haku/bin/<component>-<version>/`` (``HAKU_CACHE`` overrides the root); a stamp file
 written last marks a finished build, so an interrupted one is redone rather than trusted.
 """
