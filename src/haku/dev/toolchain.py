@@ -46,8 +46,8 @@ STAMP = ".haku-built"
 # Timeouts, generous: a cold Kubernetes build takes ~8 min on 2 cores, its module download 1-3.
 GO_BUILD_TIMEOUT = 40 * 60.0  # one `go build`
 GO_COMMAND_TIMEOUT = 20 * 60.0  # `go mod download`, `go get`
-# `go test -c k8s.io/kubernetes/test/e2e`: ~27 min on 2 cores with the Go build cache warm
-# from the Kubernetes build, longer cold.
+# `go test -c k8s.io/kubernetes/test/e2e`: ~14 CPU-minutes cold (an empty Go build cache), 19
+# minutes' wall on a busy 2-core machine, 27 as issue 16 measured it (docs/conformance.md).
 E2E_BUILD_TIMEOUT = 120 * 60.0
 GO_LIST_TIMEOUT = 2 * 60.0  # `go list -m -versions`: one request to the module proxy
 GO_HINT = ("check the network and the Go module proxy (GOPROXY, default proxy.golang.org), "
