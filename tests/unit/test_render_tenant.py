@@ -160,7 +160,7 @@ def test_deployment_on_etcd() -> None:
 
 
 LONG_LEASES = ["--leader-elect=true", "--leader-elect-lease-duration=137s",
-               "--leader-elect-renew-deadline=107s", "--leader-elect-retry-period=26s"]
+               "--leader-elect-renew-deadline=107s", "--leader-elect-retry-period=5s"]
 
 
 def _leader_flags(args: list[str]) -> list[str]:
@@ -206,7 +206,7 @@ def test_extra_args_override_the_leader_election_timings() -> None:
     assert kcm[-3:] == mine  # the user's, verbatim and last
     # one flag overridden, the others keep Haku's defaults
     assert _leader_flags(sched) == ["--leader-elect=true", "--leader-elect-renew-deadline=107s",
-                                    "--leader-elect-retry-period=26s",
+                                    "--leader-elect-retry-period=5s",
                                     "--leader-elect-lease-duration=200s"]
 
 

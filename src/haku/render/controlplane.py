@@ -83,27 +83,32 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, Mapping[str, str]]] = {
 # deadline, 2 s retry), make a leader that cannot renew its Lease for 10 s exit; on a node
 # packed with tenants (docs/benchmarks.md, Density) one slow API server past ~15 tenants made
 # its controller-manager and scheduler restart, and the restarts' CPU slowed the others in
-# turn: a collapse. These are OpenShift's values for nearly every lease it runs (library-go
-# pkg/config/leaderelection, LeaderElectionDefaulting; openshift/enhancements CONVENTIONS.md,
-# "Handling kube-apiserver disruption"), which HyperShift's hosted control planes use too
-# (openshift/hypershift support/config/constants.go, RecommendedLeaseDuration,
-# RecommendedRenewDeadline, RecommendedRetryPeriod; e.g. for the hosted kube-scheduler's
-# KubeSchedulerConfiguration): 4 renew attempts 26 s apart, so a leader rides out about 78 s
-# of API server trouble, 30 s of clock skew, and a Lease write every 26 s instead of every 2 s
-# (two per tenant, on the shared DataStore). (HyperShift's own hosted kube-controller-manager
-# keeps OpenShift's 12 s / 3 s; widening it to these values, openshift/hypershift#6529, was
-# proposed for restarts under load and closed unmerged.)
-# The price: hand-over. A leader that stops without releasing its Lease is replaced only when
-# the Lease expires, up to lease duration + retry period (163 s) later, against 17 s before.
+# turn: a collapse. The lease duration and renew deadline are OpenShift's for nearly every
+# lease it runs (library-go pkg/config/leaderelection, LeaderElectionDefaulting;
+# openshift/enhancements CONVENTIONS.md, "Handling kube-apiserver disruption"), which
+# HyperShift's hosted control planes use too (openshift/hypershift support/config/constants.go,
+# RecommendedLeaseDuration, RecommendedRenewDeadline): a leader rides out 107 s of API server
+# trouble and 30 s of clock skew. (HyperShift's own hosted kube-controller-manager keeps
+# OpenShift's 12 s / 3 s; widening it, openshift/hypershift#6529, was proposed for restarts
+# under load and closed unmerged.)
+# The retry period is not OpenShift's 26 s but 5 s: it is also how often a candidate tries
+# to take the Lease (client-go jitters it up to 2.2 times), and a component's first try fails
+# at every pod start (its API server is not up yet, or has not made its RBAC roles:
+# "forbidden"). With 26 s a new tenant's controller-manager started its controllers 26-57 s
+# after the try, about 30 s after the tenant was Ready, so a node joining at once waited that
+# long for its bootstrap token's signature. With 5 s that is 5-11 s. The leader also renews
+# every retry period: a Lease write every 5 s instead of 2 s (client-go) or 26 s.
+# Hand-over: a leader that stops without releasing its Lease is replaced only when the Lease
+# expires, up to lease duration + retry period later (142 s against 17 s with client-go's).
 # So both release theirs when stopped: kube-scheduler always does on a clean exit;
 # kube-controller-manager does with the gate below (alpha since v1.36, off by default; without
 # it every rollout paused the tenant's controllers, DaemonSets and bootstrap tokens included,
 # for up to 163 s, and the node tier's upgrade test timed out on it). The next leader then
-# takes the Lease at its next try, 26-57 s later (the retry period, jittered by client-go).
+# takes the Lease at its next try, 5-11 s later.
 # A leader that crashes or is killed still holds its Lease until it expires.
 LEADER_ELECT_LEASE_DURATION = "137s"
 LEADER_ELECT_RENEW_DEADLINE = "107s"
-LEADER_ELECT_RETRY_PERIOD = "26s"
+LEADER_ELECT_RETRY_PERIOD = "5s"
 # Turned on in every kube-controller-manager Haku runs (a user's --feature-gates adds to it, and
 # "ControllerManagerReleaseLeaderElectionLockOnExit=false" there turns it off). Every minor in
 # SUPPORTED_MINORS knows it (v1.36+); revisit when a minor where it is removed is added.
