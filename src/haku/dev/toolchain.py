@@ -66,6 +66,9 @@ MODULES = {
     "e2e": "k8s.io/kubernetes",
     "agnhost": "k8s.io/kubernetes",
     "registry": "github.com/distribution/distribution/v3",
+    # Exposure in the dev cluster (issue 17): built and cached, not run yet (docs/exposure.md).
+    "traefik": "github.com/traefik/traefik/v3",
+    "metallb": "go.universe.tf/metallb",
 }
 # Components built from a source tarball rather than the module proxy: the file in
 # third_party_dir(), by version.
@@ -81,6 +84,8 @@ VERSION_SETTINGS = {
     "sigs.k8s.io/metrics-server": "set HAKU_METRICS_SERVER_VERSION",
     "helm.sh/helm/v4": "set HAKU_HELM_VERSION (a v4 release)",
     "github.com/distribution/distribution/v3": "set HAKU_REGISTRY_VERSION (a v3 release)",
+    "github.com/traefik/traefik/v3": "set HAKU_TRAEFIK_VERSION (a v3 release)",
+    "go.universe.tf/metallb": "set HAKU_METALLB_VERSION",
 }
 
 Progress = Callable[[str], None]
@@ -132,6 +137,9 @@ def components(versions: Versions) -> dict[str, Component]:
         "e2e": Component("e2e", versions.kubernetes, (E2E_BINARY,)),
         "agnhost": Component("agnhost", versions.kubernetes, ("agnhost",)),
         "registry": Component("registry", versions.registry, ("registry",)),
+        # Exposure (issue 17): Traefik, and MetalLB's two commands (its CRDs beside them).
+        "traefik": Component("traefik", versions.traefik, ("traefik",)),
+        "metallb": Component("metallb", versions.metallb, METALLB_BINARIES),
     }
 
 
@@ -661,6 +669,93 @@ def _build_registry(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     )
 
 
+def traefik_ldflags(version: str, build_date: datetime, codename: str = "") -> str:
+    """Upstream's Makefile and .goreleaser.yml: ``-s -w`` and the version, codename and build
+    date in ``pkg/version`` (the Makefile's date format). The codename is left at the source's
+    own unless given."""
+    pkg = MODULES["traefik"] + "/pkg/version"
+    flags = ["-s", "-w", f"-X {pkg}.Version={version}"]
+    if codename:
+        flags.append(f"-X {pkg}.Codename={codename}")
+    flags.append(f"-X {pkg}.BuildDate={build_date.strftime('%Y-%m-%d_%I:%M:%S%p')}")
+    return " ".join(flags)
+
+
+def _writable_copy(source: Path, into: Path) -> Path:
+    """A copy of a module's extracted source (read-only in the module cache) that go may
+    update (go.sum) and a temporary directory may delete."""
+    shutil.copytree(source, into, copy_function=shutil.copyfile, symlinks=True)
+    for directory, _, _ in os.walk(into):
+        os.chmod(directory, 0o755)  # noqa: S103 - a private temporary directory
+    return into
+
+
+def _build_traefik(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # Traefik's go.mod replaces modules (its forks of gorilla/mux and go-http-auth, and a local
+    # ./pkg/config/dynamic/ext), which a consumer module would ignore: build inside a copy of
+    # the module's own source instead, as upstream does (`go build ./cmd/traefik`, CGO off,
+    # -trimpath). webui/static is embedded (go:embed); the module zip carries it with only
+    # upstream's placeholder file (the Makefile's clean-webui writes the same), so the build
+    # needs nothing added and the binary serves no dashboard UI.
+    module = MODULES["traefik"]
+    info = go.module_info(module, c.version, work)
+    source = _writable_copy(Path(info.get("Dir") or work / "missing"), work / "traefik")
+    static = source / "webui" / "static"
+    if not static.is_dir() or not any(static.iterdir()):
+        # Upstream's placeholder (Makefile, clean-webui): go:embed needs one file there.
+        static.mkdir(parents=True, exist_ok=True)
+        (static / "DONT-EDIT-FILES-IN-THIS-DIRECTORY.md").write_text(
+            "For more information see `webui/readme.md`")
+    go.build(
+        ["-trimpath", "-ldflags", traefik_ldflags(c.version, datetime.now(UTC)),
+         "-o", str(out / "traefik"), "./cmd/traefik"],
+        source,
+        f"traefik {c.version}",
+    )
+
+
+# MetalLB's two commands (module directories controller/ and speaker/), and where its CRDs
+# (config/crd/bases in the module) are cached beside them.
+METALLB_BINARIES = ("controller", "speaker")
+METALLB_CRDS = "crds"
+
+
+def metallb_ldflags(commit: str, branch: str = "") -> str:
+    """controller/Dockerfile and speaker/Dockerfile: the commit and branch in
+    ``internal/version`` (its version string is in the source); ``-s -w`` here, like the other
+    components."""
+    pkg = MODULES["metallb"] + "/internal/version"
+    flags = ["-s", "-w"]
+    if commit:
+        flags.append(f"-X {pkg}.gitCommit={commit}")
+    if branch:
+        flags.append(f"-X {pkg}.gitBranch={branch}")
+    return " ".join(flags)
+
+
+def _build_metallb(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
+    # go.universe.tf/metallb's go.mod has no replaces: a consumer module requiring it resolves
+    # the same dependency versions. Upstream's images: CGO off, `go build ./controller` and
+    # `./speaker`.
+    module = MODULES["metallb"]
+    info = go.module_info(module, c.version, work)
+    (work / "go.mod").write_text("module local.invalid/haku-metallb-build\n\ngo 1.26.0\n")
+    go.output(["get", f"{module}@{c.version}"], work)
+    go.build(
+        ["-trimpath", "-ldflags", metallb_ldflags(_module_commit(info)),
+         "-o", str(out) + "/", *(f"{module}/{b}" for b in METALLB_BINARIES)],
+        work,
+        f"metallb {c.version}",
+    )
+    crds = Path(info.get("Dir") or work / "missing") / "config" / "crd" / "bases"
+    if crds.is_dir():
+        (out / METALLB_CRDS).mkdir()
+        for crd in sorted(crds.glob("*.yaml")):
+            shutil.copyfile(crd, out / METALLB_CRDS / crd.name)
+    else:
+        go.progress(f"  metallb {c.version}: no config/crd/bases in the module; CRDs not cached")
+
+
 def extract_tarball(tarball: Path, into: Path) -> Path:
     """Unpack a source release (``git archive``: one top directory) and return that directory."""
     try:
@@ -725,6 +820,8 @@ BUILDERS: dict[str, Builder] = {
     "e2e": _build_e2e,
     "agnhost": _build_agnhost,
     "registry": _build_registry,
+    "traefik": _build_traefik,
+    "metallb": _build_metallb,
 }
 
 

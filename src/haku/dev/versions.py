@@ -39,6 +39,11 @@ HELM_VERSION = "v4.3.1"
 # CNCF Distribution's registry (issue 16: a local OCI registry for the conformance run), built
 # from github.com/distribution/distribution/v3 (the proxy serves v3.0.0, v3.1.1, v3.1.2).
 REGISTRY_VERSION = "v3.1.2"
+# Issue 17, exposure in the dev cluster: Traefik v3 (Ingress TLS passthrough, Gateway API
+# TLSRoute) and MetalLB (LoadBalancer, L2 mode). Built and cached only so far; neither runs in
+# the dev cluster yet. The newest v3.7.x and v0.15.x the Go module proxy serves.
+TRAEFIK_VERSION = "v3.7.13"
+METALLB_VERSION = "v0.15.2"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
 BUSYBOX_IMAGE = "docker.io/library/busybox:haku"
 # Haku's own image (the operator), tagged with Haku's version.
@@ -63,6 +68,8 @@ class Versions:
     metrics_server: str = METRICS_SERVER_VERSION
     helm: str = HELM_VERSION
     registry: str = REGISTRY_VERSION
+    traefik: str = TRAEFIK_VERSION
+    metallb: str = METALLB_VERSION
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Versions:
@@ -79,9 +86,12 @@ class Versions:
             metrics_server=env.get("HAKU_METRICS_SERVER_VERSION", METRICS_SERVER_VERSION),
             helm=env.get("HAKU_HELM_VERSION", HELM_VERSION),
             registry=env.get("HAKU_REGISTRY_VERSION", REGISTRY_VERSION),
+            traefik=env.get("HAKU_TRAEFIK_VERSION", TRAEFIK_VERSION),
+            metallb=env.get("HAKU_METALLB_VERSION", METALLB_VERSION),
         )
         for name in ("kubernetes", "etcd", "kine", "coredns", "kube_network_policies",
-                     "konnectivity", "metrics_server", "helm", "registry"):
+                     "konnectivity", "metrics_server", "helm", "registry", "traefik",
+                     "metallb"):
             parse_semver(getattr(versions, name), what=name)
         return versions
 
