@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build exposure-build clean
 
 all: test
 
@@ -97,6 +97,11 @@ bench-migration: deps
 ## cores the first time; docs/conformance.md). Builds only: no registry runs, no suite yet.
 conformance-build: venv
 	$(HAKU) dev build e2e agnhost registry
+
+## exposure-build: Traefik v3 and MetalLB (controller, speaker, its CRDs) built and cached for
+## issue 17's exposure step (docs/exposure.md). Builds only: neither runs in the dev cluster yet.
+exposure-build: venv
+	$(HAKU) dev build traefik metallb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -568,8 +568,8 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("components", nargs="*",
                        help="kubernetes, etcd, kine, coredns, kube-network-policies, "
                        "konnectivity, metrics-server, helm, operator-image, and for the "
-                       "conformance run e2e (e2e.test), agnhost, registry (default: the first "
-                       "three)")
+                       "conformance run e2e (e2e.test), agnhost, registry, and for exposure "
+                       "(issue 17, not run yet) traefik, metallb (default: the first three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)
     addons_p = dev_sub.add_parser(
