@@ -98,6 +98,9 @@ def test_traefik_builds_cmd_traefik_in_its_own_module(
     (source / "go.mod").write_text(
         f"module {TRAEFIK}\n\nreplace github.com/traefik/traefik/dynamic/ext => "
         "./pkg/config/dynamic/ext\n")
+    (source / "pkg/config/dynamic/ext").mkdir(parents=True)
+    (source / "pkg/config/dynamic/ext/go.mod").write_text(
+        "module github.com/traefik/traefik/dynamic/ext\n")
     (source / "cmd/traefik").mkdir(parents=True)
     (source / "cmd/traefik/traefik.go").write_text("package main\n")
     static = source / "webui/static"
@@ -201,3 +204,23 @@ def test_cached_builds_need_no_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(toolchain.ToolchainError, match=r"traefik/v3@v3\.7\.12"):
         toolchain.ensure(["traefik"], other, root, progress=lambda _: None)
     assert marker.exists()
+
+
+def test_traefik_without_its_nested_ext_module_is_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found with v3.7.10 and v3.7.13: the module zip leaves out the nested module
+    # pkg/config/dynamic/ext its go.mod replaces github.com/traefik/traefik/dynamic/ext with.
+    gomod = (f"module {TRAEFIK}\n\nreplace github.com/traefik/traefik/dynamic/ext => "
+             "./pkg/config/dynamic/ext\n\nreplace (\n\tgithub.com/gorilla/mux => "
+             "github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59\n)\n")
+    assert toolchain.missing_local_replaces(gomod, tmp_path) == [
+        "github.com/traefik/traefik/dynamic/ext => ./pkg/config/dynamic/ext"]
+    download = _module(tmp_path, TRAEFIK, "v3.7.13")
+    (Path(download["Dir"]) / "go.mod").write_text(gomod)
+    calls = _fake_go(tmp_path, monkeypatch, download)
+    with pytest.raises(toolchain.ToolchainError,
+                       match=r"traefik v3\.7\.13 cannot be built from the Go module proxy.*"
+                             r"dynamic/ext => \./pkg/config/dynamic/ext"):
+        toolchain.ensure(["traefik"], Versions(), tmp_path / "cache", progress=lambda _: None)
+    assert calls.read_text().splitlines() == [f"mod download -json {TRAEFIK}@v3.7.13"]

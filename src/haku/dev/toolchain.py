@@ -690,6 +690,15 @@ def _writable_copy(source: Path, into: Path) -> Path:
     return into
 
 
+def missing_local_replaces(gomod: str, source: Path) -> list[str]:
+    """``replace X => ./dir`` directives of ``gomod`` whose directory ``source`` lacks (a
+    nested module: a module's zip leaves those out)."""
+    found = re.findall(r"^\s*(?:replace\s+)?(\S+)(?:\s+\S+)?\s+=>\s+(\.{1,2}/\S*)\s*$",
+                       gomod, re.MULTILINE)
+    return [f"{module} => {path}" for module, path in found
+            if not (source / path / "go.mod").is_file()]
+
+
 def _build_traefik(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     # Traefik's go.mod replaces modules (its forks of gorilla/mux and go-http-auth, and a local
     # ./pkg/config/dynamic/ext), which a consumer module would ignore: build inside a copy of
@@ -700,6 +709,13 @@ def _build_traefik(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     module = MODULES["traefik"]
     info = go.module_info(module, c.version, work)
     source = _writable_copy(Path(info.get("Dir") or work / "missing"), work / "traefik")
+    missing = missing_local_replaces((source / "go.mod").read_text(), source)
+    if missing:
+        raise ToolchainError(
+            f"traefik {c.version} cannot be built from the Go module proxy: its go.mod "
+            f"replaces modules with directories the module zip leaves out ({', '.join(missing)}"
+            "; nested modules are not in a module's zip, and the proxy does not serve them "
+            "on their own). docs/exposure.md says what was found")
     static = source / "webui" / "static"
     if not static.is_dir() or not any(static.iterdir()):
         # Upstream's placeholder (Makefile, clean-webui): go:embed needs one file there.
