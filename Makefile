@@ -98,10 +98,11 @@ bench-migration: deps
 conformance-build: venv
 	$(HAKU) dev build e2e agnhost registry
 
-## exposure-build: Traefik v3 and MetalLB (controller, speaker, its CRDs) built and cached for
-## issue 17's exposure step (docs/exposure.md). Builds only: neither runs in the dev cluster yet.
+## exposure-build: MetalLB (controller, speaker, its CRDs) and Traefik v3 built and cached for
+## issue 17's exposure step (docs/exposure.md; Traefik does not build from the module proxy yet,
+## and says why). Builds only: neither runs in the dev cluster yet.
 exposure-build: venv
-	$(HAKU) dev build traefik metallb
+	$(HAKU) dev build metallb traefik
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
