@@ -513,18 +513,33 @@ def _build_etcd(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     )
 
 
-def _build_module_root(module: str, binary: str, ldflags: str, package: str = "") -> Builder:
+# ldflags of a module build: a format string (``{version}``), or a function of the version and
+# ``go mod download -json``'s record of the module (for the commit: :func:`_module_commit`).
+LdFlags = str | Callable[[str, dict[str, str]], str]
+
+
+def _consumer_module(module: str, version: str, name: str, go: GoBuilder,
+                     work: Path) -> dict[str, str]:
+    """``work`` as a module of its own requiring ``module@version`` (for a module whose go.mod
+    has no replaces: it resolves the same dependency versions). Returns ``go mod download
+    -json``'s record of the module."""
+    info = go.module_info(module, version, work)
+    (work / "go.mod").write_text(f"module local.invalid/haku-{name}-build\n\ngo 1.26.0\n")
+    go.output(["get", f"{module}@{version}"], work)
+    return info
+
+
+def _build_module_root(module: str, binary: str, ldflags: LdFlags, package: str = "") -> Builder:
     """Builder for a module whose go.mod has no replaces and whose ``main`` package is its root
     (or ``package``, a path inside it)."""
     target = f"{module}/{package}" if package else module
 
     def build(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
-        go.module_info(module, c.version, work)
-        (work / "go.mod").write_text(f"module local.invalid/haku-{binary}-build\n\ngo 1.26.0\n")
-        go.output(["get", f"{module}@{c.version}"], work)
+        info = _consumer_module(module, c.version, binary, go, work)
+        flags = ldflags.format(version=c.version) if isinstance(ldflags, str) \
+            else ldflags(c.version, info)
         go.build(
-            ["-trimpath", "-ldflags", ldflags.format(version=c.version), "-o", str(out / binary),
-             target],
+            ["-trimpath", "-ldflags", flags, "-o", str(out / binary), target],
             work,
             f"{binary} {c.version}",
         )
@@ -541,23 +556,6 @@ def metrics_server_ldflags(version: str, commit: str, build_date: datetime) -> s
     if commit:
         flags.insert(3, f"-X {pkg}.gitCommit={commit}")
     return " ".join(flags)
-
-
-def _build_metrics_server(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
-    module = MODULES["metrics-server"]
-    info = go.module_info(module, c.version, work)
-    commit = ""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        origin = json.loads(Path(info["Info"]).read_text()).get("Origin") or {}
-        commit = str(origin.get("Hash") or "")
-    (work / "go.mod").write_text("module local.invalid/haku-metrics-server-build\n\ngo 1.26.0\n")
-    go.output(["get", f"{module}@{c.version}"], work)
-    go.build(
-        ["-trimpath", "-ldflags", metrics_server_ldflags(c.version, commit, datetime.now(UTC)),
-         "-o", str(out / "metrics-server"), f"{module}/cmd/metrics-server"],
-        work,
-        f"metrics-server {c.version}",
-    )
 
 
 def helm_ldflags(version: str, commit: str) -> str:
@@ -577,21 +575,6 @@ def _module_commit(info: dict[str, str]) -> str:
         origin = json.loads(Path(info["Info"]).read_text()).get("Origin") or {}
         return str(origin.get("Hash") or "")
     return ""
-
-
-def _build_helm(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
-    # helm.sh/helm/v4's go.mod has no replaces; upstream builds ./cmd/helm with CGO off and
-    # -trimpath. A consumer module requiring only helm resolves the same dependency versions.
-    module = MODULES["helm"]
-    info = go.module_info(module, c.version, work)
-    (work / "go.mod").write_text("module local.invalid/haku-helm-build\n\ngo 1.26.0\n")
-    go.output(["get", f"{module}@{c.version}"], work)
-    go.build(
-        ["-trimpath", "-ldflags", helm_ldflags(c.version, _module_commit(info)),
-         "-o", str(out / "helm"), f"{module}/cmd/helm"],
-        work,
-        f"helm {c.version}",
-    )
 
 
 def _build_e2e(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
@@ -652,21 +635,6 @@ def registry_ldflags(version: str, commit: str) -> str:
         flags.append(f"-X {pkg}/version.revision={commit}")
     flags.append(f"-X {pkg}/version.mainpkg={pkg}")
     return " ".join(flags)
-
-
-def _build_registry(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
-    # github.com/distribution/distribution/v3's go.mod has no replaces: a consumer module
-    # requiring it resolves the same dependency versions. Upstream's image: CGO off, -trimpath.
-    module = MODULES["registry"]
-    info = go.module_info(module, c.version, work)
-    (work / "go.mod").write_text("module local.invalid/haku-registry-build\n\ngo 1.26.0\n")
-    go.output(["get", f"{module}@{c.version}"], work)
-    go.build(
-        ["-trimpath", "-ldflags", registry_ldflags(c.version, _module_commit(info)),
-         "-o", str(out / "registry"), f"{module}/cmd/registry"],
-        work,
-        f"registry {c.version}",
-    )
 
 
 def traefik_ldflags(version: str, build_date: datetime, codename: str = "") -> str:
@@ -754,9 +722,7 @@ def _build_metallb(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     # the same dependency versions. Upstream's images: CGO off, `go build ./controller` and
     # `./speaker`.
     module = MODULES["metallb"]
-    info = go.module_info(module, c.version, work)
-    (work / "go.mod").write_text("module local.invalid/haku-metallb-build\n\ngo 1.26.0\n")
-    go.output(["get", f"{module}@{c.version}"], work)
+    info = _consumer_module(module, c.version, "metallb", go, work)
     go.build(
         ["-trimpath", "-ldflags", metallb_ldflags(_module_commit(info)),
          "-o", str(out) + "/", *(f"{module}/{b}" for b in METALLB_BINARIES)],
@@ -831,11 +797,20 @@ BUILDERS: dict[str, Builder] = {
         "sigs.k8s.io/kube-network-policies", "kube-network-policies", "-s -w", package="cmd",
     ),
     "konnectivity": _build_konnectivity,
-    "metrics-server": _build_metrics_server,
-    "helm": _build_helm,
+    "metrics-server": _build_module_root(
+        MODULES["metrics-server"], "metrics-server",
+        lambda v, info: metrics_server_ldflags(v, _module_commit(info), datetime.now(UTC)),
+        "cmd/metrics-server"),
+    # helm.sh/helm/v4: upstream builds ./cmd/helm with CGO off and -trimpath.
+    "helm": _build_module_root(
+        MODULES["helm"], "helm", lambda v, info: helm_ldflags(v, _module_commit(info)),
+        "cmd/helm"),
     "e2e": _build_e2e,
     "agnhost": _build_agnhost,
-    "registry": _build_registry,
+    # Distribution v3: upstream's image builds ./cmd/registry with CGO off and -trimpath.
+    "registry": _build_module_root(
+        MODULES["registry"], "registry",
+        lambda v, info: registry_ldflags(v, _module_commit(info)), "cmd/registry"),
     "traefik": _build_traefik,
     "metallb": _build_metallb,
 }
