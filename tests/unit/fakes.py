@@ -43,3 +43,20 @@ def stamped_cache(root: Path, names: list[str], versions: Versions | None = None
             (d / b).write_text("#!/bin/sh\nexit 1\n")
         (d / toolchain.STAMP).write_text('{"seconds": "1.0"}\n')
     return root
+
+
+def ensure_cached_without_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str],
+                             versions: Versions) -> tuple[Path, Path]:
+    """``toolchain.ensure(names)`` on a cache (``tmp_path/cache``) where they are finished
+    builds, with a ``go`` on PATH that only leaves a marker file if it runs: checks that ensure
+    returns each component's directory, says nothing and runs no go. Returns the cache root and
+    the marker, for the test to go on (a build that must run go next)."""
+    on_path(monkeypatch, tmp_path / "bin")
+    marker = tmp_path / "go-ran"
+    go_that_must_not_run(tmp_path / "bin", marker)
+    root = stamped_cache(tmp_path / "cache", names, versions)
+    toolchain.check_available(names, versions, root)
+    built = toolchain.ensure(list(names), versions, root, progress=pytest.fail)
+    assert built == {n: toolchain.components(versions)[n].directory(root) for n in names}
+    assert not marker.exists()
+    return root, marker

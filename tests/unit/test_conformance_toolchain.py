@@ -23,7 +23,7 @@ from haku.dev.versions import (
     staging_version,
 )
 
-from .fakes import go_that_must_not_run, on_path, script, stamped_cache
+from .fakes import ensure_cached_without_go, on_path, script
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["e2e", "agnhost", "registry"]
@@ -222,16 +222,10 @@ def test_registry_builds_cmd_registry_as_distributions_makefile(
 
 
 def test_cached_builds_need_no_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    on_path(monkeypatch, tmp_path / "bin")
-    marker = tmp_path / "go-ran"
-    go_that_must_not_run(tmp_path / "bin", marker)
+    assert sorted(conformance.COMPONENTS) == sorted(NAMES)
     versions = Versions()
-    root = stamped_cache(tmp_path / "cache", NAMES, versions)
-    toolchain.check_available(NAMES, versions, root)
-    built = toolchain.ensure(list(conformance.COMPONENTS), versions, root,
-                             progress=pytest.fail)
-    assert built == {n: toolchain.components(versions)[n].directory(root) for n in NAMES}
-    assert not marker.exists()
+    root, marker = ensure_cached_without_go(tmp_path, monkeypatch, list(conformance.COMPONENTS),
+                                            versions)
 
     # A build without its stamp is not trusted: go runs (and here, fails).
     (toolchain.components(versions)["registry"].directory(root) / toolchain.STAMP).unlink()

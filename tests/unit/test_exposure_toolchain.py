@@ -15,7 +15,7 @@ import pytest
 from haku.dev import toolchain
 from haku.dev.versions import METALLB_VERSION, TRAEFIK_VERSION, VersionError, Versions
 
-from .fakes import go_that_must_not_run, on_path, script, stamped_cache
+from .fakes import ensure_cached_without_go, on_path, script
 
 NAMES = ["traefik", "metallb"]
 TRAEFIK = "github.com/traefik/traefik/v3"
@@ -189,15 +189,7 @@ def test_metallb_without_crds_in_the_module_still_builds(
 
 
 def test_cached_builds_need_no_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    on_path(monkeypatch, tmp_path / "bin")
-    marker = tmp_path / "go-ran"
-    go_that_must_not_run(tmp_path / "bin", marker)
-    versions = Versions()
-    root = stamped_cache(tmp_path / "cache", NAMES, versions)
-    toolchain.check_available(NAMES, versions, root)
-    built = toolchain.ensure(NAMES, versions, root, progress=pytest.fail)
-    assert built == {n: toolchain.components(versions)[n].directory(root) for n in NAMES}
-    assert not marker.exists()
+    root, marker = ensure_cached_without_go(tmp_path, monkeypatch, NAMES, Versions())
 
     # Another pinned version is another cache directory: go runs (and here, fails).
     other = Versions.from_env({"HAKU_TRAEFIK_VERSION": "v3.7.12"})

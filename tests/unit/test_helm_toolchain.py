@@ -16,7 +16,7 @@ from haku import __version__
 from haku.dev import toolchain
 from haku.dev.versions import HELM_VERSION, VersionError, Versions
 
-from .fakes import go_that_must_not_run, on_path, script, stamped_cache
+from .fakes import ensure_cached_without_go, go_that_must_not_run, on_path, script
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "haku"
@@ -85,11 +85,7 @@ esac
 
 
 def test_a_cached_helm_needs_no_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    on_path(monkeypatch, tmp_path / "bin")
-    marker = tmp_path / "go-ran"
-    go_that_must_not_run(tmp_path / "bin", marker)
-    root = stamped_cache(tmp_path / "cache", ["helm"])
-    toolchain.check_available(["helm"], Versions(), root)
+    root, marker = ensure_cached_without_go(tmp_path, monkeypatch, ["helm"], Versions())
     assert toolchain.ensure(["helm"], Versions(), root)["helm"] == root / "bin" / "helm-v4.3.1"
     assert not marker.exists()
 
