@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
+from haku.render import controlplane, write_permissions
 from haku.render import migration as mg
-from haku.render import write_permissions
+from tests.unit.test_render_tenant import ETCD, tcp
 
 STORAGE = {"driver": "etcd", "dataStoreName": "dev-etcd",
            "setup": {"schema": "phys", "user": "phys-user", "checksum": "c"},
@@ -94,3 +97,30 @@ def test_the_migration_freeze_refuses_status_writes_too_and_says_why() -> None:
     own = write_permissions.objects(frozen)[0]
     assert own["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["*"]
     assert write_permissions.MIGRATION_MARK not in own["spec"]["validations"][0]["message"]
+
+
+def _pod(name: str, ip: str | None, state: dict[str, Any], port: int = 6443,
+         terminating: bool = False) -> dict[str, Any]:
+    """A control-plane pod as the API gives it, its containers those the Deployment renders."""
+    spec = tcp() if port == 6443 else tcp(networkProfile={"port": port})
+    template = controlplane.deployment(spec, ETCD, "10.0.0.7", {}, "kine:x")["spec"]["template"]
+    statuses = [{"name": c["name"], "state": state if c["name"] == "kube-apiserver"
+                 else {"running": {}}} for c in template["spec"]["containers"]]
+    meta: dict[str, Any] = {"name": name}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    return {"metadata": meta, "spec": template["spec"],
+            "status": {"podIP": ip, "containerStatuses": statuses}}
+
+
+def test_the_freeze_asks_every_pod_whose_api_server_runs_at_its_own_address() -> None:
+    running = {"running": {"startedAt": "2026-12-01T00:00:00Z"}}
+    pods = [_pod("a", "10.246.0.5", running),
+            _pod("b", "fd00::7", running, port=31443),
+            _pod("leaving", "10.246.0.6", running, terminating=True),  # serves until it stops
+            _pod("waiting", "10.246.0.8", {"waiting": {"reason": "ContainerCreating"}}),
+            _pod("pending", None, {})]
+    assert mg.api_servers(pods) == [("a", "https://10.246.0.5:6443"),
+                                    ("b", "https://[fd00::7]:31443"),
+                                    ("leaving", "https://10.246.0.6:6443")]
+    assert mg.api_servers([]) == []

@@ -28,13 +28,22 @@ after the copy and are not carried over (leases and events are renewed; the API 
 the operator write theirs again). Verification therefore ignores keys under
 :data:`EXEMPT_PREFIXES`; any other change in the source after the copy means a write got
 through (an API server replica that had not yet seen the policy), and the copy starts over.
+
+The freeze counts as enforced only once every control-plane pod whose API server runs refuses
+a dry-run write, asked directly at its pod IP (:func:`api_servers`): asked through the
+Service, one answer speaks for one replica only, and a replica slow to see the policy would
+take writes after the copy that no later check can carry over. A pod whose API server starts
+later lists the policy before it admits anything (the admission plugin waits for its first
+sync), so it needs no asking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from haku.render.controlplane import API_PORT_NAME
 
 PHASES = ("Provisioning", "Freezing", "Copying", "Verifying", "Switching", "Unfreezing",
           "Cleaning", "Completed")
@@ -45,6 +54,7 @@ ENDED = frozenset({"Completed", "Cancelled"})
 EXEMPT_PREFIXES = (b"/leases/", b"/events/", b"/masterleases/")
 COPY_ATTEMPTS = 3
 FREEZE_NAME = "haku-migration-freeze"  # haku.render.write_permissions.MIGRATION_NAME
+API_CONTAINER = "kube-apiserver"  # the container's name in haku.render.controlplane
 
 
 def now() -> str:
@@ -121,3 +131,23 @@ def describe(migration: Mapping[str, Any]) -> str:
     src = (migration.get("from") or {}).get("dataStoreName")
     dst = (migration.get("to") or {}).get("dataStoreName")
     return f"from DataStore {src} to {dst}"
+
+
+def api_servers(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(pod name, ``https://`` URL at its pod IP) of each pod (dicts, as the API gives them)
+    whose API server container runs now, terminating pods included: they serve until they
+    stop. The port is the container's port named ``API_PORT_NAME``."""
+    found = []
+    for pod in pods:
+        status, spec = pod.get("status") or {}, pod.get("spec") or {}
+        ip = status.get("podIP")
+        running = any(c.get("name") == API_CONTAINER and (c.get("state") or {}).get("running")
+                      for c in status.get("containerStatuses") or [])
+        ports = [p.get("containerPort") for c in spec.get("containers") or []
+                 if c.get("name") == API_CONTAINER for p in c.get("ports") or []
+                 if p.get("name") == API_PORT_NAME]
+        if not (ip and running and ports):
+            continue
+        host = f"[{ip}]" if ":" in ip else ip
+        found.append((str((pod.get("metadata") or {}).get("name")), f"https://{host}:{ports[0]}"))
+    return found

@@ -127,6 +127,9 @@ class MigrationStep(StepBase):
                                  write_permissions.MIGRATION_MARK)
         if not_yet:
             return f"the freeze is applied, not yet enforced ({not_yet})"
+        not_yet = await self._every_replica_refuses(ctx)
+        if not_yet:
+            return f"the freeze is applied, not yet enforced by every replica ({not_yet})"
         record["frozenAt"] = mg.now()
         record["phase"] = "Copying"
         return None
@@ -266,15 +269,28 @@ class MigrationStep(StepBase):
             f"{record.get('keys')} keys; writes refused for "
             + (f"{refused:.0f} s" if refused is not None else "an unknown time")))
 
+    async def _pods(self, ctx: Context) -> list[Pod]:
+        return [p async for p in self.deps.client.list(
+            Pod, namespace=ctx.spec.namespace, labels=dict(controlplane.selector(ctx.spec)))]
+
+    async def _every_replica_refuses(self, ctx: Context) -> str | None:
+        """None once the API server of every control-plane pod refuses a dry-run write with
+        the freeze's message, each asked at its pod IP (haku.render.migration.api_servers has
+        why); else the first pod that does not yet, and what it answered."""
+        for pod, url in mg.api_servers([p.to_dict() for p in await self._pods(ctx)]):
+            not_yet = await enforced(url, ctx.super_admin, "CREATE",
+                                     write_permissions.MIGRATION_MARK, server_name="localhost")
+            if not_yet:
+                return f"pod {pod}: {not_yet}"
+        return None
+
     async def _pods_on_the_source(self, ctx: Context) -> int:
         """The tenant's control-plane pods not of the Deployment's current connection: those of
         an older template (by its datastore checksum) and any being deleted."""
         key = f"{controlplane.CHECKSUM_PREFIX}datastore"
         template = ctx.need(ctx.deployment, "the Deployment").spec.template.metadata
         current = (template.annotations or {}).get(key)
-        pods = [p async for p in self.deps.client.list(
-            Pod, namespace=ctx.spec.namespace, labels=dict(controlplane.selector(ctx.spec)))]
-        metas = [p.metadata for p in pods if p.metadata]
+        metas = [p.metadata for p in await self._pods(ctx) if p.metadata]
         return sum(1 for m in metas
                    if m.deletionTimestamp or (m.annotations or {}).get(key) != current)
 

@@ -41,9 +41,12 @@ PROBE = {  # a dry-run write of each kind, on an object every namespace has
 
 
 async def enforced(endpoint: str, super_admin: bytes, operation: str,
-                   marker: str = write_permissions.MESSAGE_START) -> str | None:
+                   marker: str = write_permissions.MESSAGE_START,
+                   server_name: str | None = None) -> str | None:
     """None if the tenant's API server refuses a dry-run ``operation`` by the tenant admin
-    (impersonated) with a freeze's message (holding ``marker``); else what it answered."""
+    (impersonated) with a freeze's message (holding ``marker``); else what it answered.
+    ``server_name``: the name its certificate is checked for (and sent as SNI) when
+    ``endpoint`` is an address the certificate does not hold (a pod IP)."""
     method, path, body = PROBE[operation]
     admin = tenant_kubeconfigs.ADMIN
     headers = {"Impersonate-User": admin.user, "Impersonate-Group": admin.organizations[0]}
@@ -53,9 +56,10 @@ async def enforced(endpoint: str, super_admin: bytes, operation: str,
     try:
         tls = tls_context(super_admin, files)
         async with httpx2.AsyncClient(verify=tls, timeout=5.0, trust_env=False) as http:
-            answer = await http.request(method, f"{endpoint}{path}?dryRun=All",
-                                        headers=headers,
-                                        content=json.dumps(body) if body else None)
+            answer = await http.request(
+                method, f"{endpoint}{path}?dryRun=All", headers=headers,
+                content=json.dumps(body) if body else None,
+                extensions={"sni_hostname": server_name} if server_name else None)
     except (httpx2.HTTPError, ssl.SSLError, OSError) as e:
         return f"a dry-run {operation}: {e}"
     finally:
