@@ -11,7 +11,14 @@ connection just as the server closes it fails with no answer, whatever the serve
 Every request is recorded (time, operation, error if it failed; a request still unanswered
 after ``timeout`` fails). Like client-go it sends a request again when the answer asks for it
 (:func:`retry_after`: 429, or a 5xx with ``Retry-After``), up to three times; such a request
-counts as retried, and fails only if the last answer is an error. ``kubeconfig`` is asked
+counts as retried, and fails only if the last answer is an error.
+
+One gap of the client library is closed by hand: after a server's graceful GOAWAY, httpcore
+gives up on the requests the server said it took (stream IDs up to the GOAWAY's last one)
+instead of reading their answers, which the server still sends (encode/httpcore#1054; Go's
+client, and so client-go, reads them). Such a request (:func:`taken_before_goaway`) is sent
+again on a new connection and counts as retried; a create answered 409 or a delete answered
+404 then means the first one was done. ``kubeconfig`` is asked
 again every ``reread`` seconds (None: once), so a loop that reads it from the admin Secret
 follows a rotated CA as a real client re-reading its file does.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,6 +58,17 @@ def retry_after(error: ApiError) -> float | None:
         return min(max(float(header or 1), 0.0), 1.0)  # capped: the loop keeps its pace
     except ValueError:
         return 1.0
+
+
+GRACEFUL_GOAWAY = re.compile(r"ConnectionTerminated error_code:(0|ErrorCodes\.NO_ERROR)\b")
+DONE_BEFORE = {"create": 409, "delete": 404}  # the answer to a resent request that says so
+
+
+def taken_before_goaway(error: BaseException) -> bool:
+    """Whether ``error`` is httpcore giving up on a request that a graceful GOAWAY (error code
+    NO_ERROR) said the server took: one whose answer was on its way."""
+    return isinstance(error, httpx2.RemoteProtocolError) and bool(
+        GRACEFUL_GOAWAY.search(str(error)))
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,7 @@ class ClientLoop:
                 operation = OPERATIONS[n % len(OPERATIONS)]
                 name = f"{self.prefix}-{n // len(OPERATIONS)}"
                 t0 = time.monotonic()
-                error, retries = "", 0
+                error, retries, resent = "", 0, False
                 while True:
                     try:
                         await asyncio.wait_for(self._one(client, operation, name),
@@ -131,6 +150,9 @@ class ClientLoop:
                         error = ""
                         break
                     except ApiError as e:
+                        if resent and e.status.code == DONE_BEFORE.get(operation):
+                            error = ""  # the server had done it before its GOAWAY
+                            break
                         error = f"{e.status.code} {e.status.reason}: {e.status.message}"
                         wait = retry_after(e)
                         if wait is None or retries >= MAX_RETRIES:
@@ -139,7 +161,9 @@ class ClientLoop:
                         await asyncio.sleep(wait)
                     except (httpx2.HTTPError, OSError, TimeoutError) as e:
                         error = f"{type(e).__name__}: {e}"
-                        break
+                        if not taken_before_goaway(e) or retries >= MAX_RETRIES:
+                            break
+                        retries, resent = retries + 1, True
                 t1 = time.monotonic()
                 self.requests.append(Request(round(t0 - started, 3), operation,
                                              round(t1 - t0, 4), error, ca, retries))
