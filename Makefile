@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build exposure-build clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build exposure-build loadbalancer clean
 
 all: test
 
@@ -103,6 +103,11 @@ conformance-build: venv
 ## and says why). Builds only: neither runs in the dev cluster yet.
 exposure-build: venv
 	$(HAKU) dev build metallb traefik
+
+## loadbalancer: MetalLB in L2 mode in the running dev cluster (built if missing), with an
+## address pool LoadBalancer tenants get their addresses from (docs/exposure.md)
+loadbalancer: venv
+	$(HAKU) dev loadbalancer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

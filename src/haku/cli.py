@@ -176,6 +176,19 @@ def cmd_addons(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadbalancer(args: argparse.Namespace) -> int:
+    from haku.dev import loadbalancer
+
+    report = loadbalancer.ensure(_worker_layout(args), versions=_versions(args),
+                                 with_pool=not args.no_pool)
+    print(f"MetalLB {_versions(args).metallb} "
+          + ("built, " if report.built else "")
+          + f"running in {loadbalancer.NAMESPACE}"
+          + ("" if args.no_pool else f", pool {loadbalancer.POOL}")
+          + f" in {report.seconds:.1f}s")
+    return 0
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     from haku.dev import releases
 
@@ -569,7 +582,7 @@ def parser() -> argparse.ArgumentParser:
                        help="kubernetes, etcd, kine, coredns, kube-network-policies, "
                        "konnectivity, metrics-server, helm, operator-image, and for the "
                        "conformance run e2e (e2e.test), agnhost, registry, and for exposure "
-                       "(issue 17, not run yet) traefik, metallb (default: the first three)")
+                       "traefik, metallb (default: the first three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)
     addons_p = dev_sub.add_parser(
@@ -583,6 +596,14 @@ def parser() -> argparse.ArgumentParser:
     addons_p.add_argument("--state-dir",
                           help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
     addons_p.set_defaults(fn=cmd_addons)
+    lb = dev_sub.add_parser(
+        "loadbalancer", help="MetalLB in L2 mode in the admin cluster (build if missing, "
+        "import its images, apply upstream's manifest, an address pool of "
+        "10.245.255.0/24): LoadBalancer tenants get a real address")
+    lb.add_argument("--no-pool", action="store_true",
+                    help="install MetalLB without the address pool")
+    lb.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+    lb.set_defaults(fn=cmd_loadbalancer)
     images_p = dev_sub.add_parser(
         "images", help="the images of other Kubernetes releases, for tenants of those versions: "
         "build the release if missing, import its control-plane images into the admin node "

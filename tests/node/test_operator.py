@@ -18,7 +18,6 @@ from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event, Pod, Secret, Service
 from lightkube.resources.networking_v1 import Ingress
-from lightkube.types import PatchType
 
 from haku.api import conditions
 from haku.api.resources import TenantControlPlane
@@ -452,32 +451,6 @@ async def test_node_port_without_a_port_uses_the_allocated_node_port(
         kc = await admin_kubeconfig(c, name, tmp_path / "np-auto.conf")
         assert "namespace/default" in kubectl(running_operator, "get", "ns", "-o", "name",
                                               kubeconfig=kc).stdout.split()
-    finally:
-        await c.delete(TenantControlPlane, name, namespace=NS)
-
-
-async def test_load_balancer_waits_for_an_address_then_uses_it(
-    running_operator: DevCluster,
-) -> None:
-    c = client(running_operator)
-    name = "lb"
-    try:
-        await apply_tcp(c, name, "dev-etcd", controlPlane={
-            "deployment": {"replicas": 1}, "service": {"serviceType": "LoadBalancer"}})
-
-        async def waiting() -> bool:
-            found = await condition(c, name, "ControlPlaneAvailable")
-            return bool(found and found["reason"] == "WaitingForLoadBalancer")
-
-        await eventually(waiting, 30, "WaitingForLoadBalancer")
-        # Act as a cloud controller: give the Service an address (its own ClusterIP, which
-        # kube-proxy serves here, so the address really leads to the tenant).
-        svc = await c.get(Service, name, namespace=NS)
-        await c.patch(Service.Status, name, {"status": {"loadBalancer": {"ingress": [
-            {"ip": svc.spec.clusterIP}]}}}, namespace=NS, patch_type=PatchType.MERGE)
-        await wait_ready(c, name)
-        status = await tcp_status(c, name)
-        assert status["controlPlaneEndpoint"] == f"{svc.spec.clusterIP}:6443"
     finally:
         await c.delete(TenantControlPlane, name, namespace=NS)
 

@@ -40,6 +40,7 @@ def stamped_cache(root: Path, names: list[str], versions: Versions | None = None
         d = c.directory(root)
         d.mkdir(parents=True, exist_ok=True)
         for b in c.binaries:
+            (d / b).parent.mkdir(parents=True, exist_ok=True)
             (d / b).write_text("#!/bin/sh\nexit 1\n")
         (d / toolchain.STAMP).write_text('{"seconds": "1.0"}\n')
     return root

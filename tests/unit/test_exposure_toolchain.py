@@ -36,7 +36,7 @@ def test_pins_and_overrides() -> None:
     table = toolchain.components(Versions())
     assert [(table[n].name, table[n].version, table[n].binaries) for n in NAMES] == [
         ("traefik", "v3.7.13", ("traefik",)),
-        ("metallb", "v0.15.2", ("controller", "speaker")),
+        ("metallb", "v0.15.2", ("controller", "speaker", "manifests/metallb-native.yaml")),
     ]
     assert table["traefik"].directory(Path("/c")) == Path("/c/bin/traefik-v3.7.13")
     assert table["metallb"].directory(Path("/c")) == Path("/c/bin/metallb-v0.15.2")
@@ -79,6 +79,14 @@ def _module(tmp_path: Path, module: str, version: str, commit: str = "cafe") -> 
     (source / "go.mod").write_text(gomod.read_text())
     return {"Path": module, "Version": version, "Info": str(info), "GoMod": str(gomod),
             "Dir": str(source)}
+
+
+def with_manifest(download: dict[str, str]) -> dict[str, str]:
+    """MetalLB's module as served: with its install manifest."""
+    manifests = Path(download["Dir"]) / "config/manifests"
+    manifests.mkdir(parents=True)
+    (manifests / "metallb-native.yaml").write_text("# upstream's\n")
+    return download
 
 
 def test_traefik_ldflags_as_upstreams_release() -> None:
@@ -149,6 +157,7 @@ def test_metallb_builds_controller_and_speaker_and_caches_its_crds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     download = _module(tmp_path, METALLB, "v0.15.2", commit="beef")
+    with_manifest(download)
     crds = Path(download["Dir"]) / "config/crd/bases"
     crds.mkdir(parents=True)
     for name in ("metallb.io_ipaddresspools.yaml", "metallb.io_l2advertisements.yaml"):
@@ -165,6 +174,7 @@ def test_metallb_builds_controller_and_speaker_and_caches_its_crds(
         "metallb.io_ipaddresspools.yaml", "metallb.io_l2advertisements.yaml"]
     assert (directory / "crds/metallb.io_l2advertisements.yaml").read_text() == \
         "# metallb.io_l2advertisements.yaml\n"
+    assert (directory / "manifests/metallb-native.yaml").read_text() == "# upstream's\n"
     got = calls.read_text().splitlines()
     assert got[:2] == [f"mod download -json {METALLB}@v0.15.2", f"get {METALLB}@v0.15.2"]
     assert len(got) == 3
@@ -181,7 +191,7 @@ def test_metallb_builds_controller_and_speaker_and_caches_its_crds(
 def test_metallb_without_crds_in_the_module_still_builds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fake_go(tmp_path, monkeypatch, _module(tmp_path, METALLB, "v0.15.2"))
+    _fake_go(tmp_path, monkeypatch, with_manifest(_module(tmp_path, METALLB, "v0.15.2")))
     lines: list[str] = []
     built = toolchain.ensure(["metallb"], Versions(), tmp_path / "cache", progress=lines.append)
     assert not (built["metallb"] / "crds").exists()

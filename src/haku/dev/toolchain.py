@@ -139,7 +139,8 @@ def components(versions: Versions) -> dict[str, Component]:
         "registry": Component("registry", versions.registry, ("registry",)),
         # Exposure (issue 17): Traefik, and MetalLB's two commands (its CRDs beside them).
         "traefik": Component("traefik", versions.traefik, ("traefik",)),
-        "metallb": Component("metallb", versions.metallb, METALLB_BINARIES),
+        "metallb": Component("metallb", versions.metallb,
+                             (*METALLB_BINARIES, METALLB_MANIFEST)),
     }
 
 
@@ -702,6 +703,9 @@ def _build_traefik(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
 # (config/crd/bases in the module) are cached beside them.
 METALLB_BINARIES = ("controller", "speaker")
 METALLB_CRDS = "crds"
+# Upstream's install manifest of the version (CRDs, RBAC, controller, speaker), as the module
+# holds it; haku.dev.loadbalancer applies it unchanged.
+METALLB_MANIFEST = "manifests/metallb-native.yaml"
 
 
 def metallb_ldflags(commit: str, branch: str = "") -> str:
@@ -729,7 +733,14 @@ def _build_metallb(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
         work,
         f"metallb {c.version}",
     )
-    crds = Path(info.get("Dir") or work / "missing") / "config" / "crd" / "bases"
+    source = Path(info.get("Dir") or work / "missing")
+    native = source / "config" / "manifests" / Path(METALLB_MANIFEST).name
+    if not native.is_file():
+        raise ToolchainError(f"metallb {c.version}: the module has no config/manifests/"
+                             f"{native.name}, which `haku dev loadbalancer` applies")
+    (out / METALLB_MANIFEST).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(native, out / METALLB_MANIFEST)
+    crds = source / "config" / "crd" / "bases"
     if crds.is_dir():
         (out / METALLB_CRDS).mkdir()
         for crd in sorted(crds.glob("*.yaml")):
