@@ -11,9 +11,12 @@ Variants (``--variants``, run alternately): ``plain`` as above; ``konnectivity``
 has ``addons.konnectivity`` (its node port allocated, no networkProfile.port) and the worker
 joins from behind NAT (``--behind-nat``); its run also reports when
 ``KonnectivityConnected`` turned True (the agent on the new node connected). The Konnectivity
-images are built first if not cached (``haku dev addons``).
+images are built first if not cached (``haku dev addons``). ``loadbalancer``: the tenant's
+Service is a LoadBalancer, whose address MetalLB assigns (``haku dev loadbalancer``, set up
+first); the worker joins through that address.
 
-Run as root: ``.venv/bin/python bench/join.py [--runs 3] [--variants plain,konnectivity]``.
+Run as root: ``.venv/bin/python bench/join.py [--runs 3] [--variants plain,konnectivity]``
+(any of plain, konnectivity, loadbalancer).
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from lightkube.codecs import from_dict
 from common import log, operator_cluster
 from haku.api.resources import TenantControlPlane
 from haku.controller.tenant import CONDITION_TYPES
-from haku.dev import addons, samples, worker
+from haku.dev import addons, loadbalancer, samples, worker
 from haku.dev.cluster import DevCluster
 from haku.tenant import access
 
 NAMESPACE = "bench-join"
+VARIANTS = ("plain", "konnectivity", "loadbalancer")
 
 
 async def conditions_until(client: AsyncClient, name: str, started: float,
@@ -62,9 +66,11 @@ async def one_run(cluster: DevCluster, client: AsyncClient, index: int,
                   variant: str) -> dict[str, Any]:
     name = f"join-{index}"
     konnectivity = variant == "konnectivity"
+    balanced = variant == "loadbalancer"
     doc = samples.tenant_control_plane(
-        name, NAMESPACE, "dev-etcd", cluster.versions.kubernetes, service_type="NodePort",
-        port=None if konnectivity else 31450 + index, addons=True)
+        name, NAMESPACE, "dev-etcd", cluster.versions.kubernetes,
+        service_type="LoadBalancer" if balanced else "NodePort",
+        port=6443 if balanced else None if konnectivity else 31450 + index, addons=True)
     if konnectivity:
         doc["spec"]["addons"]["konnectivity"] = {}
     started = time.perf_counter()
@@ -86,7 +92,7 @@ async def one_run(cluster: DevCluster, client: AsyncClient, index: int,
     await client.delete(TenantControlPlane, name, namespace=NAMESPACE)
     log(f"  {name} ({variant}): Ready at {tenant_conditions['Ready']}s, Node Ready at {total}s")
     return {"variant": variant, "tenant_condition_true_at_s": tenant_conditions,
-            "join_token_created_at_s": token_at,
+            "endpoint": result.worker.endpoint, "join_token_created_at_s": token_at,
             "worker_steps_s": worker_steps,
             "apply_to_node_ready_s": total}
 
@@ -95,6 +101,8 @@ async def bench(runs: int, variants: list[str]) -> dict[str, Any]:
     def images(cluster: DevCluster) -> None:
         if "konnectivity" in variants:
             addons.ensure(cluster.layout, ["konnectivity"], log)
+        if "loadbalancer" in variants:
+            loadbalancer.ensure(cluster.layout, log)
 
     results = []
     async with operator_cluster(Path("/var/lib/haku/bench-join"), NAMESPACE,
@@ -128,9 +136,9 @@ def main() -> int:
                         help="comma-separated: plain, konnectivity (run alternately)")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - {"plain", "konnectivity"}
+    unknown = set(variants) - set(VARIANTS)
     if unknown or not variants:
-        parser.error(f"unknown variants {sorted(unknown)}; use plain, konnectivity")
+        parser.error(f"unknown variants {sorted(unknown)}; use {', '.join(VARIANTS)}")
     print(json.dumps(asyncio.run(bench(args.runs, variants)), indent=2))
     return 0
 

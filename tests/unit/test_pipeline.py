@@ -96,6 +96,10 @@ def test_requeue_doubles_per_unready_pass_caps_and_resets() -> None:
     assert policy.delay(("n", "other"), 5.0) == 5.0  # per key
     policy.reset(key)
     assert policy.delay(key, 5.0) == 5.0
+    # A lower ceiling for one pass: the count goes on, the wait stays under it.
+    assert [policy.delay(key, 5.0, cap=8.0) for _ in range(3)] == [8.0, 8.0, 8.0]
+    assert policy.delay(key, 5.0) == 40.0
+    assert policy.delay(key, 5.0, cap=100.0) == 40.0  # never above the policy's own
 
 
 def test_requeue_jitter_stays_within_its_band() -> None:

@@ -201,10 +201,12 @@ class RequeuePolicy:
         self.cap, self.jitter = cap, jitter
         self._attempts: dict[Key, int] = {}
 
-    def delay(self, key: Key, hint: float) -> float:
+    def delay(self, key: Key, hint: float, cap: float | None = None) -> float:
+        """``cap``: a lower ceiling for this pass (a state where the next look is cheap and
+        likely to succeed soon)."""
         attempts = self._attempts.get(key, 0)
         self._attempts[key] = attempts + 1
-        base = min(hint * 2.0 ** attempts, self.cap)
+        base = min(hint * 2.0 ** attempts, self.cap if cap is None else min(cap, self.cap))
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311
 
     def attempts(self, key: Key) -> int:
