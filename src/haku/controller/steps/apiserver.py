@@ -67,6 +67,6 @@ class APIServerStep(StepBase):
             ctx.conditions[CONDITION] = Condition(CONDITION, "False", "NoControlPlane",
                                                   "no control-plane pod is ready yet")
             return
-        ctx.conditions[CONDITION], ctx.observed_version = await probe(ctx.endpoint,
-                                                                      ctx.super_admin)
+        ctx.conditions[CONDITION], ctx.observed_version = await probe(
+            ctx.operator_endpoint, ctx.super_admin)
 
