@@ -5,8 +5,9 @@ port (spec.controlPlane.gateway, TLSRoutes on the Gateway haku-exposure/tenants)
 name reaches its own tenant and no other: kubectl with the tenant's admin.conf (whose server is
 the host name), the certificate presented for each name (its tenant's CA, the name in its SANs;
 no other tenant's CA verifies it), and a ConfigMap written through each name read back only
-there. A dev worker joins one Ingress tenant through its host name (kubeadm's discovery, the
-kubelet and kube-proxy all dial it). The names resolve to the admin node IP through Haku's
+there. A dev worker joins one Ingress tenant and another one Gateway tenant through their host
+names (kubeadm's discovery, the kubelet and kube-proxy all dial it). ``haku dev exposure
+down`` takes Traefik away again. The names resolve to the admin node IP through Haku's
 block of /etc/hosts (``haku dev exposure hosts``), removed afterwards."""
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ VERSION = "v1.37.2"
 DOMAIN = "haku.test"  # RFC 6761: never a real name
 INGRESS_TENANTS = ("ing1", "ing2", "ing3")
 GATEWAY_TENANTS = ("gw1", "gw2", "gw3")
-JOINED = "ing1"  # the tenant a worker joins through its host name
+JOINED = ("ing1", "gw1")  # the tenants a worker joins through their host names
 
 
 def hostname(tenant: str) -> str:
@@ -57,7 +58,7 @@ class Setup:
 
 
 def _tenant(name: str) -> dict[str, Any]:
-    doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION, addons=name == JOINED)
+    doc = samples.tenant_control_plane(name, NS, "dev-etcd", VERSION, addons=name in JOINED)
     cp = doc["spec"]["controlPlane"]
     if name in INGRESS_TENANTS:
         cp["ingress"] = exposure.ingress_spec(hostname(name))
@@ -101,6 +102,11 @@ async def setup(running_operator: DevCluster) -> AsyncIterator[Setup]:
         await asyncio.to_thread(workers.remove_all, layout)
         exposure.set_hosts(before, layout.node_ip)
         print(f"timings: {timings}", flush=True)
+    # `haku dev exposure down` leaves the cluster as it found it (the CRDs stay).
+    gone = await asyncio.to_thread(exposure.down, layout)
+    assert "namespace/haku-exposure" in gone and "ingressclass.networking.k8s.io/nginx" in gone
+    assert not [p for p in kubectl(cluster, "get", "pods", "-A", "-o", "name").stdout.split()
+                if "traefik" in p]
 
 
 def _served(host: str, port: int, server_name: str, ca: bytes) -> x509.Certificate:
@@ -178,20 +184,21 @@ async def test_the_controller_reports_on_the_routes_and_ingresses(setup: Setup) 
         await c.close()
 
 
-async def test_a_worker_joins_through_the_ingress_host_name(setup: Setup) -> None:
-    tenant = setup.tenants[JOINED]
+@pytest.mark.parametrize("joined", JOINED)
+async def test_a_worker_joins_through_the_host_name(setup: Setup, joined: str) -> None:
+    tenant = setup.tenants[joined]
+    port = exposure.INGRESS_PORT if joined in INGRESS_TENANTS else exposure.GATEWAY_PORT
     started = time.monotonic()
     result = await add_worker(setup.cluster, tenant)
-    setup.timings["worker join"] = time.monotonic() - started
-    assert result.worker.endpoint == f"{hostname(JOINED)}:{exposure.INGRESS_PORT}"
-    path = setup.kubeconfigs[JOINED]
+    setup.timings[f"worker join {joined}"] = time.monotonic() - started
+    assert result.worker.endpoint == f"{hostname(joined)}:{port}"
+    path = setup.kubeconfigs[joined]
     nodes = kubectl(setup.cluster, "get", "nodes", "-o", "name", kubeconfig=path).stdout.split()
     assert nodes == [f"node/{result.worker.node_name}"]
     # The worker's kubelet and kube-proxy dial the tenant by its host name too.
     kubelet_conf = yaml.safe_load(workers.worker_paths(
         setup.cluster.layout, result.worker.index).kubelet_kubeconfig.read_text())
-    assert kubelet_conf["clusters"][0]["cluster"]["server"] == \
-        f"https://{hostname(JOINED)}:{exposure.INGRESS_PORT}"
+    assert kubelet_conf["clusters"][0]["cluster"]["server"] == f"https://{hostname(joined)}:{port}"
     tc = tenant.client()
     try:
         async def kube_proxy_ready() -> bool:
@@ -212,5 +219,6 @@ async def test_a_worker_joins_through_the_ingress_host_name(setup: Setup) -> Non
     while not synced():
         assert time.monotonic() < deadline, "kube-proxy on the worker never synced its caches"
         await asyncio.sleep(1)
-    print(f"worker {result.worker.name} joined in {setup.timings['worker join']:.1f}s; "
+    print(f"worker {result.worker.name} joined {joined} in "
+          f"{setup.timings[f'worker join {joined}']:.1f}s; "
           f"kubeadm: {result.joined_line}", flush=True)
