@@ -1,6 +1,8 @@
-"""``APIServerReady``: the tenant's /readyz answers through the exposed endpoint, asked with
-the tenant's super-admin identity (so the path a client takes is the one tested); and the
-version /version reports, which an upgrade waits for (haku.render.upgrade)."""
+"""``APIServerReady``: the tenant's /readyz answers through the Service's endpoint (the
+operator's, ``Context.operator_endpoint``: the clients' path unless an Ingress's or Gateway's
+host name stands in front, haku.render.endpoint), asked with the tenant's super-admin
+identity; and the version /version reports, which an upgrade waits for
+(haku.render.upgrade)."""
 
 from __future__ import annotations
 
