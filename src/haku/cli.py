@@ -189,6 +189,43 @@ def cmd_loadbalancer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exposure_up(args: argparse.Namespace) -> int:
+    from haku.dev import exposure
+
+    lay = _worker_layout(args)
+    report = exposure.up(lay, versions=_versions(args))
+    print(f"exposure: Traefik {_versions(args).traefik} "
+          + ("built, " if report.built else "")
+          + f"Ready in {report.seconds:.1f}s on {report.node_ip}: Ingress (class "
+          f"{exposure.INGRESS_CLASS}, annotation {exposure.PASSTHROUGH_ANNOTATION}: \"true\") "
+          f"on :{exposure.INGRESS_PORT}, Gateway {exposure.NAMESPACE}/{exposure.GATEWAY} "
+          f"(listener {exposure.LISTENER}, TLS passthrough) on :{exposure.GATEWAY_PORT}")
+    print(f"tenants' host names must resolve to {report.node_ip}: "
+          "haku dev exposure hosts NAME... (writes /etc/hosts)")
+    return 0
+
+
+def cmd_exposure_down(args: argparse.Namespace) -> int:
+    from haku.dev import exposure
+
+    gone = exposure.down(_worker_layout(args))
+    print(f"removed: {', '.join(gone) or 'nothing was there'}")
+    return 0
+
+
+def cmd_exposure_hosts(args: argparse.Namespace) -> int:
+    from haku.dev import exposure
+
+    lay = _worker_layout(args)
+    if args.remove:
+        left = exposure.set_hosts([], lay.node_ip)
+    else:
+        left = exposure.add_hosts(args.names, lay.node_ip)
+    print(f"{exposure.HOSTS}: " + (f"{', '.join(left)} -> {lay.node_ip}" if left
+                                   else "no entries of Haku's"))
+    return 0
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     from haku.dev import releases
 
@@ -582,7 +619,8 @@ def parser() -> argparse.ArgumentParser:
                        help="kubernetes, etcd, kine, coredns, kube-network-policies, "
                        "konnectivity, metrics-server, helm, operator-image, and for the "
                        "conformance run e2e (e2e.test), agnhost, registry, and for exposure "
-                       "traefik, metallb (default: the first three)")
+                       "(issue 17) traefik (run by `haku dev exposure up`), metallb (run by "
+                       "`haku dev loadbalancer`) (default: the first three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)
     addons_p = dev_sub.add_parser(
@@ -617,12 +655,31 @@ def parser() -> argparse.ArgumentParser:
     images_p.add_argument("--state-dir",
                           help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
     images_p.set_defaults(fn=cmd_images)
+    exposure_p = dev_sub.add_parser(
+        "exposure", help="Traefik in the dev cluster: tenants' Ingresses (TLS passthrough) and "
+        "Gateway API TLSRoutes carried to their API servers (docs/exposure.md)")
+    exposure_sub = exposure_p.add_subparsers(dest="exposure_command", required=True)
+    eup = exposure_sub.add_parser(
+        "up", help="build Traefik if missing, import its image, install the Gateway API CRDs, "
+        "the IngressClass nginx, the Gateway haku-exposure/tenants and Traefik (hostNetwork)")
+    edown = exposure_sub.add_parser("down", help="delete what up made (not the CRDs) and the "
+                                    "/etc/hosts entries")
+    ehosts = exposure_sub.add_parser("hosts", help="resolve tenants' host names to the admin "
+                                     "node IP (a block of /etc/hosts)")
+    ehosts.add_argument("names", nargs="*", metavar="NAME")
+    ehosts.add_argument("--remove", action="store_true", help="remove every entry of Haku's")
+    for sp, fn in ((eup, cmd_exposure_up), (edown, cmd_exposure_down),
+                   (ehosts, cmd_exposure_hosts)):
+        sp.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+        sp.set_defaults(fn=fn)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
 
     worker = dev_sub.add_parser("worker", help="worker nodes of tenants, on this machine")
     worker_sub = worker.add_subparsers(dest="worker_command", required=True)
-    wadd = worker_sub.add_parser("add", help="a worker joined to a NodePort tenant with kubeadm")
+    wadd = worker_sub.add_parser("add", help="a worker joined with kubeadm to a tenant exposed "
+                                 "by a NodePort, or by an Ingress or Gateway host name "
+                                 "(haku dev exposure)")
     wadd.add_argument("tenant", help="NAMESPACE/NAME of a Ready TenantControlPlane")
     wadd.add_argument("--keep-on-failure", action="store_true",
                       help="leave a worker that failed to join in place, to inspect it")

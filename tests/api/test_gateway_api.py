@@ -23,7 +23,7 @@ from cryptography import x509
 from lightkube import ApiError, AsyncClient
 from lightkube.codecs import from_dict
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
-from lightkube.resources.core_v1 import Secret
+from lightkube.resources.core_v1 import Secret, Service
 from lightkube.types import PatchType
 
 from haku.api.resources import TenantControlPlane
@@ -42,7 +42,7 @@ from tests.kube import conditions_of, namespace_client
 
 NS = "gateway"
 DS = "fake-gateway"
-HOST = "t1.gateway.example.invalid"  # resolves nowhere: the API server probe fails at once
+HOST = "t1.gateway.example.invalid"  # resolves nowhere (the operator dials the Service)
 PARENT = {"name": "shared", "namespace": "gateways", "sectionName": "kube-apiserver",
           "port": 6443}
 
@@ -298,6 +298,11 @@ async def test_the_pipeline_makes_the_tls_route_and_the_endpoint_follows_the_hos
         await client.get(Secret, status["kubeconfig"]["admin"]["secretName"], namespace=NS),
         "admin.conf"))
     assert admin["clusters"][0]["cluster"]["server"] == f"https://{HOST}:6443"
+    # The operator's own super-admin.conf dials the Service (haku.render.endpoint).
+    cluster_ip = (await client.get(Service, "t1", namespace=NS)).spec.clusterIP
+    internal = yaml.safe_load(_secret_file(
+        await client.get(Secret, "t1-kubeconfigs", namespace=NS), "super-admin.conf"))
+    assert internal["clusters"][0]["cluster"]["server"] == f"https://{cluster_ip}:6443"
     pki = await client.get(Secret, "t1-pki", namespace=NS)
     cert = x509.load_pem_x509_certificate(_secret_file(pki, "apiserver.crt"))
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

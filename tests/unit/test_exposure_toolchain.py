@@ -1,6 +1,7 @@
 """Exposure in the dev cluster (issue 17): Traefik v3 and MetalLB as cached toolchain
 components, built against a stand-in ``go`` here (the real builds are not part of ``make test``:
-``make exposure-build``). Neither runs in the dev cluster yet (docs/exposure.md)."""
+``make exposure-build``). Traefik runs in the dev cluster with ``haku dev exposure up``
+(tests/unit/test_dev_exposure.py, tests/node/test_exposure.py); MetalLB does not run yet."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ METALLB = "go.universe.tf/metallb"
 
 
 def test_pins_and_overrides() -> None:
-    assert TRAEFIK_VERSION == "v3.7.13"
+    assert TRAEFIK_VERSION == "v3.7.10"
     assert METALLB_VERSION == "v0.15.2"
-    assert (Versions().traefik, Versions().metallb) == ("v3.7.13", "v0.15.2")
+    assert (Versions().traefik, Versions().metallb) == ("v3.7.10", "v0.15.2")
     env = {"HAKU_TRAEFIK_VERSION": "v3.7.12", "HAKU_METALLB_VERSION": "v0.15.0"}
     assert (Versions.from_env(env).traefik, Versions.from_env(env).metallb) == \
         ("v3.7.12", "v0.15.0")
@@ -35,10 +36,10 @@ def test_pins_and_overrides() -> None:
         Versions.from_env({"HAKU_METALLB_VERSION": "latest"})
     table = toolchain.components(Versions())
     assert [(table[n].name, table[n].version, table[n].binaries) for n in NAMES] == [
-        ("traefik", "v3.7.13", ("traefik",)),
+        ("traefik", "v3.7.10", ("traefik",)),
         ("metallb", "v0.15.2", ("controller", "speaker", "manifests/metallb-native.yaml")),
     ]
-    assert table["traefik"].directory(Path("/c")) == Path("/c/bin/traefik-v3.7.13")
+    assert table["traefik"].directory(Path("/c")) == Path("/c/bin/traefik-v3.7.10")
     assert table["metallb"].directory(Path("/c")) == Path("/c/bin/metallb-v0.15.2")
     assert toolchain.MODULES["traefik"] == TRAEFIK
     assert toolchain.MODULES["metallb"] == METALLB
@@ -97,42 +98,60 @@ def test_traefik_ldflags_as_upstreams_release() -> None:
     assert f"-X {pkg}.Codename=cheddar " in toolchain.traefik_ldflags("v3.7.13", when, "cheddar")
 
 
+EXT = "github.com/traefik/traefik/dynamic/ext"
+TRAEFIK_GOMOD = (f"module {TRAEFIK}\n\ngo 1.25.0\n\n"
+                 f"require {EXT} v0.0.0-00010101000000-000000000000\n"
+                 "\n// Dynamic config extension.\n"
+                 f"replace {EXT} => ./pkg/config/dynamic/ext\n\nreplace (\n"
+                 "\tgithub.com/gorilla/mux => github.com/containous/mux "
+                 "v0.0.0-20250523120546-41b6ec3aed59\n)\n")
+
+
 @pytest.mark.parametrize("placeholder", [True, False])
+@pytest.mark.parametrize("ext_in_zip", [False, True])
 def test_traefik_builds_cmd_traefik_in_its_own_module(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, placeholder: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, placeholder: bool, ext_in_zip: bool
 ) -> None:
-    download = _module(tmp_path, TRAEFIK, "v3.7.13")
+    download = _module(tmp_path, TRAEFIK, "v3.7.10")
     source = Path(download["Dir"])
-    (source / "go.mod").write_text(
-        f"module {TRAEFIK}\n\nreplace github.com/traefik/traefik/dynamic/ext => "
-        "./pkg/config/dynamic/ext\n")
-    (source / "pkg/config/dynamic/ext").mkdir(parents=True)
-    (source / "pkg/config/dynamic/ext/go.mod").write_text(
-        "module github.com/traefik/traefik/dynamic/ext\n")
+    (source / "go.mod").write_text(TRAEFIK_GOMOD)
+    (source / "pkg/config/dynamic").mkdir(parents=True)
+    (source / "pkg/config/dynamic/http_config.go").write_text("package dynamic\n")
+    if ext_in_zip:  # not so in v3.7.10's zip: then the build leaves upstream's alone
+        (source / "pkg/config/dynamic/ext").mkdir()
+        (source / "pkg/config/dynamic/ext/go.mod").write_text(f"module {EXT}\n")
     (source / "cmd/traefik").mkdir(parents=True)
     (source / "cmd/traefik/traefik.go").write_text("package main\n")
     static = source / "webui/static"
     static.mkdir(parents=True)
     if placeholder:  # as the module zip has it
         (static / "DONT-EDIT-FILES-IN-THIS-DIRECTORY.md").write_text("upstream's")
-    for d in (source / "cmd/traefik", source / "cmd", static, source / "webui", source):
+    read_only = [source / "cmd/traefik", source / "cmd", static, source / "webui",
+                 source / "pkg/config/dynamic", source / "pkg/config", source / "pkg", source]
+    for d in read_only:
         d.chmod(0o555)  # read-only, as in the module cache
     try:
         calls = _fake_go(tmp_path, monkeypatch, download)
+        # The stand-in go also saves the ext module as it finds it when it builds.
+        saved = tmp_path / "ext-seen"
+        go = tmp_path / "bin" / "go"
+        go.write_text(go.read_text().replace(
+            'case "$1" in', f'[ "$1" = build ] && cp -r pkg/config/dynamic/ext {saved}\n'
+                            'case "$1" in', 1))
         root = tmp_path / "cache"
         lines: list[str] = []
         built = toolchain.ensure(["traefik"], Versions(), root, progress=lines.append)
     finally:
-        for d in (source, source / "webui", static, source / "cmd", source / "cmd/traefik"):
+        for d in read_only:
             d.chmod(0o755)
-    directory = root / "bin" / "traefik-v3.7.13"
+    directory = root / "bin" / "traefik-v3.7.10"
     assert built == {"traefik": directory}
     assert (directory / "traefik").read_text() == "built\n"
     stamp = json.loads((directory / toolchain.STAMP).read_text())
-    assert (stamp["component"], stamp["version"]) == ("traefik", "v3.7.13")
+    assert (stamp["component"], stamp["version"]) == ("traefik", "v3.7.10")
     got = calls.read_text().splitlines()
     # No consumer module (it would drop Traefik's replaces): built inside a copy of its source.
-    assert got[0] == f"mod download -json {TRAEFIK}@v3.7.13"
+    assert got[0] == f"mod download -json {TRAEFIK}@v3.7.10"
     assert len(got) == 2
     cwd = Path(Path(f"{calls}.cwd").read_text().splitlines()[1])
     assert cwd.name == "traefik" and cwd != source
@@ -143,14 +162,38 @@ def test_traefik_builds_cmd_traefik_in_its_own_module(
     assert build[:3] == ["build", "-v", "-trimpath"] and "-tags" not in build
     assert build[-1] == "./cmd/traefik"
     assert Path(build[build.index("-o") + 1]).name == "traefik"
-    assert ldflags.startswith(f"-s -w -X {TRAEFIK}/pkg/version.Version=v3.7.13 ")
+    assert ldflags.startswith(f"-s -w -X {TRAEFIK}/pkg/version.Version=v3.7.10 ")
     assert f"{TRAEFIK}/pkg/version.BuildDate=" in ldflags
+    # The nested module ext as go found it: upstream's when the zip has it, else ours, with
+    # the module path, Traefik's go line and the two empty types v3.7.10 embeds.
+    if ext_in_zip:
+        assert sorted(p.name for p in saved.iterdir()) == ["go.mod"]
+        assert (saved / "go.mod").read_text() == f"module {EXT}\n"
+        assert not any("wrote the nested module" in line for line in lines)
+    else:
+        assert sorted(p.name for p in saved.iterdir()) == ["ext.go", "go.mod"]
+        assert (saved / "go.mod").read_text() == f"module {EXT}\n\ngo 1.25.0\n"
+        code = (saved / "ext.go").read_text()
+        assert "\npackage ext\n" in code
+        assert re.findall(r"^type (\w+) (.*)$", code, re.MULTILINE) == [
+            ("HTTP", "struct{}"), ("Router", "struct{}")]
+        assert any("wrote the nested module ./pkg/config/dynamic/ext" in line
+                   for line in lines)
     # The module cache is left alone; the copy is deleted with the build's temporary directory.
     assert sorted(p.name for p in static.iterdir()) == \
         (["DONT-EDIT-FILES-IN-THIS-DIRECTORY.md"] if placeholder else [])
+    assert (source / "pkg/config/dynamic/ext").exists() == ext_in_zip
     assert not cwd.exists()
-    assert any(line.startswith("building traefik v3.7.13 from the Go module proxy")
+    assert any(line.startswith("building traefik v3.7.10 from the Go module proxy")
                for line in lines)
+
+
+def test_traefik_ext_module_files() -> None:
+    files = toolchain.traefik_ext_module("module x\n\ngo 1.25.0\n\ntoolchain go1.26.1\n")
+    assert sorted(files) == ["pkg/config/dynamic/ext/ext.go", "pkg/config/dynamic/ext/go.mod"]
+    assert files["pkg/config/dynamic/ext/go.mod"] == f"module {EXT}\n\ngo 1.25.0\n"
+    assert toolchain.traefik_ext_module("module x\n")["pkg/config/dynamic/ext/go.mod"] == \
+        f"module {EXT}\n"
 
 
 def test_metallb_builds_controller_and_speaker_and_caches_its_crds(
@@ -208,21 +251,19 @@ def test_cached_builds_need_no_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert marker.exists()
 
 
-def test_traefik_without_its_nested_ext_module_is_refused_clearly(
+def test_traefik_with_another_missing_nested_module_is_refused_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Found with v3.7.10 and v3.7.13: the module zip leaves out the nested module
-    # pkg/config/dynamic/ext its go.mod replaces github.com/traefik/traefik/dynamic/ext with.
-    gomod = (f"module {TRAEFIK}\n\nreplace github.com/traefik/traefik/dynamic/ext => "
-             "./pkg/config/dynamic/ext\n\nreplace (\n\tgithub.com/gorilla/mux => "
-             "github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59\n)\n")
-    assert toolchain.missing_local_replaces(gomod, tmp_path) == [
-        "github.com/traefik/traefik/dynamic/ext => ./pkg/config/dynamic/ext"]
-    download = _module(tmp_path, TRAEFIK, "v3.7.13")
+    # The module zip leaves out every nested module. The build writes ext (found with v3.7.10
+    # and v3.7.13); any other local replace it cannot supply stops it before go builds.
+    assert toolchain.missing_local_replaces(TRAEFIK_GOMOD, tmp_path) == [
+        f"{EXT} => ./pkg/config/dynamic/ext"]
+    gomod = TRAEFIK_GOMOD + "replace example.com/other => ./pkg/other\n"
+    download = _module(tmp_path, TRAEFIK, "v3.7.10")
     (Path(download["Dir"]) / "go.mod").write_text(gomod)
     calls = _fake_go(tmp_path, monkeypatch, download)
     with pytest.raises(toolchain.ToolchainError,
-                       match=r"traefik v3\.7\.13 cannot be built from the Go module proxy.*"
-                             r"dynamic/ext => \./pkg/config/dynamic/ext"):
+                       match=r"traefik v3\.7\.10 cannot be built from the Go module proxy.*"
+                             r"\(example\.com/other => \./pkg/other;"):
         toolchain.ensure(["traefik"], Versions(), tmp_path / "cache", progress=lambda _: None)
-    assert calls.read_text().splitlines() == [f"mod download -json {TRAEFIK}@v3.7.13"]
+    assert calls.read_text().splitlines() == [f"mod download -json {TRAEFIK}@v3.7.10"]

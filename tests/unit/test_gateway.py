@@ -267,6 +267,8 @@ async def test_the_service_step_tells_tenants_the_hostname_and_agents_the_listen
     assert ctx.endpoint == "https://t1.example.com:6443"
     assert ctx.status["controlPlaneEndpoint"] == "t1.example.com:6443"
     assert ctx.address == "192.0.2.10"  # the Service's own address stays (certificate SAN)
+    # The operator dials the Service, not the hostname (haku.render.endpoint).
+    assert ctx.operator_endpoint == "https://192.0.2.10:31443"
     assert ctx.konnectivity_port == 8132
     assert ctx.status["kubernetesResources"]["service"]["konnectivityPort"] == 8132
     objects = tenant_bootstrap.konnectivity_objects(ctx.spec, ctx.endpoint,

@@ -85,7 +85,9 @@ class Context:
     address: str = ""
     port: int = 0  # the port clients dial
     secure_port: int = 0  # the port kube-apiserver listens on (render.controlplane.secure_port)
-    endpoint: str = ""  # what tenants are told: https://advertiseAddress-or-address:port
+    endpoint: str = ""  # what tenants are told: https://advertiseAddress-or-address:port,
+    # or the host name of an Ingress or Gateway in front (haku.render.endpoint)
+    operator_endpoint: str = ""  # where the operator dials: the Service's, never a host name
     pki: dict[str, bytes] = field(default_factory=dict)
     kubeconfigs: dict[str, bytes] = field(default_factory=dict)  # controller-manager, scheduler
     admin: dict[str, bytes] = field(default_factory=dict)  # admin.conf (user-facing)

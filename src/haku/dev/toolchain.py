@@ -66,7 +66,8 @@ MODULES = {
     "e2e": "k8s.io/kubernetes",
     "agnhost": "k8s.io/kubernetes",
     "registry": "github.com/distribution/distribution/v3",
-    # Exposure in the dev cluster (issue 17): built and cached, not run yet (docs/exposure.md).
+    # Exposure in the dev cluster (issue 17, docs/exposure.md): Traefik runs there with `haku
+    # dev exposure up`; MetalLB is built and cached only.
     "traefik": "github.com/traefik/traefik/v3",
     "metallb": "go.universe.tf/metallb",
 }
@@ -668,6 +669,38 @@ def missing_local_replaces(gomod: str, source: Path) -> list[str]:
             if not (source / path / "go.mod").is_file()]
 
 
+# Traefik's go.mod replaces github.com/traefik/traefik/dynamic/ext with the nested module
+# ./pkg/config/dynamic/ext, an extension point whose package upstream declares as empty types
+# (dynamic.HTTPConfiguration embeds ext.HTTP, dynamic.Router embeds ext.Router). Module zips
+# leave nested modules out and the proxy does not serve it on its own, so the build writes it:
+# the types v3.7.10's code references, empty as upstream's (docs/exposure.md).
+TRAEFIK_EXT_MODULE = "github.com/traefik/traefik/dynamic/ext"
+TRAEFIK_EXT_DIR = "pkg/config/dynamic/ext"
+TRAEFIK_EXT_SOURCE = """\
+// Package ext is Traefik's extension point for its dynamic configuration. Written by Haku's
+// dev tooling (haku.dev.toolchain): the Go module proxy does not serve this nested module.
+// Empty types, as upstream's: they add no field to what they are embedded in.
+package ext
+
+// HTTP is embedded in dynamic.HTTPConfiguration.
+type HTTP struct{}
+
+// Router is embedded in dynamic.Router.
+type Router struct{}
+"""
+
+
+def traefik_ext_module(traefik_gomod: str) -> dict[str, str]:
+    """The files of the nested module ``pkg/config/dynamic/ext`` (relative path -> content):
+    its go.mod (the module path, and Traefik's own ``go`` line) and one Go file with the
+    empty extension types."""
+    go_line = re.search(r"^go\s+(\S+)\s*$", traefik_gomod, re.MULTILINE)
+    gomod = f"module {TRAEFIK_EXT_MODULE}\n"
+    if go_line:
+        gomod += f"\ngo {go_line.group(1)}\n"
+    return {f"{TRAEFIK_EXT_DIR}/go.mod": gomod, f"{TRAEFIK_EXT_DIR}/ext.go": TRAEFIK_EXT_SOURCE}
+
+
 def _build_traefik(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     # Traefik's go.mod replaces modules (its forks of gorilla/mux and go-http-auth, and a local
     # ./pkg/config/dynamic/ext), which a consumer module would ignore: build inside a copy of
@@ -678,7 +711,16 @@ def _build_traefik(c: Component, go: GoBuilder, work: Path, out: Path) -> None:
     module = MODULES["traefik"]
     info = go.module_info(module, c.version, work)
     source = _writable_copy(Path(info.get("Dir") or work / "missing"), work / "traefik")
-    missing = missing_local_replaces((source / "go.mod").read_text(), source)
+    gomod = (source / "go.mod").read_text()
+    ext = f"{TRAEFIK_EXT_MODULE} => ./{TRAEFIK_EXT_DIR}"
+    missing = missing_local_replaces(gomod, source)
+    if ext in missing:
+        for relative, content in traefik_ext_module(gomod).items():
+            (source / relative).parent.mkdir(parents=True, exist_ok=True)
+            (source / relative).write_text(content)
+        go.progress(f"  traefik {c.version}: wrote the nested module ./{TRAEFIK_EXT_DIR} "
+                    "(empty extension types, as upstream's; the module zip leaves it out)")
+        missing.remove(ext)
     if missing:
         raise ToolchainError(
             f"traefik {c.version} cannot be built from the Go module proxy: its go.mod "

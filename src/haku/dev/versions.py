@@ -40,9 +40,11 @@ HELM_VERSION = "v4.3.1"
 # from github.com/distribution/distribution/v3 (the proxy serves v3.0.0, v3.1.1, v3.1.2).
 REGISTRY_VERSION = "v3.1.2"
 # Issue 17, exposure in the dev cluster: Traefik v3 (Ingress TLS passthrough, Gateway API
-# TLSRoute) and MetalLB (LoadBalancer, L2 mode). Built and cached only so far; neither runs in
-# the dev cluster yet. The newest v3.7.x and v0.15.x the Go module proxy serves.
-TRAEFIK_VERSION = "v3.7.13"
+# TLSRoute; `haku dev exposure up`, haku.dev.exposure) and MetalLB (LoadBalancer, L2 mode;
+# built and cached only so far). Traefik is pinned at v3.7.10: at v3.7.13 the module proxy
+# refuses (403) some of its dependencies' zips (docs/exposure.md). MetalLB: the newest v0.15.x
+# the proxy serves.
+TRAEFIK_VERSION = "v3.7.10"
 METALLB_VERSION = "v0.15.2"
 # Debian's busybox-static, packaged as a tiny image for test workloads.
 BUSYBOX_IMAGE = "docker.io/library/busybox:haku"

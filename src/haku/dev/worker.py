@@ -4,9 +4,10 @@ A worker is what a second machine would be: its own network namespace (``worker_
 own containerd (a kubelet garbage-collects pods it does not know, so it cannot share the admin
 node's), its own root, certificate and CNI directories under ``<state>/workers/w<N>/``, its own
 cgroup root ``/haku-w<N>``, and it joins the tenant with the real ``kubeadm join`` through the
-tenant's NodePort. It runs nothing of the admin cluster's and holds no admin credential: the
-only credentials in its directory are the bootstrap token (``join.yaml``) and the kubelet's
-own, issued by the tenant.
+tenant's NodePort (or the host name of its Ingress or Gateway, carried by Traefik on the
+admin node: ``haku.dev.exposure``). It runs nothing of the admin cluster's and holds no admin
+credential: the only credentials in its directory are the bootstrap token (``join.yaml``) and
+the kubelet's own, issued by the tenant.
 
 ``kubeadm join`` writes to fixed paths (``/etc/kubernetes``, ``/var/lib/kubelet``): it runs in
 a private mount namespace where the worker's directories are bind-mounted there (and a
@@ -341,7 +342,8 @@ def add(
 ) -> AddResult:
     """Make a worker and join it to ``tenant`` (``NAMESPACE/NAME``) with ``join``.
 
-    ``join.endpoint`` must be reachable from the worker (a NodePort on the admin node IP).
+    ``join.endpoint`` must be reachable from the worker (a NodePort on the admin node IP, or an
+    Ingress's or Gateway's host name that resolves to Traefik there: ``haku dev exposure``).
     ``avoid_nodes``: Node names the tenant has already (kubeadm refuses to join as a Node
     that exists and is Ready, e.g. one left by a worker of an earlier ``haku dev up``).
     ``behind_nat``: the admin node and its pods cannot open a connection to the worker or its
@@ -1169,13 +1171,9 @@ async def tenant_join(admin_kubeconfig: Path, tenant: str,
             raise WorkerError(f"the admin cluster does not answer ({e}): is it up? "
                               "(haku dev up)") from e
         tcp: dict[str, Any] = got.to_dict()  # type: ignore[no-untyped-call]
-        service = ((tcp.get("spec") or {}).get("controlPlane") or {}).get("service") or {}
-        service_type = service.get("serviceType", "ClusterIP")
-        if service_type != "NodePort":
-            raise WorkerError(
-                f"{namespace}/{name} is exposed by a {service_type} Service; a worker joins "
-                "through a NodePort on the admin node: create the tenant with "
-                "spec.controlPlane.service.serviceType: NodePort")
+        problem = join_path_problem(tcp)
+        if problem:
+            raise WorkerError(f"{namespace}/{name} {problem}")
         ready = conditions.find((tcp.get("status") or {}).get("conditions"), "Ready")
         if not ready or ready.get("status") != "True":
             why = f"{ready['reason']}: {ready['message']}" if ready else "no status yet"
@@ -1191,6 +1189,22 @@ async def tenant_join(admin_kubeconfig: Path, tenant: str,
         await tenant_client.close()
     join = await access.create_join_command(tenant_access, ttl)
     return TenantJoin(join, tenant_access.kubeconfig, nodes, releases.tenant_version(tcp))
+
+
+def join_path_problem(tcp: dict[str, Any]) -> str | None:
+    """Why a worker cannot reach TenantControlPlane ``tcp`` (a dict), or None: it joins
+    through a NodePort on the admin node, or through the host name of an Ingress or Gateway
+    in front (``haku dev exposure``: Traefik on the admin node IP; the name must resolve
+    there, ``haku dev exposure hosts``)."""
+    cp = (tcp.get("spec") or {}).get("controlPlane") or {}
+    service_type = (cp.get("service") or {}).get("serviceType", "ClusterIP")
+    if service_type == "NodePort" or (cp.get("ingress") or {}).get("hostname") \
+            or (cp.get("gateway") or {}).get("hostname"):
+        return None
+    return (f"is exposed by a {service_type} Service; a worker joins through a NodePort on "
+            "the admin node, or through the host name of spec.controlPlane.ingress or "
+            ".gateway (haku dev exposure up): create the tenant with "
+            "spec.controlPlane.service.serviceType: NodePort, or give it one of those")
 
 
 def _admin_client(admin_kubeconfig: Path) -> AsyncClient:

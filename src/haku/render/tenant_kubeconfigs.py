@@ -20,10 +20,14 @@ class Identity:
     user: str
     organizations: tuple[str, ...]
     local: bool  # True: dials the API server in its own pod (127.0.0.1)
+    # True: the operator's own, dialling operator_endpoint (the Service, even when clients are
+    # told an Ingress's or Gateway's host name: haku.render.endpoint).
+    operator: bool = False
 
 
 # The operator's own identity in the tenant (system:masters; never user-facing).
-SUPER_ADMIN = Identity("super-admin.conf", "kubernetes-super-admin", ("system:masters",), False)
+SUPER_ADMIN = Identity("super-admin.conf", "kubernetes-super-admin", ("system:masters",), False,
+                       operator=True)
 # The tenant admin's (admin.conf, user-facing; not in system:masters).
 ADMIN = Identity("admin.conf", "kubernetes-admin", ("kubeadm:cluster-admins",), False)
 IDENTITIES = (
@@ -62,16 +66,20 @@ def plan(
     algorithm: pki.KeyAlgorithm = pki.KeyAlgorithm.RSA_2048,
     now: datetime | None = None,
     trust: bytes | None = None,
+    operator_endpoint: str = "",
 ) -> Plan:
     """Each identity's kubeconfig: kept while it points at the right server, trusts
     ``trust`` (the CAs the tenant trusts; default the current CA alone) and holds a valid
-    client certificate from the current CA; written afresh otherwise."""
+    client certificate from the current CA; written afresh otherwise. The server: the pod's
+    own API server (``local_endpoint``) for the pods' identities, ``operator_endpoint``
+    (default ``endpoint``) for the operator's, ``endpoint`` for the others."""
     now = now or datetime.now(UTC)
     trust = trust or ca.cert_pem
     data: dict[str, bytes] = {}
     issued: dict[str, str] = {}
     for ident in identities:
-        server = local_endpoint if ident.local else endpoint
+        server = local_endpoint if ident.local else \
+            (operator_endpoint or endpoint) if ident.operator else endpoint
         current = _current(existing.get(ident.file))
         why: str | None
         if current is None:

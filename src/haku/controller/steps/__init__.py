@@ -18,7 +18,7 @@ ingress            ControlPlaneAvailable   the Ingress, when the spec asks for o
 gateway            ControlPlaneAvailable   the TLSRoute(s) of spec.controlPlane.gateway and
                                            whether the Gateway accepted them / deleted when
                                            the spec drops it
-apiserver          APIServerReady          /readyz through the exposed endpoint
+apiserver          APIServerReady          /readyz through the Service's endpoint
 bootstrap          TenantBootstrapped      kubeadm's join objects and the addons, in the tenant
 migration          Migrating               a move to the DataStore spec.dataStore now names:
                                            freeze, copy, verify, switch, unfreeze, drop the

@@ -1,6 +1,8 @@
-"""``APIServerReady``: the tenant's /readyz answers through the exposed endpoint, asked with
-the tenant's super-admin identity (so the path a client takes is the one tested); and the
-version /version reports, which an upgrade waits for (haku.render.upgrade)."""
+"""``APIServerReady``: the tenant's /readyz answers through the Service's endpoint (the
+operator's, ``Context.operator_endpoint``: the clients' path unless an Ingress's or Gateway's
+host name stands in front, haku.render.endpoint), asked with the tenant's super-admin
+identity; and the version /version reports, which an upgrade waits for
+(haku.render.upgrade)."""
 
 from __future__ import annotations
 
@@ -67,6 +69,6 @@ class APIServerStep(StepBase):
             ctx.conditions[CONDITION] = Condition(CONDITION, "False", "NoControlPlane",
                                                   "no control-plane pod is ready yet")
             return
-        ctx.conditions[CONDITION], ctx.observed_version = await probe(ctx.endpoint,
-                                                                      ctx.super_admin)
+        ctx.conditions[CONDITION], ctx.observed_version = await probe(
+            ctx.operator_endpoint, ctx.super_admin)
 

@@ -67,8 +67,8 @@ class CARotationStep(StepBase):
         rollout = ctx.rollout
         rolled_out = bool(rollout and rollout.rolled_out and rollout.ready == rollout.replicas)
         new_ca_only = False
-        if rolled_out and ctx.endpoint:
-            found, _ = await probe(ctx.endpoint, ctx.super_admin, ca=pki["ca.crt"])
+        if rolled_out and ctx.operator_endpoint:
+            found, _ = await probe(ctx.operator_endpoint, ctx.super_admin, ca=pki["ca.crt"])
             new_ca_only = found.status == "True"
         pending: tuple[str, ...] | None = None
         moved: tuple[str, ...] = ()

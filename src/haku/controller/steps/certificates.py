@@ -56,7 +56,8 @@ class CertificatesStep(StepBase):
         configs = await asyncio.to_thread(tenant_kubeconfigs.plan, spec.name, ca,
                                           internal | user_facing, ctx.endpoint, local,
                                           identities, deps.config.key_algorithm, None,
-                                          plan.data[ca_rotation.BUNDLE])
+                                          plan.data[ca_rotation.BUNDLE],
+                                          ctx.operator_endpoint)
         ctx.kubeconfigs = {k: configs.data[k] for k in pod_files}
         if spec.addons.konnectivity is not None:
             ctx.kubeconfigs[konnectivity.EGRESS_FILE] = \

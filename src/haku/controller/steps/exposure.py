@@ -1,6 +1,6 @@
 """How clients reach the tenant: the Service (and from it the control-plane endpoint, or the
-Gateway's host name with spec.controlPlane.gateway) and, when the spec asks for one, an
-Ingress (the TLSRoutes: haku.controller.steps.gateway)."""
+host name of spec.controlPlane.ingress or .gateway: haku.render.endpoint) and, when the spec
+asks for one, an Ingress (the TLSRoutes: haku.controller.steps.gateway)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from haku.api.conditions import Condition
 from haku.api.tenantcontrolplane import TenantControlPlaneSpec
 from haku.controller.pipeline import Context, Wait
 from haku.controller.steps.deps import StepBase
-from haku.render import controlplane, gateway, konnectivity
+from haku.render import controlplane, konnectivity
+from haku.render.endpoint import front
 from haku.render.netpol import is_ip
 
 CONDITION = "ControlPlaneAvailable"
@@ -57,15 +58,18 @@ class ServiceStep(StepBase):
                 or spec.addons.konnectivity.server.port
         ctx.address = await self.endpoint_address(ctx, svc)
         ctx.port = endpoint_port(spec, svc)
-        # What tenants are told (admin.conf, cluster-info): advertiseAddress when given; with
-        # spec.controlPlane.gateway the Gateway's host name and port (Kamaji's choice).
+        # The Service's endpoint: advertiseAddress when given. The operator always dials it
+        # (its probes, in-tenant objects and watches; super-admin.conf's server).
         ctx.endpoint = f"https://{url_host(spec.advertise_address or ctx.address)}:{ctx.port}"
+        ctx.operator_endpoint = ctx.endpoint
         ctx.status["controlPlaneEndpoint"] = f"{ctx.address}:{ctx.port}"
-        through = gateway.endpoint(spec)
+        # What tenants are told (admin.conf, cluster-info, kubeadm-config): with
+        # spec.controlPlane.ingress or .gateway the host name in front and its port.
+        through = front(spec)
         if through is not None:
-            ctx.endpoint = f"https://{through[0]}:{through[1]}"
-            ctx.status["controlPlaneEndpoint"] = f"{through[0]}:{through[1]}"
-            if spec.addons.konnectivity is not None:
+            ctx.endpoint = through.url
+            ctx.status["controlPlaneEndpoint"] = through.host_port
+            if through.kind == "gateway" and spec.addons.konnectivity is not None:
                 # Agents dial the Gateway's listener konnectivity-server (the route's port).
                 ctx.konnectivity_port = spec.addons.konnectivity.server.port
         status: dict[str, Any] = {

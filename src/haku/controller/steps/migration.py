@@ -123,7 +123,7 @@ class MigrationStep(StepBase):
         async with self._tenant_api(ctx) as api:
             for obj in objs:
                 await api.apply(from_dict(obj), force=True)
-        not_yet = await enforced(ctx.endpoint, ctx.super_admin, "CREATE",
+        not_yet = await enforced(ctx.operator_endpoint, ctx.super_admin, "CREATE",
                                  write_permissions.MIGRATION_MARK)
         if not_yet:
             return f"the freeze is applied, not yet enforced ({not_yet})"
@@ -208,7 +208,7 @@ class MigrationStep(StepBase):
             return "the tenant's API server does not answer: the freeze cannot be lifted"
         async with self._tenant_api(ctx) as api:
             await _delete_freeze(api)
-        still = await enforced(ctx.endpoint, ctx.super_admin, "CREATE",
+        still = await enforced(ctx.operator_endpoint, ctx.super_admin, "CREATE",
                                write_permissions.MIGRATION_MARK)
         if still is None:
             return "the freeze is deleted; the tenant's API server still refuses writes"
@@ -297,7 +297,8 @@ class MigrationStep(StepBase):
     @staticmethod
     def _serving(ctx: Context) -> bool:
         serving = ctx.conditions.get("APIServerReady")
-        return bool(serving and serving.status == "True" and ctx.super_admin and ctx.endpoint)
+        return bool(serving and serving.status == "True" and ctx.super_admin
+                    and ctx.operator_endpoint)
 
     @contextlib.asynccontextmanager
     async def _driver(self, name: str) -> AsyncIterator[Driver]:

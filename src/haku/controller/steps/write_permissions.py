@@ -113,7 +113,7 @@ class WritePermissionsStep(StepBase):
             # Gone only once the API server has let go of the policy too: a dry-run write of
             # each kind by the tenant admin is no longer refused for the freeze.
             for operation in ("CREATE", "UPDATE", "DELETE"):
-                if await enforced(ctx.endpoint, ctx.super_admin, operation) is None:
+                if await enforced(ctx.operator_endpoint, ctx.super_admin, operation) is None:
                     ctx.requeue_within = 2.0
                     ctx.conditions[CONDITION] = Condition(
                         CONDITION, "True", "Lifting",
@@ -126,7 +126,7 @@ class WritePermissionsStep(StepBase):
                                   "spec.writePermissions lifted: the tenant accepts writes")
             return
         ops = ", ".join(ctx.spec.write_permissions.operations)
-        not_yet = await enforced(ctx.endpoint, ctx.super_admin,
+        not_yet = await enforced(ctx.operator_endpoint, ctx.super_admin,
                                  ctx.spec.write_permissions.operations[0])
         if not_yet:
             ctx.requeue_within = 2.0
