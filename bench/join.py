@@ -13,10 +13,14 @@ joins from behind NAT (``--behind-nat``); its run also reports when
 ``KonnectivityConnected`` turned True (the agent on the new node connected). The Konnectivity
 images are built first if not cached (``haku dev addons``). ``loadbalancer``: the tenant's
 Service is a LoadBalancer, whose address MetalLB assigns (``haku dev loadbalancer``, set up
-first); the worker joins through that address.
+first); the worker joins through that address. ``ingress`` and ``gateway``: the tenant
+(ClusterIP Service) is behind the dev cluster's Traefik (``haku dev exposure up``, set up
+first) by its host name ``join-<n>.bench.haku.test`` (in Haku's ``/etc/hosts`` block, removed
+at the end), as an Ingress with TLS passthrough on :8443 or a TLSRoute on the Gateway's
+:9443; the worker joins through the host name.
 
 Run as root: ``.venv/bin/python bench/join.py [--runs 3] [--variants plain,konnectivity]``
-(any of plain, konnectivity, loadbalancer).
+(any of plain, konnectivity, loadbalancer, ingress, gateway).
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ from lightkube.codecs import from_dict
 from common import log, operator_cluster
 from haku.api.resources import TenantControlPlane
 from haku.controller.tenant import CONDITION_TYPES
-from haku.dev import addons, loadbalancer, samples, worker
+from haku.dev import addons, exposure, loadbalancer, samples, worker
 from haku.dev.cluster import DevCluster
 from haku.tenant import access
 
 NAMESPACE = "bench-join"
-VARIANTS = ("plain", "konnectivity", "loadbalancer")
+VARIANTS = ("plain", "konnectivity", "loadbalancer", "ingress", "gateway")
 
 
 async def conditions_until(client: AsyncClient, name: str, started: float,
@@ -66,13 +70,20 @@ async def one_run(cluster: DevCluster, client: AsyncClient, index: int,
                   variant: str) -> dict[str, Any]:
     name = f"join-{index}"
     konnectivity = variant == "konnectivity"
-    balanced = variant == "loadbalancer"
+    fronted = variant in ("ingress", "gateway")  # a host name on the dev cluster's Traefik
+    service = {"loadbalancer": "LoadBalancer"}.get(variant, "ClusterIP" if fronted
+                                                   else "NodePort")
     doc = samples.tenant_control_plane(
-        name, NAMESPACE, "dev-etcd", cluster.versions.kubernetes,
-        service_type="LoadBalancer" if balanced else "NodePort",
-        port=6443 if balanced else None if konnectivity else 31450 + index, addons=True)
+        name, NAMESPACE, "dev-etcd", cluster.versions.kubernetes, service_type=service,
+        port=None if konnectivity else 31450 + index if service == "NodePort" else 6443,
+        addons=True)
     if konnectivity:
         doc["spec"]["addons"]["konnectivity"] = {}
+    if fronted:
+        host = f"{name}.bench.haku.test"
+        exposure.add_hosts([host], cluster.layout.node_ip)
+        doc["spec"]["controlPlane"][variant] = (
+            exposure.ingress_spec(host) if variant == "ingress" else exposure.gateway_spec(host))
     started = time.perf_counter()
     await client.apply(from_dict(doc), force=True)
     tenant_conditions = await conditions_until(client, name, started)
@@ -103,13 +114,20 @@ async def bench(runs: int, variants: list[str]) -> dict[str, Any]:
             addons.ensure(cluster.layout, ["konnectivity"], log)
         if "loadbalancer" in variants:
             loadbalancer.ensure(cluster.layout, log)
+        if {"ingress", "gateway"} & set(variants):
+            exposure.up(cluster.layout, log)
 
     results = []
+    hosts = exposure.hosts_names(exposure.HOSTS.read_text())
     async with operator_cluster(Path("/var/lib/haku/bench-join"), NAMESPACE,
                                 images) as (cluster, client):
-        for i in range(runs):
-            for j, variant in enumerate(variants):
-                results.append(await one_run(cluster, client, i * len(variants) + j, variant))
+        try:
+            for i in range(runs):
+                for j, variant in enumerate(variants):
+                    results.append(await one_run(cluster, client, i * len(variants) + j,
+                                                 variant))
+        finally:
+            exposure.set_hosts(hosts, cluster.layout.node_ip)
     medians: dict[str, Any] = {}
     for variant in variants:
         mine = [r for r in results if r["variant"] == variant]
