@@ -132,6 +132,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"API ready: {info['apiserver_ready']}" +
                   (f"   node Ready: {info['node_ready']}" if "node_ready" in info else ""))
             print(f"admin kubeconfig: {info['admin_kubeconfig']}")
+        if "registry" in info:
+            r = info["registry"]
+            print(f"registry: http://{r['endpoint']} ({'ready' if r['ready'] else 'not ready'}), "
+                  f"mirrors {', '.join(r['mirrors'])}; storage {r['storage']}")
         for w in info.get("workers", []):
             procs = ", ".join(f"{k} " + (f"running (pid {v['pid']})" if v["running"]
                                          else "stopped") for k, v in w["processes"].items())
