@@ -195,6 +195,20 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_conformance_images(args: argparse.Namespace) -> int:
+    from haku.dev import test_images
+
+    lay = _worker_layout(args)
+    groups = args.images or list(test_images.GROUPS)
+    report = test_images.build_and_push(
+        groups, _versions(args), None if args.build_only else lay.registry_endpoint)
+    print(f"test images: {len(report.built)} built or cached in {report.build_seconds:.1f}s"
+          + ("" if args.build_only else
+             f", pushed to http://{lay.registry_endpoint} in {report.push_seconds:.1f}s "
+             f"({sum(p.uploaded for p in report.pushed) / 1e6:.1f} MB sent)"))
+    return 0
+
+
 def cmd_deps(args: argparse.Namespace) -> int:
     installed = packages.install()
     print(f"installed: {' '.join(installed)}" if installed else "all Debian packages present")
@@ -600,6 +614,22 @@ def parser() -> argparse.ArgumentParser:
     images_p.add_argument("--state-dir",
                           help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
     images_p.set_defaults(fn=cmd_images)
+    conformance = dev_sub.add_parser("conformance", help="the upstream conformance suite "
+                                     "(issue 16): its test images so far")
+    conformance_sub = conformance.add_subparsers(dest="conformance_command", required=True)
+    test_images_p = conformance_sub.add_parser(
+        "images", help="build e2e.test's images under their upstream names (cached) and push "
+        "them to the dev cluster's registry")
+    test_images_p.add_argument("images", nargs="*", metavar="GROUP",
+                               help="haku (pause, etcd), agnhost, busybox (and nonewprivs), "
+                               "glibc-dns-testing, nginx, webservers (nautilus, kitten); "
+                               "default: all")
+    test_images_p.add_argument("--build-only", action="store_true",
+                               help="write the archives; push nothing")
+    test_images_p.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
+    test_images_p.add_argument("--state-dir",
+                               help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+    test_images_p.set_defaults(fn=cmd_conformance_images)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
 
