@@ -138,3 +138,12 @@ def test_busybox_and_nonewprivs(ctx: Context, monkeypatch: pytest.MonkeyPatch) -
 def test_unknown_groups_are_refused() -> None:
     with pytest.raises(test_images.TestImageError, match="unknown test images"):
         test_images.build(["agnhost", "perl"], Versions())
+
+
+def test_every_conformance_image_but_the_sample_apiserver_is_provided() -> None:
+    from haku.dev.conformance import CONFORMANCE_IMAGES
+
+    provided = test_images.provided(Versions())
+    missing = [p.image.ref for p in CONFORMANCE_IMAGES if p.image.ref not in provided]
+    assert missing == ["registry.k8s.io/e2e-test-images/sample-apiserver:1.29.2"]
+    assert set(provided.values()) == set(test_images.GROUPS)
