@@ -104,10 +104,10 @@ class DebianRoot:
             if self.suite == "bookworm":
                 argv.append(f"--hook-dir={MERGED_USR_HOOKS}")
             argv += [f"--dpkgopt={o}" for o in DPKG_OPTIONS]
-            argv += [f"--customize-hook={h}" for h in (
-                *self.hooks,
+            argv += [f"--customize-hook={h}" for h in (  # the clean-up first: then the
                 'rm -rf "$1"/var/log/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old '
-                '"$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*')]
+                '"$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*',  # image's own hooks
+                *self.hooks)]
         return [*argv, "--format=tar", self.suite, str(out), *SUITES[self.suite]]
 
     def key(self) -> str:
@@ -196,8 +196,8 @@ NGINX_ROOT = DebianRoot(
         # container's output
         'sed -i -e "/listen \\[::\\]/d" -e "s#root /var/www/html;#root /usr/share/nginx/html;#" '
         '"$1"/etc/nginx/sites-available/default',
-        'mkdir -p "$1"/usr/share/nginx/html && '
-        'cp "$1"/var/www/html/index.nginx-debian.html "$1"/usr/share/nginx/html/index.html',
+        'mkdir -p "$1"/usr/share/nginx/html && { [ -e "$1"/usr/share/nginx/html/index.html ] || '
+        'cp "$1"/var/www/html/index.nginx-debian.html "$1"/usr/share/nginx/html/index.html; }',
         'mkdir -p "$1"/var/log/nginx && ln -sf /dev/stdout "$1"/var/log/nginx/access.log && '
         'ln -sf /dev/stderr "$1"/var/log/nginx/error.log',
     ),
