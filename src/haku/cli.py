@@ -586,8 +586,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("components", nargs="*",
                        help="kubernetes, etcd, kine, coredns, kube-network-policies, "
                        "konnectivity, metrics-server, helm, operator-image, and for the "
-                       "conformance run e2e (e2e.test), agnhost, registry, and for exposure "
-                       "(issue 17, not run yet) traefik, metallb (default: the first three)")
+                       "conformance run e2e (e2e.test), agnhost, registry, sample-apiserver, "
+                       "and for exposure (issue 17, not run yet) traefik, metallb (default: "
+                       "the first three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)
     addons_p = dev_sub.add_parser(
@@ -622,7 +623,8 @@ def parser() -> argparse.ArgumentParser:
         "them to the dev cluster's registry")
     test_images_p.add_argument("images", nargs="*", metavar="GROUP",
                                help="haku (pause, etcd), agnhost, busybox (and nonewprivs), "
-                               "glibc-dns-testing, nginx, webservers (nautilus, kitten); "
+                               "glibc-dns-testing, nginx, webservers (nautilus, kitten), "
+                               "sample-apiserver (a Go build); "
                                "default: all")
     test_images_p.add_argument("--build-only", action="store_true",
                                help="write the archives; push nothing")

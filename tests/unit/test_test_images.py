@@ -140,10 +140,26 @@ def test_unknown_groups_are_refused() -> None:
         test_images.build(["agnhost", "perl"], Versions())
 
 
-def test_every_conformance_image_but_the_sample_apiserver_is_provided() -> None:
+def test_every_conformance_image_is_provided() -> None:
     from haku.dev.conformance import CONFORMANCE_IMAGES
 
     provided = test_images.provided(Versions())
-    missing = [p.image.ref for p in CONFORMANCE_IMAGES if p.image.ref not in provided]
-    assert missing == ["registry.k8s.io/e2e-test-images/sample-apiserver:1.29.2"]
+    assert [p.image.ref for p in CONFORMANCE_IMAGES if p.image.ref not in provided] == []
     assert set(provided.values()) == set(test_images.GROUPS)
+
+
+def test_sample_apiserver_is_the_staging_module_alone(ctx: Context, tmp_path: Path) -> None:
+    from haku.dev import toolchain
+
+    component = toolchain.components(Versions())["sample-apiserver"]
+    assert (component.version, toolchain.MODULES["sample-apiserver"]) == (
+        "v0.37.2", "k8s.io/sample-apiserver")
+    binary = tmp_path / "sa" / "sample-apiserver"
+    binary.parent.mkdir()
+    binary.write_bytes(b"\x7fELF sample-apiserver")
+    ctx.bins["sample-apiserver"] = binary.parent
+    built = test_images.sample_apiserver_image(ctx)
+    summary = oci.read_archive(built.archive)
+    assert built.name == "registry.k8s.io/e2e-test-images/sample-apiserver:1.29.2"
+    assert summary.config["config"]["Entrypoint"] == ["/sample-apiserver"]
+    assert summary.layer_members["sample-apiserver"].mode == 0o755

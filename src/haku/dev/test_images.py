@@ -74,6 +74,7 @@ ETCD_E2E_TAG = "3.7.0-0"
 GLIBC_DNS_TAG = "2.1.1"
 NGINX_TAG = "1.27.0-2"
 NONEWPRIVS_TAG = "1.4"
+SAMPLE_APISERVER_TAG = "1.29.2"
 WEBSERVER_TAGS = {"nautilus": ("1.8", "nautilus.jpg"), "kitten": ("1.8", "kitten.jpg")}
 
 
@@ -458,6 +459,18 @@ def busybox_images(ctx: Context) -> list[BuiltImage]:
     return built
 
 
+def sample_apiserver_image(ctx: Context) -> BuiltImage:
+    """``/sample-apiserver`` (k8s.io/sample-apiserver at the Kubernetes version's staging
+    version, the cached ``sample-apiserver`` component) as the entrypoint, as upstream's."""
+    spec = oci.ImageSpec(
+        name=f"{E2E}/sample-apiserver:{SAMPLE_APISERVER_TAG}",
+        entrypoint=("/sample-apiserver",),
+        files=(oci.LayerFile("/sample-apiserver",
+                             source=ctx.bins["sample-apiserver"] / "sample-apiserver"),))
+    return _cached_archive(ctx, spec.name, _key(LAYOUT, images._spec_key(spec)),
+                           lambda out: oci.write_image(spec, out))
+
+
 def haku_images(ctx: Context) -> list[tuple[BuiltImage, list[str]]]:
     """pause and etcd as the dev cluster writes them, and the tags e2e.test adds."""
     pause = images.build_pause(ctx.cache)
@@ -480,6 +493,7 @@ BUILDERS: dict[str, Callable[[Context], list[BuiltImage]]] = {
     "glibc-dns-testing": lambda ctx: [glibc_dns_image(ctx)],
     "nginx": lambda ctx: [nginx_image(ctx)],
     "webservers": webserver_images,  # nautilus and kitten
+    "sample-apiserver": lambda ctx: [sample_apiserver_image(ctx)],  # a Go build (minutes)
 }
 GROUPS = ("haku", *BUILDERS)  # "haku": pause and etcd
 
@@ -492,7 +506,8 @@ def provided(versions: Versions) -> dict[str, str]:
             f"{E2E}/busybox:{BUSYBOX_TAG}": "busybox",
             f"{E2E}/nonewprivs:{NONEWPRIVS_TAG}": "busybox",
             f"{E2E}/glibc-dns-testing:{GLIBC_DNS_TAG}": "glibc-dns-testing",
-            f"{E2E}/nginx:{NGINX_TAG}": "nginx"}
+            f"{E2E}/nginx:{NGINX_TAG}": "nginx",
+            f"{E2E}/sample-apiserver:{SAMPLE_APISERVER_TAG}": "sample-apiserver"}
     refs |= {f"{E2E}/agnhost:{tag}": "agnhost" for tag in AGNHOST_TAGS}
     refs |= {f"{E2E}/{name}:{tag}": "webservers" for name, (tag, _) in WEBSERVER_TAGS.items()}
     return refs
@@ -525,6 +540,8 @@ def build(groups: Sequence[str], versions: Versions, cache: Path | None = None,
     wanted = ["kubernetes", "etcd", "kine", "coredns"]  # what images.image_specs reads
     if {"agnhost", "webservers"} & set(groups):
         wanted.append("agnhost")
+    if "sample-apiserver" in groups:
+        wanted.append("sample-apiserver")
     ctx = Context(cache, versions, printer, toolchain.ensure(wanted, versions, cache))
     out: list[tuple[BuiltImage, list[str]]] = []
     for group in GROUPS:
