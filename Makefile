@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build exposure-build exposure loadbalancer clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build conformance-images exposure-build exposure loadbalancer clean
 
 all: test
 
@@ -94,9 +94,15 @@ bench-migration: deps
 
 ## conformance-build: what the conformance run (issue 16) needs, built and cached: e2e.test and
 ## agnhost at the Kubernetes version, the CNCF Distribution registry (e2e.test: ~27 min on 2
-## cores the first time; docs/conformance.md). Builds only: no registry runs, no suite yet.
+## cores the first time; docs/conformance.md). Builds only: no suite yet.
 conformance-build: venv
 	$(HAKU) dev build e2e agnhost registry
+
+## conformance-images: e2e.test's test images (agnhost, busybox, nginx, …) built under their
+## upstream names, cached in ~/.cache/haku/test-images, pushed to the running dev cluster's
+## registry (haku dev up starts it; docs/conformance.md).
+conformance-images: venv
+	$(HAKU) dev conformance images
 
 ## exposure-build: MetalLB (controller, speaker, its CRDs) and Traefik v3.7.10 built and cached
 ## for issue 17 (docs/exposure.md; Traefik's nested module pkg/config/dynamic/ext, which the

@@ -132,6 +132,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"API ready: {info['apiserver_ready']}" +
                   (f"   node Ready: {info['node_ready']}" if "node_ready" in info else ""))
             print(f"admin kubeconfig: {info['admin_kubeconfig']}")
+        if "registry" in info:
+            r = info["registry"]
+            print(f"registry: http://{r['endpoint']} ({'ready' if r['ready'] else 'not ready'}), "
+                  f"mirrors {', '.join(r['mirrors'])}; storage {r['storage']}")
         for w in info.get("workers", []):
             procs = ", ".join(f"{k} " + (f"running (pid {v['pid']})" if v["running"]
                                          else "stopped") for k, v in w["processes"].items())
@@ -238,6 +242,20 @@ def cmd_images(args: argparse.Namespace) -> int:
              (f", skipped (containerd stopped): {', '.join(report.skipped_workers)}"
               if report.skipped_workers else ""))
           + f" in {report.seconds:.1f}s")
+    return 0
+
+
+def cmd_conformance_images(args: argparse.Namespace) -> int:
+    from haku.dev import test_images
+
+    lay = _worker_layout(args)
+    groups = args.images or list(test_images.GROUPS)
+    report = test_images.build_and_push(
+        groups, _versions(args), None if args.build_only else lay.registry_endpoint)
+    print(f"test images: {len(report.built)} built or cached in {report.build_seconds:.1f}s"
+          + ("" if args.build_only else
+             f", pushed to http://{lay.registry_endpoint} in {report.push_seconds:.1f}s "
+             f"({sum(p.uploaded for p in report.pushed) / 1e6:.1f} MB sent)"))
     return 0
 
 
@@ -618,9 +636,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("components", nargs="*",
                        help="kubernetes, etcd, kine, coredns, kube-network-policies, "
                        "konnectivity, metrics-server, helm, operator-image, and for the "
-                       "conformance run e2e (e2e.test), agnhost, registry, and for exposure "
-                       "(issue 17) traefik (run by `haku dev exposure up`), metallb (run by "
-                       "`haku dev loadbalancer`) (default: the first three)")
+                       "conformance run e2e (e2e.test), agnhost, registry, sample-apiserver, "
+                       "and for exposure (issue 17) traefik (run by `haku dev exposure up`), "
+                       "metallb (run by `haku dev loadbalancer`) (default: the first three)")
     build.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
     build.set_defaults(fn=cmd_build)
     addons_p = dev_sub.add_parser(
@@ -672,6 +690,23 @@ def parser() -> argparse.ArgumentParser:
                    (ehosts, cmd_exposure_hosts)):
         sp.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
         sp.set_defaults(fn=fn)
+    conformance = dev_sub.add_parser("conformance", help="the upstream conformance suite "
+                                     "(issue 16): its test images so far")
+    conformance_sub = conformance.add_subparsers(dest="conformance_command", required=True)
+    test_images_p = conformance_sub.add_parser(
+        "images", help="build e2e.test's images under their upstream names (cached) and push "
+        "them to the dev cluster's registry")
+    test_images_p.add_argument("images", nargs="*", metavar="GROUP",
+                               help="haku (pause, etcd), agnhost, busybox (and nonewprivs), "
+                               "glibc-dns-testing, nginx, webservers (nautilus, kitten), "
+                               "sample-apiserver (a Go build); "
+                               "default: all")
+    test_images_p.add_argument("--build-only", action="store_true",
+                               help="write the archives; push nothing")
+    test_images_p.add_argument("--kubernetes-version", help="an upstream tag, e.g. v1.36.3")
+    test_images_p.add_argument("--state-dir",
+                               help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
+    test_images_p.set_defaults(fn=cmd_conformance_images)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
 

@@ -33,6 +33,7 @@ from haku.dev import (
     images,
     netpol,
     packages,
+    registry,
     toolchain,
     worker,
 )
@@ -47,12 +48,13 @@ ETCD, APISERVER = "etcd", "kube-apiserver"
 CONTROLLER_MANAGER, SCHEDULER = "kube-controller-manager", "kube-scheduler"
 CONTAINERD, KUBELET, KUBE_PROXY = "containerd", "kubelet", "kube-proxy"
 NETWORK_POLICIES = netpol.NAME
+REGISTRY = registry.NAME
 
 # Stop order: consumers first, the store last. The operator goes first of all: once the node
 # bridge is gone, addresses it talks to (tenant Services, the node IP) would leave the machine.
 STOP_ORDER = (
     OPERATOR, NETWORK_POLICIES, KUBE_PROXY, KUBELET, SCHEDULER, CONTROLLER_MANAGER, APISERVER, ETCD,
-    datastores.ETCD, datastores.POSTGRES, datastores.MARIADB, CONTAINERD,
+    datastores.ETCD, datastores.POSTGRES, datastores.MARIADB, REGISTRY, CONTAINERD,
 )
 
 
@@ -115,7 +117,7 @@ class DevCluster:
         if lay.control_plane:
             names += [ETCD, APISERVER]
         if lay.node:
-            names += [CONTROLLER_MANAGER, SCHEDULER, CONTAINERD, KUBELET, KUBE_PROXY,
+            names += [CONTROLLER_MANAGER, SCHEDULER, REGISTRY, CONTAINERD, KUBELET, KUBE_PROXY,
                       NETWORK_POLICIES]
         if lay.datastores:
             names += [datastores.ETCD, datastores.POSTGRES, datastores.MARIADB]
@@ -228,7 +230,7 @@ class DevCluster:
             packages.check()
         self.print(f"haku dev up: state in {lay.state_dir}")
         wanted = ["kubernetes", "etcd"] + (["kine"] if lay.node or lay.datastores else []) \
-            + (["coredns", "kube-network-policies"] if lay.node else [])
+            + (["coredns", "kube-network-policies", "registry"] if lay.node else [])
         self.bins = self._timed(report, "upstream binaries (cached per version)",
                                 lambda: toolchain.ensure(wanted, self.versions, self.cache))
         self._check_ports()
@@ -254,7 +256,8 @@ class DevCluster:
                 control_plane = pool.submit(self._timed, report, "etcd + kube-apiserver ready",
                                             lambda: self._control_plane(report))
             if lay.node:
-                runtime = pool.submit(self._timed, report, "containerd + images imported",
+                runtime = pool.submit(self._timed, report,
+                                      "registry, containerd + images imported",
                                       lambda: self._runtime(report))
             if lay.datastores:
                 stores = pool.submit(self._timed, report,
@@ -348,8 +351,20 @@ class DevCluster:
             self._start(report, ProcessSpec(
                 SCHEDULER, config.scheduler_argv(k8s / "kube-scheduler", lay)))
 
+    def _registry(self, report: Report) -> None:
+        """The local registry on the node IP, and containerd's hosts.toml pointing at it."""
+        lay = self.layout
+        registry.write_config(lay)
+        self._start(report, ProcessSpec(
+            REGISTRY, registry.argv(self.bins["registry"] / "registry", lay), env=registry.ENV))
+        self.supervisor.wait_ready(REGISTRY, lambda: registry.ready(lay.registry_endpoint),
+                                   registry.READY_TIMEOUT,
+                                   f"serving on {lay.registry_endpoint} (GET /v2/)")
+        registry.write_hosts(lay.containerd_hosts_dir, lay.registry_endpoint)
+
     def _runtime(self, report: Report) -> None:
         lay = self.layout
+        self._registry(report)
         for sub in ("root", "state", "opt"):
             (lay.containerd_dir / sub).mkdir(parents=True, exist_ok=True)
         _write(lay.cni_dir / "net.d" / "10-haku.conflist", config.cni_conflist(lay), 0o644)
@@ -543,6 +558,11 @@ class DevCluster:
             info["network_policies"] = {
                 "nfqueue": netpol.QUEUE, "listening": netpol.queue_bound(),
                 "steering": netpol.steering_present()}
+            info["registry"] = {
+                "endpoint": lay.registry_endpoint, "storage": str(registry.storage_dir(lay)),
+                "ready": bool(components[REGISTRY]["running"])
+                and registry.ready(lay.registry_endpoint),
+                "mirrors": list(registry.MIRRORED)}
             info["workers"] = worker.status(lay)
         if lay.datastores:
             conns = lay.datastores_dir / "connections.json"

@@ -70,6 +70,11 @@ oom_score = 0
 [{cri}.cni]
   bin_dir = "/usr/lib/cni"
   conf_dir = "{layout.cni_dir / 'net.d'}"
+
+[{cri}.registry]
+  # One <registry host>/hosts.toml a registry pulled through the dev cluster's local registry
+  # (haku.dev.registry); read at each pull. Imported images are found locally first as before.
+  config_path = "{layout.containerd_hosts_dir}"
 """
 
 

@@ -14,8 +14,9 @@ This first step builds and caches the three binaries the run needs (components o
 
 It also names the images: :func:`list_images` runs ``e2e.test --list-images`` (every image the
 binary knows, conformance or not) and :data:`CONFORMANCE_IMAGES` is the part the
-``[Conformance]`` tests use, with how Haku will provide each (docs/conformance.md; none is built
-yet). Nothing here starts a registry or runs the suite.
+``[Conformance]`` tests use, with how Haku provides each (docs/conformance.md;
+:mod:`haku.dev.test_images` builds them, :mod:`haku.dev.registry` serves them). Nothing here runs
+the suite.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def manifest_tags(manifest_go: str) -> dict[str, tuple[str, str, str]]:
             for m in _MANIFEST_ENTRY.finditer(manifest_go)}
 
 
-# How Haku will provide an image (docs/conformance.md): compiled from the Go module proxy,
+# How Haku provides an image (docs/conformance.md): compiled from the Go module proxy,
 # assembled from Debian packages, or a small program of Haku's own in upstream's behaviour.
 MODULE_PROXY = "module proxy"
 DEBIAN = "Debian package"
@@ -125,7 +126,7 @@ EXISTING = "already built by Haku"
 
 @dataclass(frozen=True)
 class PlannedImage:
-    """A Conformance image at v1.37.2 and how Haku will provide it (a plan: none is built)."""
+    """A Conformance image at v1.37.2 and how Haku provides it (haku.dev.test_images)."""
 
     image_id: str  # the ImageID in test/utils/image/manifest.go
     image: Image

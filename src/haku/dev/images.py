@@ -382,13 +382,19 @@ def image_specs(
 
 def build_pause(cache: Path) -> Path:
     """Compile the static pause binary once per source revision."""
-    source = resources.files("haku.dev").joinpath("pause.c").read_bytes()
+    return compile_static(cache, "pause.c", "pause", "the pause image")
+
+
+def compile_static(cache: Path, source_name: str, name: str, what: str) -> Path:
+    """Compile the C program ``source_name`` (a file of this package) statically, once per
+    source revision, into ``cache/bin/<name>-<digest>/<name>``."""
+    source = resources.files("haku.dev").joinpath(source_name).read_bytes()
     digest = hashlib.sha256(source).hexdigest()[:12]
-    out = cache / "bin" / f"pause-{digest}" / "pause"
+    out = cache / "bin" / f"{name}-{digest}" / name
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    src = out.parent / "pause.c"
+    src = out.parent / source_name
     src.write_bytes(source)
     argv = ["gcc", "-static", "-Os", "-s", "-o", str(out.with_suffix(".tmp")), str(src)]
     hint = "gcc and libc6-dev (static libc) are needed: run `make deps`, then run this again"
@@ -396,11 +402,11 @@ def build_pause(cache: Path) -> Path:
         result = subprocess.run(argv, capture_output=True, text=True, check=False,
                                 timeout=GCC_TIMEOUT)
     except subprocess.TimeoutExpired as e:
-        raise CommandTimedOut("gcc (the pause image)", GCC_TIMEOUT, e.stderr, hint) from e
+        raise CommandTimedOut(f"gcc ({what})", GCC_TIMEOUT, e.stderr, hint) from e
     except FileNotFoundError as e:
-        raise ImageBuildError(f"gcc is not installed (it builds the pause image): {hint}") from e
+        raise ImageBuildError(f"gcc is not installed (it builds {what}): {hint}") from e
     if result.returncode != 0:
-        raise CommandFailed("gcc -static pause.c (the pause image)", result.returncode,
+        raise CommandFailed(f"gcc -static {source_name} ({what})", result.returncode,
                             result.stderr or result.stdout, hint)
     out.with_suffix(".tmp").rename(out)
     return out

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STATE_DIR = Path("/var/lib/haku/dev")
-STATE_FORMAT = 1
+# 2: the local registry (its port, ports.registry) and containerd's hosts directory.
+STATE_FORMAT = 2
 
 
 def default_state_dir() -> Path:
@@ -32,6 +33,9 @@ class Ports:
     datastore_etcd_peer: int = 12380
     postgres: int = 15432
     mariadb: int = 13306
+    # The local OCI registry (CNCF Distribution), on the node IP only: the admin containerd
+    # and the dev workers pull through it (haku.dev.registry).
+    registry: int = 5000
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,17 @@ class Layout:
         return self.state_dir / "kube-network-policies"
 
     @property
+    def containerd_hosts_dir(self) -> Path:
+        """containerd's ``config_path``: one ``<registry host>/hosts.toml`` a mirrored
+        registry (haku.dev.registry)."""
+        return self.containerd_dir / "certs.d"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The local registry's configuration and storage."""
+        return self.state_dir / "registry"
+
+    @property
     def datastores_dir(self) -> Path:
         return self.state_dir / "datastores"
 
@@ -161,6 +176,12 @@ class Layout:
     @property
     def datastore_listen_addresses(self) -> list[str]:
         return ["127.0.0.1", self.node_ip] if self.node else ["127.0.0.1"]
+
+    @property
+    def registry_endpoint(self) -> str:
+        """``host:port`` of the local registry: the node IP, which the admin containerd, the
+        dev workers (their gateway) and host-side clients all reach while the cluster is up."""
+        return f"{self.node_ip}:{self.ports.registry}"
 
     @property
     def apiserver_url(self) -> str:
@@ -198,6 +219,7 @@ class Layout:
                 p.kube_proxy_metrics: "kube-proxy (metrics)",
                 p.kube_proxy_healthz: "kube-proxy (healthz)",
                 p.network_policy_metrics: "kube-network-policies (metrics)",
+                p.registry: "registry",
             }
         if self.datastores:
             ports |= {

@@ -66,8 +66,11 @@ MODULES = {
     "e2e": "k8s.io/kubernetes",
     "agnhost": "k8s.io/kubernetes",
     "registry": "github.com/distribution/distribution/v3",
+    # The conformance image sample-apiserver: the staging module at the Kubernetes version's
+    # v0.MINOR.PATCH.
+    "sample-apiserver": "k8s.io/sample-apiserver",
     # Exposure in the dev cluster (issue 17, docs/exposure.md): Traefik runs there with `haku
-    # dev exposure up`; MetalLB is built and cached only.
+    # dev exposure up`, MetalLB with `haku dev loadbalancer`.
     "traefik": "github.com/traefik/traefik/v3",
     "metallb": "go.universe.tf/metallb",
 }
@@ -85,6 +88,8 @@ VERSION_SETTINGS = {
     "sigs.k8s.io/metrics-server": "set HAKU_METRICS_SERVER_VERSION",
     "helm.sh/helm/v4": "set HAKU_HELM_VERSION (a v4 release)",
     "github.com/distribution/distribution/v3": "set HAKU_REGISTRY_VERSION (a v3 release)",
+    "k8s.io/sample-apiserver": "pass --kubernetes-version / set HAKU_KUBERNETES_VERSION "
+                               "(its staging v0.MINOR.PATCH)",
     "github.com/traefik/traefik/v3": "set HAKU_TRAEFIK_VERSION (a v3 release)",
     "go.universe.tf/metallb": "set HAKU_METALLB_VERSION",
 }
@@ -138,6 +143,8 @@ def components(versions: Versions) -> dict[str, Component]:
         "e2e": Component("e2e", versions.kubernetes, (E2E_BINARY,)),
         "agnhost": Component("agnhost", versions.kubernetes, ("agnhost",)),
         "registry": Component("registry", versions.registry, ("registry",)),
+        "sample-apiserver": Component(
+            "sample-apiserver", staging_version(versions.kubernetes), ("sample-apiserver",)),
         # Exposure (issue 17): Traefik, and MetalLB's two commands (its CRDs beside them).
         "traefik": Component("traefik", versions.traefik, ("traefik",)),
         "metallb": Component("metallb", versions.metallb,
@@ -864,6 +871,9 @@ BUILDERS: dict[str, Builder] = {
     "registry": _build_module_root(
         MODULES["registry"], "registry",
         lambda v, info: registry_ldflags(v, _module_commit(info)), "cmd/registry"),
+    # k8s.io/sample-apiserver: upstream's image Makefile runs `go build .` at its root, CGO off.
+    "sample-apiserver": _build_module_root(MODULES["sample-apiserver"], "sample-apiserver",
+                                           "-s -w"),
     "traefik": _build_traefik,
     "metallb": _build_metallb,
 }

@@ -62,7 +62,7 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from haku.dev import addons, config, host, images, releases, toolchain, worker_ca
+from haku.dev import addons, config, host, images, registry, releases, toolchain, worker_ca
 from haku.dev import worker_net as wnet
 from haku.dev.layout import Layout
 from haku.dev.processes import ComponentFailed, ProcessSpec, Supervisor, log_tail
@@ -519,6 +519,8 @@ def _add(layout: Layout, worker: Worker, join: JoinCommand, bins: dict[str, Path
     paths.cni_conflist.write_text(cni_conflist(paths, net))
     paths.containerd_config.write_text(
         containerd_toml(paths, net, f"registry.k8s.io/pause:{versions.pause}"))
+    # Pulls of registry.k8s.io and docker.io go to the dev cluster's registry (its gateway).
+    registry.write_hosts(paths.containerd_hosts_dir, layout.registry_endpoint)
     record, _ = supervisor.start(ProcessSpec(
         containerd_name, [*net.nsenter(), "containerd", f"--config={paths.containerd_config}"],
         env=WORKER_ENV))

@@ -132,6 +132,10 @@ class WorkerPaths:
         return self.containerd_dir / "containerd.sock"
 
     @property
+    def containerd_hosts_dir(self) -> Path:  # config_path: hosts.toml of mirrored registries
+        return self.containerd_dir / "certs.d"
+
+    @property
     def cni_dir(self) -> Path:
         return self.root / "cni"
 
