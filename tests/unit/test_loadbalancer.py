@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from haku.dev import loadbalancer, toolchain, worker_net
+from haku.dev import loadbalancer, releases, toolchain, worker_net
 from haku.dev.layout import Layout
 from haku.dev.versions import Versions
 from tests.unit.test_exposure_toolchain import METALLB, _fake_go, _module
@@ -50,3 +50,10 @@ def test_the_build_refuses_a_module_without_its_install_manifest(
 def test_a_cache_without_the_manifest_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(loadbalancer.LoadBalancerError, match="haku dev build metallb"):
         loadbalancer.manifest(tmp_path)
+
+
+def test_nothing_is_installed_into_a_cluster_that_is_not_up(tmp_path: Path) -> None:
+    lay = Layout(state_dir=tmp_path)
+    assert "run `haku dev up` first" in (releases.admin_not_up(lay) or "")
+    with pytest.raises(loadbalancer.LoadBalancerError, match="is not up"):
+        loadbalancer.ensure(lay, lambda _: None)

@@ -118,10 +118,9 @@ def ensure(
     wanted = check_names(names)
     started = time.monotonic()
     report = Report()
-    if import_images and not releases.admin_containerd_running(layout):
-        raise AddonsError(f"the admin cluster at {layout.state_dir} is not up (its containerd "
-                          f"does not answer on {layout.containerd_socket}): run `haku dev up` "
-                          "first, or build only (`haku dev addons --build-only`)")
+    down = releases.admin_not_up(layout) if import_images else None
+    if down:
+        raise AddonsError(f"{down}, or build only (`haku dev addons --build-only`)")
     before = built(versions, cache)
     dirs = toolchain.ensure(wanted, versions, cache, progress=out)
     report.built = [n for n in wanted if n not in before]

@@ -389,10 +389,9 @@ def up(layout: Layout, printer: Printer | None = None, *, versions: Versions | N
     cache = cache or toolchain.cache_root()
     started = time.monotonic()
     report = Report(node_ip=layout.node_ip)
-    if not releases.admin_containerd_running(layout):
-        raise ExposureError(f"the admin cluster at {layout.state_dir} is not up (its containerd "
-                            f"does not answer on {layout.containerd_socket}): run `haku dev up` "
-                            "first")
+    down = releases.admin_not_up(layout)
+    if down:
+        raise ExposureError(down)
     component = toolchain.components(versions)["traefik"]
     report.built = not component.is_built(cache)
     directory = toolchain.ensure(["traefik"], versions, cache, progress=out)["traefik"]

@@ -108,10 +108,9 @@ def ensure(layout: Layout, printer: Printer | None = None, *, versions: Versions
     cache = cache or toolchain.cache_root()
     started = time.monotonic()
     report = Report()
-    if not releases.admin_containerd_running(layout):
-        raise LoadBalancerError(f"the admin cluster at {layout.state_dir} is not up (its "
-                                f"containerd does not answer on {layout.containerd_socket}): "
-                                "run `haku dev up` first")
+    down = releases.admin_not_up(layout)
+    if down:
+        raise LoadBalancerError(down)
     component = toolchain.components(versions)["metallb"]
     report.built = not component.is_built(cache)
     directory = toolchain.ensure(["metallb"], versions, cache, progress=out)["metallb"]

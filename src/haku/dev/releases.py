@@ -74,6 +74,14 @@ def is_built(kubernetes_version: str, cache: Path | None = None,
     return toolchain.components(versions)["kubernetes"].is_built(cache or toolchain.cache_root())
 
 
+def admin_not_up(layout: Layout) -> str | None:
+    """Why images cannot go into the admin node now (None: its containerd answers)."""
+    if admin_containerd_running(layout):
+        return None
+    return (f"the admin cluster at {layout.state_dir} is not up (its containerd does not "
+            f"answer on {layout.containerd_socket}): run `haku dev up` first")
+
+
 def admin_containerd_running(layout: Layout) -> bool:
     """Whether the admin node's containerd answers on its socket."""
     if not layout.node or not layout.containerd_socket.exists():
