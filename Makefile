@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance-build conformance-images exposure-build exposure loadbalancer clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance conformance-fast conformance-build conformance-images exposure-build exposure loadbalancer clean
 
 all: test
 
@@ -92,9 +92,20 @@ bench-backup: deps
 bench-migration: deps
 	$(VENV)/bin/python bench/migration.py $(BENCH_ARGS)
 
+## conformance: the upstream conformance suite ([Conformance], not [Serial]/[Disruptive]) against
+## a tenant with two dev workers on the etcd DataStore: builds e2e.test and the test images if
+## missing, makes the tenant, runs the specs in chunks, prints the summary (docs/conformance.md).
+## Its flags in CONFORMANCE_ARGS, e.g. CONFORMANCE_ARGS="--datastore postgres --parallel 6"
+conformance: deps
+	$(HAKU) dev conformance run $(CONFORMANCE_ARGS)
+
+## conformance-fast: the representative subset `make test` runs (a few minutes)
+conformance-fast: deps
+	$(HAKU) dev conformance run --fast $(CONFORMANCE_ARGS)
+
 ## conformance-build: what the conformance run (issue 16) needs, built and cached: e2e.test and
 ## agnhost at the Kubernetes version, the CNCF Distribution registry (e2e.test: ~27 min on 2
-## cores the first time; docs/conformance.md). Builds only: no suite yet.
+## cores the first time; docs/conformance.md). Builds only.
 conformance-build: venv
 	$(HAKU) dev build e2e agnhost registry
 

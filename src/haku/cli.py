@@ -259,6 +259,31 @@ def cmd_conformance_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_conformance_run(args: argparse.Namespace) -> int:
+    from haku.dev import conformance_run as conf
+
+    cluster = DevCluster(_layout(args), _versions(args))
+    patterns = list(args.focus) + (list(conf.FAST_SUBSET) if args.fast else [])
+    options = conf.Options(
+        out_dir=Path(args.out) if args.out else conf.default_out_dir(cluster.layout,
+                                                                       args.datastore),
+        patterns=patterns, parallel=args.parallel, chunk_size=args.chunk_size,
+        chunk_timeout=args.chunk_timeout * 60.0)
+    try:
+        outcome = conf.run(cluster, args.datastore, options)
+    except (conf.ConformanceRunError, WorkerError) as e:
+        print(f"haku: {e}", file=sys.stderr)
+        return 1
+    print()
+    print((outcome.out_dir / "summary.md").read_text(), end="")
+    print(f"wall time {outcome.seconds / 60:.1f} min; JUnit, summary and each chunk's log in "
+          f"{outcome.out_dir}")
+    unexplained = outcome.summary.unexplained
+    if unexplained:
+        print(f"{len(unexplained)} failures not explained by docs/conformance.md")
+    return 1 if unexplained else 0
+
+
 def cmd_deps(args: argparse.Namespace) -> int:
     installed = packages.install()
     print(f"installed: {' '.join(installed)}" if installed else "all Debian packages present")
@@ -691,7 +716,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--state-dir", help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
         sp.set_defaults(fn=fn)
     conformance = dev_sub.add_parser("conformance", help="the upstream conformance suite "
-                                     "(issue 16): its test images so far")
+                                     "(issue 16): its test images and its run")
     conformance_sub = conformance.add_subparsers(dest="conformance_command", required=True)
     test_images_p = conformance_sub.add_parser(
         "images", help="build e2e.test's images under their upstream names (cached) and push "
@@ -707,6 +732,27 @@ def parser() -> argparse.ArgumentParser:
     test_images_p.add_argument("--state-dir",
                                help=f"default: $HAKU_DEV_DIR or {default_state_dir()}")
     test_images_p.set_defaults(fn=cmd_conformance_images)
+    run_p = conformance_sub.add_parser(
+        "run", help="the suite against a tenant with two dev workers: cluster up, operator "
+        "in-cluster, e2e.test and the images built and pushed, the tenant made (or reused), "
+        "the specs run in chunks; JUnit and a summary in --out (exit 1 if a failure is not "
+        "one docs/conformance.md explains)")
+    cluster_args(run_p)
+    run_p.add_argument("--datastore", default="etcd", choices=("etcd", "postgres", "mariadb"),
+                       help="the tenant's DataStore (default: etcd)")
+    run_p.add_argument("--fast", action="store_true",
+                       help="only the representative subset `make test` runs (a few minutes)")
+    run_p.add_argument("--focus", action="append", default=[], metavar="REGEX",
+                       help="only the specs whose name matches (Python regex; repeatable)")
+    run_p.add_argument("--parallel", type=int, default=4,
+                       help="chunks run at the same time (default: 4)")
+    run_p.add_argument("--chunk-size", type=int, default=12,
+                       help="specs per chunk (default: 12)")
+    run_p.add_argument("--chunk-timeout", type=float, default=40.0, metavar="MINUTES",
+                       help="a chunk is stopped after this (default: 40)")
+    run_p.add_argument("--out", help="the report directory (default: "
+                       "<state>/conformance/<datastore>-<time>)")
+    run_p.set_defaults(fn=cmd_conformance_run)
     deps = dev_sub.add_parser("deps", help="apt-get install the Debian packages it needs")
     deps.set_defaults(fn=cmd_deps)
 

@@ -329,7 +329,8 @@ def test_the_conformance_plan() -> None:
     ids = [p.image_id for p in CONFORMANCE_IMAGES]
     assert len(ids) == len(set(ids)) == 11
     assert {p.source for p in CONFORMANCE_IMAGES} <= {
-        conformance.MODULE_PROXY, conformance.DEBIAN, conformance.TINY, conformance.EXISTING}
+        conformance.MODULE_PROXY, conformance.DEBIAN, conformance.TINY, conformance.RELEASE,
+        conformance.EXISTING}
     by_id = {p.image_id: p.image for p in CONFORMANCE_IMAGES}
     assert by_id["Pause"].ref == "registry.k8s.io/pause:3.10.2"
     assert by_id["Agnhost"].ref == "registry.k8s.io/e2e-test-images/agnhost:2.66.1"

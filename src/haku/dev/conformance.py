@@ -117,10 +117,12 @@ def manifest_tags(manifest_go: str) -> dict[str, tuple[str, str, str]]:
 
 
 # How Haku provides an image (docs/conformance.md): compiled from the Go module proxy,
-# assembled from Debian packages, or a small program of Haku's own in upstream's behaviour.
+# assembled from Debian packages, a small program of Haku's own in upstream's behaviour, or
+# built from an upstream release tarball.
 MODULE_PROXY = "module proxy"
 DEBIAN = "Debian package"
 TINY = "tiny program"
+RELEASE = "upstream release"  # a C project's release tarball, built as upstream builds it
 EXISTING = "already built by Haku"
 
 
@@ -130,7 +132,7 @@ class PlannedImage:
 
     image_id: str  # the ImageID in test/utils/image/manifest.go
     image: Image
-    source: str  # one of MODULE_PROXY, DEBIAN, TINY, EXISTING
+    source: str  # one of MODULE_PROXY, DEBIAN, TINY, RELEASE, EXISTING
     how: str
     used_by: str
 
@@ -154,9 +156,10 @@ CONFORMANCE_IMAGES: tuple[PlannedImage, ...] = (
                  "the same agnhost build under the older tag (the tests only need an image "
                  "that differs from 2.66.1 and runs agnhost)",
                  "Deployment, Pods patch, kubectl diff"),
-    PlannedImage("BusyBox", Image(f"{_E2E}/busybox", "1.37.0-2"), DEBIAN,
-                 "busybox-static from Debian, checked against upstream's 1.37 behaviour (1.35's "
-                 "ash drops environment names such as `data-1`; four tests depend on it)",
+    PlannedImage("BusyBox", Image(f"{_E2E}/busybox", "1.37.0-2"), RELEASE,
+                 "busybox 1.37.0 built from upstream's release (its default configuration, "
+                 "static); not Debian's, whose ash drops environment names such as `data-1` "
+                 "that four tests pass through `sh`",
                  "volumes, downward API, ConfigMap/Secret env, init containers"),
     PlannedImage("Pause", Image("registry.k8s.io/pause", "3.10.2"), EXISTING,
                  "Haku's pause image (PAUSE_VERSION), already written by the dev cluster",

@@ -20,11 +20,11 @@ The images (upstream's Dockerfiles in ``k8s.io/kubernetes/test/images`` are the 
   cached CoreDNS), the porter's ``/localhost.crt`` and ``/localhost.key``, ``/uploads``, and
   upstream's user ``user-defined-in-image`` (1000) in group ``group-defined-in-image`` (50000).
   The 2.55 tag differs only by a label (its own digest; the same layers).
-- **busybox** 1.37.0-2: Debian's ``busybox-static`` 1.37 (trixie's, the version upstream's
-  image has), every applet linked in ``/bin``. Known gap: its ``sh`` (ash), like bookworm's
-  1.35, drops environment names that are not shell names (``data-1``) from what it passes on,
-  so ``sh -c env`` does not print them, which four Secret/ConfigMap environment tests expect
-  (bash keeps them); not resolved yet.
+- **busybox** 1.37.0-2: busybox 1.37.0 (the version upstream's image has) built from
+  upstream's release tarball with its default configuration, static, every applet linked in
+  ``/bin``. Not Debian's ``busybox-static``: Debian reverts upstream's ash change that passes
+  environment names that are not shell names (``data-1``) on to children, and four
+  Secret/ConfigMap environment tests run ``sh -c env`` and expect them.
 - **pause** and **etcd**: Haku's own images (``images.image_specs``); etcd also under the tag
   ``e2e.test`` asks for.
 - **glibc-dns-testing**: agnhost's Debian layer (``dig`` on glibc) and ``/coredns``.
@@ -64,8 +64,6 @@ DEBIAN = "http://deb.debian.org/debian"
 SUITES = {
     "bookworm": (f"deb {DEBIAN} bookworm main", f"deb {DEBIAN} bookworm-updates main",
                  "deb http://deb.debian.org/debian-security bookworm-security main"),
-    "trixie": (f"deb {DEBIAN} trixie main", f"deb {DEBIAN} trixie-updates main",
-               "deb http://deb.debian.org/debian-security trixie-security main"),
 }
 # The e2e.test (v1.37.2) tags of the images Haku builds; docs/conformance.md has the table.
 AGNHOST_TAGS = ("2.66.1", "2.55")
@@ -203,8 +201,6 @@ NGINX_ROOT = DebianRoot(
         'ln -sf /dev/stderr "$1"/var/log/nginx/error.log',
     ),
 )
-# Only busybox-static's files (variant extract: unpacked, no other package).
-BUSYBOX_ROOT = DebianRoot("busybox", "trixie", ("busybox-static",), variant="extract")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,29 +385,49 @@ def nginx_image(ctx: Context) -> BuiltImage:
                            lambda out: oci.write_layered_image(name, config, [base], out))
 
 
+# Upstream's busybox 1.37.0 release, unmodified: Debian's pool serves it as the "orig" tarball
+# of its package (Debian's own build reverts upstream's ash change that passes environment
+# names such as data-1 on to children, which four Conformance tests rely on).
+BUSYBOX_VERSION = "1.37.0"
+BUSYBOX_SOURCE = f"{DEBIAN}/pool/main/b/busybox/busybox_{BUSYBOX_VERSION}.orig.tar.bz2"
+BUSYBOX_SHA256 = "3311dff32e746499f4df0d5df04d7eb396382d7e108bb9250e7b519b837043a4"
+BUSYBOX_BUILD_TIMEOUT = 20 * 60.0
+
+
 def busybox_binary(ctx: Context) -> Path:
-    """trixie's busybox-static (1.37), cached; ``HAKU_BUSYBOX=host`` takes /bin/busybox."""
+    """busybox 1.37.0 built from upstream's release with its default configuration, static
+    (as the official image the e2e image mirrors), cached; ``HAKU_BUSYBOX=host`` takes
+    /bin/busybox."""
     if os.environ.get("HAKU_BUSYBOX") == "host":
         return Path("/bin/busybox")
-    key = BUSYBOX_ROOT.key()
+    key = _key(LAYOUT, BUSYBOX_SOURCE, BUSYBOX_SHA256, "defconfig", "CONFIG_STATIC=y")
     out = ctx.directory / f"busybox-{key}" / "busybox"
     if out.is_file():
         return out
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".extract-") as tmp:
-        tarball = _rootfs_tarball(BUSYBOX_ROOT, Path(tmp))
-        _run(["tar", "-xf", str(tarball), "-C", tmp, "--wildcards", "*bin/busybox"],
-             "tar (busybox-static)", 120)
-        found = [p for p in (Path(tmp) / "usr/bin/busybox", Path(tmp) / "bin/busybox")
-                 if p.is_file() and not p.is_symlink()]
-        if not found:
-            raise TestImageError(f"busybox-static of {BUSYBOX_ROOT.suite} has no bin/busybox")
-        shutil.copyfile(found[0], out.with_suffix(".tmp"))
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
+        tarball = Path(tmp) / "busybox.tar.bz2"
+        ctx.printer(f"  busybox {BUSYBOX_VERSION}: fetching upstream's release ({BUSYBOX_SOURCE})")
+        _run(["curl", "-fsSL", "--retry", "3", "-o", str(tarball), BUSYBOX_SOURCE],
+             "downloading busybox's source", 300)
+        digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        if digest != BUSYBOX_SHA256:
+            raise TestImageError(f"{BUSYBOX_SOURCE} has sha256 {digest}, not {BUSYBOX_SHA256}")
+        _run(["tar", "-xjf", str(tarball), "-C", tmp], "tar (busybox source)", 120)
+        source = Path(tmp) / f"busybox-{BUSYBOX_VERSION}"
+        _run(["make", "-C", str(source), "defconfig"], "busybox make defconfig", 300)
+        config = source / ".config"
+        config.write_text(config.read_text().replace("# CONFIG_STATIC is not set",
+                                                     "CONFIG_STATIC=y"))
+        ctx.printer(f"  busybox {BUSYBOX_VERSION}: make (1-2 min on 2 cores)")
+        _run(["make", "-C", str(source), f"-j{os.cpu_count() or 2}"], "busybox make",
+             BUSYBOX_BUILD_TIMEOUT)
+        shutil.copyfile(source / "busybox", out.with_suffix(".tmp"))
         out.with_suffix(".tmp").chmod(0o755)
         out.with_suffix(".tmp").rename(out)
-    ctx.printer(f"  busybox-static of Debian {BUSYBOX_ROOT.suite} (mmdebstrap --variant=extract) "
-                f"in {time.monotonic() - started:.0f}s")
+    ctx.printer(f"  busybox {BUSYBOX_VERSION} built from upstream's release in "
+                f"{time.monotonic() - started:.0f}s")
     return out
 
 
