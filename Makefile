@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration conformance conformance-fast conformance-build conformance-images exposure-build exposure loadbalancer clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration bench-conformance conformance conformance-fast conformance-build conformance-images exposure-build exposure loadbalancer clean
 
 all: test
 
@@ -102,6 +102,12 @@ conformance: deps
 ## conformance-fast: the representative subset `make test` runs (a few minutes)
 conformance-fast: deps
 	$(HAKU) dev conformance run --fast $(CONFORMANCE_ARGS)
+
+## bench-conformance: build times of e2e.test, agnhost, sample-apiserver (recorded and cached),
+## the test images built and pushed, and a conformance run's wall time (JSON on stdout); its flags
+## in BENCH_ARGS, e.g. BENCH_ARGS="--fast" or "--cold" (cold builds, about 20 CPU-minutes)
+bench-conformance: deps
+	$(VENV)/bin/python bench/conformance.py $(BENCH_ARGS)
 
 ## conformance-build: what the conformance run (issue 16) needs, built and cached: e2e.test and
 ## agnhost at the Kubernetes version, the CNCF Distribution registry (e2e.test: ~27 min on 2

@@ -270,7 +270,8 @@ def cmd_conformance_run(args: argparse.Namespace) -> int:
         patterns=patterns, parallel=args.parallel, chunk_size=args.chunk_size,
         chunk_timeout=args.chunk_timeout * 60.0)
     try:
-        outcome = conf.run(cluster, args.datastore, options)
+        outcome = conf.run(cluster, args.datastore, options,
+                           lambda line: print(line, flush=True))
     except (conf.ConformanceRunError, WorkerError) as e:
         print(f"haku: {e}", file=sys.stderr)
         return 1
