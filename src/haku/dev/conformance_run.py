@@ -18,7 +18,6 @@ The steps (docs/conformance.md):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -34,13 +33,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
-from lightkube.resources.core_v1 import Node, Secret
 
-from haku.api import conditions
-from haku.api.resources import TenantControlPlane
-from haku.dev import addons, samples, test_images, toolchain
+from haku.dev import addons, demo, samples, test_images, toolchain
 from haku.dev import worker as workers
 from haku.dev.cluster import DevCluster
 from haku.dev.conformance_suite import (
@@ -59,7 +55,6 @@ from haku.dev.conformance_suite import (
 )
 from haku.dev.layout import Layout
 from haku.errors import HakuError
-from haku.tenant import access
 
 Printer = Callable[[str], None]
 
@@ -331,67 +326,33 @@ async def prepare_tenant(cluster: DevCluster, datastore: str = "etcd", workers_w
         await client.apply(from_dict(doc), force=True)
         out(f"TenantControlPlane {NAMESPACE}/{name} on DataStore "
             f"{samples.DATASTORE_NAMES[datastore]} (CoreDNS, kube-proxy, Konnectivity):")
-        status = await _wait_condition(client, name, "Ready", timeout, out)
-        secret = await client.get(Secret, status["kubeconfig"]["admin"]["secretName"],
-                                  namespace=NAMESPACE)
-        path = lay.state_dir / "tenants" / f"{name}.kubeconfig"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(base64.b64decode((secret.data or {})["admin.conf"]))
-        path.chmod(0o600)
-        await _join_workers(lay, client, name, workers_wanted, out)
-        await _wait_condition(client, name, "KonnectivityConnected", timeout, out)
+        try:
+            status = await demo.wait_condition(client, NAMESPACE, name, "Ready", timeout, out)
+            path = await demo.save_admin_kubeconfig(client, lay, NAMESPACE, name, status)
+            await _join_workers(lay, f"{NAMESPACE}/{name}", workers_wanted, out)
+            await demo.wait_condition(client, NAMESPACE, name, "KonnectivityConnected",
+                                      timeout, out)
+        except TimeoutError as e:
+            raise ConformanceRunError(str(e)) from None
         return path
     finally:
         await client.close()
 
 
-async def _wait_condition(client: AsyncClient, name: str, ctype: str, timeout: float,
-                          out: Printer) -> dict[str, Any]:
-    started, last = time.monotonic(), ""
-    while True:
-        try:
-            got = await client.get(TenantControlPlane, name, namespace=NAMESPACE)
-            status = got.to_dict().get("status") or {}  # type: ignore[no-untyped-call]
-        except ApiError:
-            status = {}
-        cond = conditions.find(status.get("conditions"), ctype)
-        line = (f"{cond['status']} ({cond['reason']}: {cond['message']})" if cond
-                else "waiting for the operator")
-        if line != last:
-            out(f"  {time.monotonic() - started:5.1f}s  {ctype}={line}")
-            last = line
-        if cond and cond["status"] == "True":
-            return status
-        if time.monotonic() - started > timeout:
-            raise ConformanceRunError(f"tenant {NAMESPACE}/{name}: {ctype} not True after "
-                                      f"{timeout:.0f}s: {last}")
-        await asyncio.sleep(1.0)
-
-
-async def _join_workers(lay: Layout, client: AsyncClient, name: str, wanted: int,
-                        out: Printer) -> None:
-    tenant = f"{NAMESPACE}/{name}"
+async def _join_workers(lay: Layout, tenant: str, wanted: int, out: Printer) -> None:
     ready = [w for w in workers.list_workers(lay) if w.tenant == tenant and w.state == "ready"]
     for w in ready:
         out(f"  worker {w.name} (node {w.node_name}) already joined")
-    if len(ready) >= wanted:
-        return
-    tenant_access = await access.load(client, NAMESPACE, name)
     for _ in range(wanted - len(ready)):
-        join = await access.create_join_command(tenant_access, timedelta(minutes=30))
-        tclient = tenant_access.client()
-        try:
-            nodes = frozenset([str(n.metadata.name) async for n in tclient.list(Node)
-                               if n.metadata])
-        finally:
-            await tclient.close()
-        stale = {n for n in nodes if n.startswith(f"{name}-w")} - {
-            w.node_name for w in workers.list_workers(lay) if w.tenant == tenant}
+        join = await workers.tenant_join(lay.admin_kubeconfig, tenant, timedelta(minutes=30))
+        mine = {w.node_name for w in workers.list_workers(lay) if w.tenant == tenant}
+        prefix = tenant.split("/", 1)[1] + "-w"
+        stale = {n for n in join.nodes if n.startswith(prefix)} - mine
         for node in sorted(stale):  # Nodes of workers gone with an earlier `haku dev down`
             out(f"  node {node} of an earlier worker: "
-                + workers.delete_node(lay.bin / "kubectl", tenant_access.kubeconfig, node))
-        await asyncio.to_thread(workers.add, lay, tenant, join, printer=out,
-                                avoid_nodes=nodes - stale)
+                + workers.delete_node(lay.bin / "kubectl", join.kubeconfig, node))
+        await asyncio.to_thread(workers.add, lay, tenant, join.join, printer=out,
+                                avoid_nodes=join.nodes - stale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +387,6 @@ def write_run_info(out_dir: Path, info: dict[str, Any]) -> None:
 def run(cluster: DevCluster, datastore: str, options: Options, out: Printer = print) -> Outcome:
     """Everything ``make conformance`` does: the dev cluster up, the operator in-cluster (as
     ``make demo`` installs it), the tools and images, the tenant and its workers, the suite."""
-    from haku.dev import demo
     from haku.dev.cluster import OPERATOR
 
     if datastore not in samples.DATASTORE_NAMES:

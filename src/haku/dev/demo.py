@@ -20,6 +20,7 @@ from haku.api import conditions
 from haku.api.resources import TenantControlPlane
 from haku.dev import images, operator_image, samples, worker
 from haku.dev.cluster import OPERATOR, DevCluster, DevClusterError
+from haku.dev.layout import Layout
 
 TENANT, NAMESPACE = "demo", "tenants"
 NAMESPACE_OPERATOR = "haku-system"
@@ -88,6 +89,44 @@ async def _wait_operator(cluster: DevCluster, out: Any, timeout: float) -> str:
         await client.close()
 
 
+async def wait_condition(client: AsyncClient, namespace: str, name: str, ctype: str,
+                         timeout: float, out: Any = print) -> dict[str, Any]:
+    """Wait until TenantControlPlane ``namespace/name`` has condition ``ctype`` True, printing
+    each change of it; returns the status. TimeoutError says the last one seen."""
+    started, last = time.monotonic(), ""
+    while True:
+        try:
+            got = await client.get(TenantControlPlane, name, namespace=namespace)
+            status = got.to_dict().get("status") or {}  # type: ignore[no-untyped-call]
+        except ApiError:
+            status = {}
+        cond = conditions.find(status.get("conditions"), ctype)
+        line = (f"{cond['status']} ({cond['reason']}: {cond['message']})" if cond
+                else "waiting for the operator")
+        if line != last:
+            out(f"  {time.monotonic() - started:5.1f}s  {ctype}={line}")
+            last = line
+        if cond and cond["status"] == "True":
+            return status
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"tenant {namespace}/{name}: {ctype} not True after "
+                               f"{timeout:.0f}s: {last}")
+        await asyncio.sleep(0.5)
+
+
+async def save_admin_kubeconfig(client: AsyncClient, layout: Layout, namespace: str, name: str,
+                                status: dict[str, Any]) -> Path:
+    """The tenant's admin kubeconfig (the Secret its status names), written 0600 to
+    ``<state>/tenants/<name>.kubeconfig``."""
+    secret = await client.get(Secret, status["kubeconfig"]["admin"]["secretName"],
+                              namespace=namespace)
+    path = layout.state_dir / "tenants" / f"{name}.kubeconfig"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(base64.b64decode((secret.data or {})["admin.conf"]))
+    path.chmod(0o600)
+    return path
+
+
 async def _apply_and_wait(cluster: DevCluster, out: Any, timeout: float) -> Path:
     lay = cluster.layout
     client = AsyncClient(KubeConfig.from_file(lay.admin_kubeconfig), field_manager="haku-demo",
@@ -100,33 +139,11 @@ async def _apply_and_wait(cluster: DevCluster, out: Any, timeout: float) -> Path
         await client.apply(from_dict(samples.tenant_control_plane(
             TENANT, NAMESPACE, samples.DATASTORE_NAMES["etcd"], cluster.versions.kubernetes,
             service_type="NodePort", port=PORT, addons=True)), force=True)
-        started, last = time.monotonic(), ""
-        while True:
-            try:
-                got = await client.get(TenantControlPlane, TENANT, namespace=NAMESPACE)
-                obj = got.to_dict()  # type: ignore[no-untyped-call]
-            except ApiError:
-                obj = {}
-            status = obj.get("status") or {}
-            ready = conditions.find(status.get("conditions"), "Ready")
-            line = (f"{ready['status']} ({ready['reason']}: {ready['message']})" if ready
-                    else "waiting for the operator")
-            if line != last:
-                out(f"  {time.monotonic() - started:5.1f}s  Ready={line}")
-                last = line
-            if ready and ready["status"] == "True":
-                break
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"tenant {NAMESPACE}/{TENANT} not Ready after {timeout:.0f}s: "
-                                   f"{last}; see {lay.logs / (OPERATOR + '.log')}")
-            await asyncio.sleep(0.5)
-        secret = await client.get(Secret, status["kubeconfig"]["admin"]["secretName"],
-                                  namespace=NAMESPACE)
-        path = lay.state_dir / "tenants" / f"{TENANT}.kubeconfig"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(base64.b64decode((secret.data or {})["admin.conf"]))
-        path.chmod(0o600)
-        return path
+        try:
+            status = await wait_condition(client, NAMESPACE, TENANT, "Ready", timeout, out)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; see {lay.logs / (OPERATOR + '.log')}") from None
+        return await save_admin_kubeconfig(client, lay, NAMESPACE, TENANT, status)
     finally:
         await client.close()
 
