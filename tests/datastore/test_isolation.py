@@ -55,6 +55,17 @@ async def test_each_tenant_reaches_only_its_own_space(
             for me, own in ((as_a, "/iso-a/registry/x"), (as_b, "/iso-b/registry/x")):
                 rc, out, _ = await me.etcdctl("get", "--prefix", own.rsplit("/", 1)[0] + "/")
                 assert rc == 0 and own in out
+            # The compaction record every API server shares (kube-apiserver's compact_rev_key:
+            # a revision number): each reads and writes exactly that key, nothing around it.
+            for me in (as_a, as_b):
+                rc, out, err = await me.etcdctl("put", "compact_rev_key", "0")
+                assert rc == 0, err
+                rc, out, err = await me.etcdctl("get", "compact_rev_key", "--print-value-only")
+                assert rc == 0 and out.strip() == "0", (out, err)
+                for key in ("compact_rev_key2", "compact_rev_ke", "compact"):
+                    assert "permission denied" in await me.write_read(key), key
+                rc, _, err = await me.etcdctl("get", "--prefix", "compact")
+                assert rc != 0 and "permission denied" in err
         else:
             own_a, _ = driver.physical_names(A)
             own_b, _ = driver.physical_names(B)

@@ -144,7 +144,7 @@ def test_a_failed_suite_node_counts_and_the_merged_junit_reads_back() -> None:
                Result("[sig-a] x [Conformance]", "passed", 2.0)]
     summary = summarize([Spec("[sig-a] x [Conformance]")], results)
     assert summary.by_sig["suite"].failed == 1
-    assert summary.failures[0]["reason"] == "nodes not ready"
+    assert summary.failures[0]["reason"] == "nodes not ready more"
     again = parse_junit(merged_junit(results))
     assert [(r.name, r.state, r.seconds) for r in again] == [
         ("[SynchronizedBeforeSuite]", "failed", 1.0), ("[sig-a] x [Conformance]", "passed", 2.0)]
@@ -162,7 +162,10 @@ def test_an_expected_spec_that_was_skipped_is_not_a_pass() -> None:
 
 
 def test_first_line_and_known_gaps() -> None:
-    assert first_line("\n\n  [FAILED] x  \nmore") == "[FAILED] x"
+    assert first_line("\n\n  [FAILED] x  \nmore") == "[FAILED] x more"
+    assert first_line("[FAILED] Expected\n    <int>: 440\nto be ==\n    <int>: 400\n"
+                      "In [It] at: chunking.go:202\nlater") == \
+        "[FAILED] Expected <int>: 440 to be == <int>: 400"
     assert first_line("") == "(no message)"
     assert first_line("y" * 400, limit=10) == "y" * 9 + "…"
     assert known_gap("[sig-node] Pods should be updated [Conformance]") is None

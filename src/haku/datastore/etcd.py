@@ -2,7 +2,11 @@
 
 The tenant's user has no password: etcd (``--client-cert-auth``) takes the CN of the client
 certificate as the user, and Haku signs that certificate with the DataStore's CA. The role
-grants readwrite on ``/<schema>/`` (the trailing slash keeps ``/a`` from covering ``/aa``).
+grants readwrite on ``/<schema>/`` (the trailing slash keeps ``/a`` from covering ``/aa``)
+and on the one key :data:`COMPACT_REV_KEY`: compaction is global to an etcd cluster, and the
+tenants' API servers take turns at it through that key as the API servers of one cluster do
+(kube-apiserver's ``compact_rev_key``, outside ``--etcd-prefix``); its watch cache learns
+from it which revisions are gone. The key holds a revision number, no tenant's data.
 Haku itself connects with the DataStore's client certificate (normally the ``root`` user).
 A tenant whose user or role would be ``root`` or that administrator is refused before any
 request: granting the ``root`` role to a tenant user would make it an administrator.
@@ -75,6 +79,9 @@ RESERVED = ("root",)  # etcd's administrator user and role
 AUTH_NOT_ENABLED = "authentication is not enabled"  # etcd's ErrAuthNotEnabled
 AUTH_FAILED = "authentication failed"  # ErrAuthFailed: "…, invalid user ID or password"
 OWNER_PREFIX = b"haku.dev/owner/"
+# kube-apiserver's compaction record (k8s.io/apiserver storage/etcd3 compactRevKey): shared by
+# every API server on the etcd cluster, read and written by each (see the module's docstring).
+COMPACT_REV_KEY = b"compact_rev_key"
 # Puts per Txn when loading a snapshot (etcd's --max-txn-ops defaults to 128). The keys of one
 # Txn share a revision; the order between Txns is the snapshot's.
 LOAD_BATCH = 100
@@ -330,8 +337,21 @@ class EtcdDriver:
 
     @staticmethod
     def _role_is_tenants(perms: list[Any], prefix: bytes) -> bool:
-        """No permission but on the tenant's own prefix range (of any type)."""
-        return all(p.key == prefix and p.range_end == range_end(prefix) for p in perms)
+        """No permission but on the tenant's own prefix range and on the compaction record
+        (of any type)."""
+        return all((p.key == prefix and p.range_end == range_end(prefix)) or
+                   (p.key == COMPACT_REV_KEY and not p.range_end) for p in perms)
+
+    @staticmethod
+    def _missing_permissions(perms: list[Any] | None, prefix: bytes) -> list[Any]:
+        """The readwrite permissions the tenant's role lacks: its prefix range and the
+        compaction record."""
+        wanted = [rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
+                                 range_end=range_end(prefix)),
+                  rpc.Permission(permType=rpc.Permission.READWRITE, key=COMPACT_REV_KEY)]
+        return [w for w in wanted if not any(
+            p.permType == rpc.Permission.READWRITE and p.key == w.key and
+            p.range_end == w.range_end for p in perms or [])]
 
     @staticmethod
     def _refuse_held(tenant: Tenant, schema: str, held: tuple[str | None, str | None]
@@ -409,9 +429,8 @@ class EtcdDriver:
                                   "it alone")
             if seen.held != (tenant.owner, tenant.owner):
                 await self._claim(tenant, schema, seen.held)
-        ready_role = perms is not None and any(p.permType == rpc.Permission.READWRITE
-                                               for p in perms)
-        if roles == [schema] and ready_role:
+        missing = self._missing_permissions(perms, prefix)
+        if roles == [schema] and not missing:
             return  # fully provisioned
         if roles is None:
             await self._call(f"adding etcd user {user!r}", self.auth.UserAdd,
@@ -422,10 +441,8 @@ class EtcdDriver:
             await self._call(f"adding etcd role {schema!r}", self.auth.RoleAdd,
                              rpc.AuthRoleAddRequest(name=schema),
                              tolerate=("role name already exists",))
-        if not ready_role:
-            permission = rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
-                                        range_end=range_end(prefix))
-            await self._call(f"granting {prefix!r} to role {schema!r}",
+        for permission in missing:  # a role of an older Haku gets the compaction record
+            await self._call(f"granting {permission.key!r} to role {schema!r}",
                              self.auth.RoleGrantPermission,
                              rpc.AuthRoleGrantPermissionRequest(name=schema, perm=permission))
         if roles != [schema]:
@@ -489,16 +506,16 @@ class EtcdDriver:
 
     async def verify_tenant(self, tenant: Tenant) -> bool:
         """Three reads at once (owner records, the role, the user): recorded as this
-        tenant's owner, the role holding readwrite on exactly the prefix, the user holding
-        exactly the role."""
+        tenant's owner, the role holding readwrite on exactly the prefix and the compaction
+        record, the user holding exactly the role."""
         schema, user = self.physical_names(tenant)
         prefix = prefix_of(schema)
         held, roles, perms = await asyncio.gather(
             self._owners(schema, tenant.user), self._roles_of(user), self._perms_of(schema))
         return (held == (tenant.owner, tenant.owner) and roles == [schema]
-                and perms is not None and len(perms) == 1
+                and perms is not None and len(perms) == 2
                 and self._role_is_tenants(perms, prefix)
-                and perms[0].permType == rpc.Permission.READWRITE)
+                and not self._missing_permissions(perms, prefix))
 
     async def holder(self, tenant: Tenant) -> tuple[str | None, str | None]:
         schema, _ = self.physical_names(tenant)

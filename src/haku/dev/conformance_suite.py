@@ -202,13 +202,21 @@ class Summary:
 
 
 def first_line(message: str, limit: int = 300) -> str:
-    """The part of a failure message that says what went wrong: its first non-empty line
-    (ginkgo puts the Gomega message or the framework's error there), shortened."""
+    """The part of a failure message that says what went wrong: its lines up to ginkgo's
+    ``In [It] at: file:line`` (a Gomega message spans several: ``Expected <int>: 440 to be
+    == <int>: 400``), joined, shortened."""
+    words: list[str] = []
     for line in message.splitlines():
         line = line.strip()
-        if line:
-            return line if len(line) <= limit else line[:limit - 1] + "…"
-    return "(no message)"
+        if line.startswith("In [") and words:
+            break
+        words += line.split()
+        if len(" ".join(words)) > limit:
+            break
+    text = " ".join(words)
+    if not text:
+        return "(no message)"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def summarize(expected: Sequence[Spec], results: Iterable[Result],
