@@ -262,6 +262,10 @@ def cmd_conformance_images(args: argparse.Namespace) -> int:
 def cmd_conformance_run(args: argparse.Namespace) -> int:
     from haku.dev import conformance_run as conf
 
+    if args.parallel < 1 or args.chunk_size < 1 or args.chunk_timeout <= 0:
+        print("haku: --parallel and --chunk-size must be at least 1, --chunk-timeout above 0",
+              file=sys.stderr)
+        return 2
     cluster = DevCluster(_layout(args), _versions(args))
     patterns = list(args.focus) + (list(conf.FAST_SUBSET) if args.fast else [])
     options = conf.Options(

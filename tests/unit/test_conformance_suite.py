@@ -65,6 +65,8 @@ def test_select_takes_the_matching_specs_and_refuses_a_pattern_that_matches_none
         "sig-apps", "sig-network"]
     with pytest.raises(ValueError, match="no spec matches"):
         select(kept, [r"DNS should provide", r"no such spec"])
+    with pytest.raises(ValueError, match="not a regular expression"):
+        select(kept, [r"DNS ("])
 
 
 def test_split_deals_round_robin_into_non_empty_chunks() -> None:

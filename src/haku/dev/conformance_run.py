@@ -157,7 +157,7 @@ def planned_specs(e2e: Path, patterns: Sequence[str] = ()) -> list[Spec]:
         try:
             specs = select(specs, patterns)
         except ValueError as e:
-            raise ConformanceRunError(f"the subset is out of date with e2e.test: {e}") from e
+            raise ConformanceRunError(f"--focus/--fast: {e}") from e
     return specs
 
 

@@ -71,7 +71,10 @@ def select(specs: Sequence[Spec], patterns: Sequence[str]) -> list[Spec]:
     """The specs whose name matches one of ``patterns`` (Python regular expressions, searched
     anywhere in the name); every pattern must match at least one spec, or ValueError names
     those that match none (a subset that silently shrank would prove nothing)."""
-    compiled = [re.compile(p) for p in patterns]
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error as e:
+        raise ValueError(f"not a regular expression: {e.pattern!r}: {e}") from e
     unmatched = [p.pattern for p in compiled if not any(p.search(s.name) for s in specs)]
     if unmatched:
         raise ValueError(f"no spec matches {unmatched}")
