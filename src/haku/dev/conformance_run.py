@@ -396,8 +396,8 @@ def run(cluster: DevCluster, datastore: str, options: Options, out: Printer = pr
     cluster.supervisor.stop(OPERATOR)  # a host operator of an earlier demo, if any
     out(f"operator: in-cluster, leader {demo.deploy_operator(cluster, out)}")
     e2e, kubectl = prepare_tools(cluster, out)
+    specs = planned_specs(e2e, options.patterns)  # a bad --focus is refused before the tenant
     kubeconfig = asyncio.run(prepare_tenant(cluster, datastore, out=out))
-    specs = planned_specs(e2e, options.patterns)
     outcome = run_suite(e2e, kubeconfig, kubectl, specs, options, out)
     write_run_info(outcome.out_dir, {
         "datastore": datastore, "kubernetes": cluster.versions.kubernetes,
