@@ -18,10 +18,7 @@ The steps (docs/conformance.md):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -173,11 +170,6 @@ def e2e_argv(e2e: Path, kubeconfig: Path, kubectl: Path, chunk: Chunk, timeout: 
             f"--e2e-output-dir={chunk.directory}", *extra]
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def run_chunk(chunk: Chunk, argv: Sequence[str], timeout: float) -> Chunk:
     """Run one chunk to its end or ``timeout`` (ginkgo's own timeout is the same, so it
     normally stops first and still writes its report; this one kills what hangs after)."""
@@ -191,10 +183,10 @@ def run_chunk(chunk: Chunk, argv: Sequence[str], timeout: float) -> Chunk:
             chunk.returncode = proc.wait(timeout=timeout + 120)
         except subprocess.TimeoutExpired:
             chunk.timed_out = True
-            _kill_group(proc)
+            toolchain.kill_group(proc)
             chunk.returncode = proc.wait()
         finally:
-            _kill_group(proc)  # what it started and left behind
+            toolchain.kill_group(proc)  # what it started and left behind
     chunk.seconds = time.monotonic() - started
     if chunk.junit.is_file():
         try:

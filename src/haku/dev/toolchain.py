@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from haku.dev.versions import Versions, parse_semver, staging_version
 from haku.errors import CommandTimedOut, HakuError
@@ -358,7 +359,7 @@ class GoBuilder:
                 now = time.monotonic()
                 if now >= deadline:
                     timed_out.set()
-                    _kill_group(proc)
+                    kill_group(proc)
                     return
                 if now >= next_report:
                     next_report += self.report_every
@@ -389,7 +390,7 @@ class GoBuilder:
         finally:
             done.set()
             if proc.poll() is None:  # interrupted: do not leave go compiling in the background
-                _kill_group(proc)
+                kill_group(proc)
                 proc.wait()
             thread.join()
             if proc.stdout is not None:
@@ -405,7 +406,8 @@ class GoBuilder:
         self.progress(f"  {label}: built in {elapsed:.0f}s ({compiled} packages compiled)")
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL ``proc``'s process group (started with ``start_new_session``), if any left."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
 
