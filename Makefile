@@ -8,7 +8,7 @@ HAKU   := $(VENV)/bin/haku
 PYTEST := $(VENV)/bin/pytest
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration bench-conformance conformance conformance-fast conformance-build conformance-images exposure-build exposure loadbalancer clean
+.PHONY: all venv deps bins demo down status test test-fast test-node lint helm-lint bench bench-cold bench-density bench-backup bench-migration bench-conformance bench-crd-deletion conformance conformance-fast conformance-build conformance-images exposure-build exposure loadbalancer clean
 
 all: test
 
@@ -91,6 +91,11 @@ bench-backup: deps
 ## shares the node tier's ports: not beside `make test`)
 bench-migration: deps
 	$(VENV)/bin/python bench/migration.py $(BENCH_ARGS)
+
+## bench-crd-deletion: how long deleting a fresh CRD takes, on the dev admin cluster or
+## (BENCH_ARGS="--kubeconfig /var/lib/haku/dev/tenants/<t>.kubeconfig") a tenant; JSON on stdout
+bench-crd-deletion: deps
+	$(VENV)/bin/python bench/crd_deletion.py $(BENCH_ARGS)
 
 ## conformance: the upstream conformance suite ([Conformance], not [Serial]/[Disruptive]) against
 ## a tenant with two dev workers on the etcd DataStore: builds e2e.test and the test images if

@@ -309,6 +309,7 @@ def cmd_operator_run(args: argparse.Namespace) -> int:
         namespace=args.namespace, leader_elect=not args.no_leader_elect,
         workers=args.workers, install_crds=not args.no_install_crds,
         lease_duration=args.lease_duration, drain_timeout=args.drain_timeout,
+        etcd_compaction_interval=args.etcd_compaction_interval,
         metrics_bind_address=args.metrics_bind_address,
         health_probe_bind_address=args.health_probe_bind_address)
     config = OperatorConfig(default_datastore=args.default_datastore,
@@ -829,6 +830,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=float, default=20.0,
                      help="on SIGTERM, seconds reconciles in flight may finish (the Lease is "
                           "renewed meanwhile) before they are cancelled")
+    run.add_argument("--etcd-compaction-interval", type=float, default=300.0,
+                     help="seconds between the compaction rounds the operator runs on etcd "
+                          "DataStores (tenants' API servers may not compact); 0: none, "
+                          "compaction left to etcd's own (default 300, kube-apiserver's)")
     run.add_argument("--no-install-crds", action="store_true")
     run.add_argument("--metrics-bind-address", default=":8080", type=_bind_address,
                      help="HOST:PORT or :PORT serving /metrics; 0 disables (default :8080)")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aetcd import rpc
 
 from haku.datastore import Driver, Tenant
+from haku.datastore.etcd import COMPACT_REV_KEY, CompactRound, EtcdDriver
 from haku.dev.cluster import DevCluster
 
 from .conftest import TenantClient, fresh_tenants, store_of
@@ -55,13 +57,19 @@ async def test_each_tenant_reaches_only_its_own_space(
             for me, own in ((as_a, "/iso-a/registry/x"), (as_b, "/iso-b/registry/x")):
                 rc, out, _ = await me.etcdctl("get", "--prefix", own.rsplit("/", 1)[0] + "/")
                 assert rc == 0 and own in out
-            # The compaction record every API server shares (kube-apiserver's compact_rev_key:
-            # a revision number): each reads and writes exactly that key, nothing around it.
+            # The compaction record (kube-apiserver's compact_rev_key: a revision number,
+            # written by the operator's compaction): each tenant reads exactly that key, may
+            # not write it (a write would stall or fake everyone's compaction) and may not
+            # compact (etcd allows that to its administrator only).
+            assert isinstance(driver, EtcdDriver)
+            await driver.compact_round(CompactRound())  # the key exists (written or not now)
+            written = (await driver.kv.Range(rpc.RangeRequest(key=COMPACT_REV_KEY))).kvs[0]
             for me in (as_a, as_b):
-                rc, out, err = await me.etcdctl("put", "compact_rev_key", "0")
-                assert rc == 0, err
                 rc, out, err = await me.etcdctl("get", "compact_rev_key", "--print-value-only")
-                assert rc == 0 and out.strip() == "0", (out, err)
+                assert rc == 0 and out.strip() == written.value.decode(), (out, err)
+                assert "permission denied" in await me.write_read("compact_rev_key")
+                rc, _, err = await me.etcdctl("compaction", "1")
+                assert rc != 0 and "permission denied" in err, err
                 for key in ("compact_rev_key2", "compact_rev_ke", "compact"):
                     assert "permission denied" in await me.write_read(key), key
                 rc, _, err = await me.etcdctl("get", "--prefix", "compact")

@@ -14,6 +14,7 @@ import pytest
 from haku.dev import conformance_run as run
 from haku.dev.conformance_suite import (
     SUITE,
+    Gap,
     Result,
     Spec,
     conformance_specs,
@@ -122,7 +123,7 @@ def test_junit_results_and_the_summary_per_sig() -> None:
     assert results[4].name.startswith("[sig-node] ConfigMap")  # "[It] " is dropped
     expected = [Spec(results[1].name), Spec(results[2].name), Spec(results[4].name),
                 Spec("[sig-storage] never ran [Conformance]")]
-    gaps = [(r"ConfigMap should be consumable via the environment", "the image lacks data-1")]
+    gaps = [Gap(r"ConfigMap should be consumable via the environment", "the image lacks data-1")]
     summary = summarize(expected, results, gaps)
     assert summary.passed == 1 and summary.failed == 2
     assert {s: (c.passed, c.failed) for s, c in summary.by_sig.items()} == {
@@ -171,7 +172,22 @@ def test_first_line_and_known_gaps() -> None:
     assert first_line("") == "(no message)"
     assert first_line("y" * 400, limit=10) == "y" * 9 + "…"
     assert known_gap("[sig-node] Pods should be updated [Conformance]") is None
-    assert known_gap("[sig-x] a [Conformance]", [(r"a \[Conf", "because")]) == "because"
+    assert known_gap("[sig-x] a [Conformance]", gaps=[Gap(r"a \[Conf", "because")]) == "because"
+    # A gap with a message explains that failure of the spec only.
+    crd = ("[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] "
+           "Simple CustomResourceDefinition creating/deleting custom resource definition "
+           "objects works [Conformance]")
+    assert known_gap(crd, "[FAILED] deleting CustomResourceDefinition: context deadline "
+                          "exceeded\nIn [It] at: x.go:76")
+    assert known_gap(crd, "[FAILED] creating CustomResourceDefinition: boom") is None
+    assert known_gap(
+        "[sig-api-machinery] CustomResourcePublishOpenAPI [Privileged:ClusterAdmin] works for "
+        "multiple CRDs of different groups [Conformance]",
+        "[FAILED] failed to delete CustomResourceDefinition(e2e-test-crd-publish-openapi-3628-"
+        "368-crds.crd-publish-openapi-test-foo.example.com): context deadline exceeded")
+    assert known_gap("[sig-node] Pods x [Conformance]",
+                     "deleting CustomResourceDefinition: context deadline exceeded") is None
+    assert known_gap(crd) is None
 
 
 def _stand_in(tmp_path: Path, body: str) -> Path:

@@ -149,6 +149,10 @@ def test_deployment_on_etcd() -> None:
     assert api["image"] == "registry.k8s.io/kube-apiserver:v1.37.2"
     assert "--etcd-prefix=/t1" in api["args"] and "--secure-port=6443" in api["args"]
     assert "--etcd-servers=https://10.245.0.1:12379" in api["args"]
+    # No compaction of its own (the operator compacts a shared etcd), but a non-zero
+    # interval, without which kube-apiserver never watches compact_rev_key.
+    assert [a for a in api["args"] if a.startswith("--etcd-compaction-interval")] == [
+        "--etcd-compaction-interval=8760h0m0s"]
     assert "--advertise-address=10.0.0.7" in api["args"] and api["args"][-1] == "--v=4"
     assert "--secure-port=1" not in api["args"]
     assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 6443,
@@ -247,6 +251,8 @@ def test_deployment_on_sql_runs_kine_with_the_password_out_of_argv() -> None:
     assert "--shutdown-delay-duration=5s" in args
     assert "--shutdown-watch-termination-grace-period=10s" in args
     assert "lifecycle" not in c["kube-apiserver"]
+    # Its own kine, its own compaction: kube-apiserver's default interval (no flag).
+    assert not [a for a in args if a.startswith("--etcd-compaction-interval")]
 
 
 def test_service_and_ingress() -> None:

@@ -21,6 +21,7 @@ from lightkube.resources.networking_v1 import Ingress, NetworkPolicy
 
 from haku.api import crds, policies
 from haku.api.resources import TenantControlPlane
+from haku.controller.compaction import INTERVAL, EtcdCompactor
 from haku.controller.datastore_status import RecentProbes, reconcile_datastore
 from haku.controller.events import EventRecorder
 from haku.controller.fencing import Fence
@@ -61,6 +62,9 @@ class RunOptions:
     # before they are cancelled and the Lease is released; 20 s leaves the release and the
     # rest of the shutdown inside deploy/'s terminationGracePeriodSeconds (30).
     drain_timeout: float = 20.0
+    # Seconds between the compaction rounds of etcd DataStores (haku.controller.compaction;
+    # kube-apiserver's default); 0 leaves compaction to someone else.
+    etcd_compaction_interval: float = INTERVAL
 
 
 def client_for(kubeconfig: Path | None) -> AsyncClient:
@@ -310,6 +314,9 @@ async def run(options: RunOptions, config: OperatorConfig,
                 client, parents=[Watcher(DataStore, SpecChanges())],
                 children=[Watcher(TenantControlPlane, datastore_of_tenant, namespace=ALL_NS)])),
         ]
+        compactor = EtcdCompactor(client, tenants.deps.drivers, fence,
+                                  options.etcd_compaction_interval)
+        runs.append(asyncio.create_task(compactor.run(stop)))
         stopping = asyncio.create_task(stop.wait())
         log.info("reconciling TenantControlPlanes with %d workers", options.workers)
         await asyncio.wait([*runs, stopping, *([holding] if holding else [])],

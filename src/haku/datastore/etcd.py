@@ -3,10 +3,12 @@
 The tenant's user has no password: etcd (``--client-cert-auth``) takes the CN of the client
 certificate as the user, and Haku signs that certificate with the DataStore's CA. The role
 grants readwrite on ``/<schema>/`` (the trailing slash keeps ``/a`` from covering ``/aa``)
-and on the one key :data:`COMPACT_REV_KEY`: compaction is global to an etcd cluster, and the
-tenants' API servers take turns at it through that key as the API servers of one cluster do
-(kube-apiserver's ``compact_rev_key``, outside ``--etcd-prefix``); its watch cache learns
-from it which revisions are gone. The key holds a revision number, no tenant's data.
+and read on the one key :data:`COMPACT_REV_KEY` (kube-apiserver's ``compact_rev_key``,
+outside ``--etcd-prefix``), which holds a revision number and no tenant's data: a tenant's
+API server watches it to learn which revisions are gone. Compaction is global to an etcd
+cluster and etcd allows it to its administrator only, so the operator compacts, as
+kube-apiserver does for the etcd it has alone (:meth:`EtcdDriver.compact_round`); a tenant
+may not write the key, which would stall everyone's compaction or fake it.
 Haku itself connects with the DataStore's client certificate (normally the ``root`` user).
 A tenant whose user or role would be ``root`` or that administrator is refused before any
 request: granting the ``root`` role to a tenant user would make it an administrator.
@@ -79,9 +81,11 @@ RESERVED = ("root",)  # etcd's administrator user and role
 AUTH_NOT_ENABLED = "authentication is not enabled"  # etcd's ErrAuthNotEnabled
 AUTH_FAILED = "authentication failed"  # ErrAuthFailed: "…, invalid user ID or password"
 OWNER_PREFIX = b"haku.dev/owner/"
-# kube-apiserver's compaction record (k8s.io/apiserver storage/etcd3 compactRevKey): shared by
-# every API server on the etcd cluster, read and written by each (see the module's docstring).
+# kube-apiserver's compaction record (k8s.io/apiserver storage/etcd3 compactRevKey): written
+# by the operator's compaction, read by every tenant's API server (the module's docstring).
 COMPACT_REV_KEY = b"compact_rev_key"
+# etcd's answer to a Compact at or below the revision already compacted (mvcc.ErrCompacted).
+ALREADY_COMPACTED = "required revision has been compacted"
 # Puts per Txn when loading a snapshot (etcd's --max-txn-ops defaults to 128). The keys of one
 # Txn share a revision; the order between Txns is the snapshot's.
 LOAD_BATCH = 100
@@ -118,6 +122,17 @@ def incarnation_user(user: str, owner: str) -> str:
     of sha256(owner). Certificates of an earlier tenant with the same user name name another
     etcd user, deleted with that tenant, so they reach nothing."""
     return f"{physical_name(user, USER_LIMIT - 9, USER_CHARS)}.{owner_tag(owner)}"
+
+
+@dataclass(frozen=True)
+class CompactRound:
+    """What one compaction round saw: the version of ``compact_rev_key`` and the etcd
+    revision then (the next round's compare and target), and the revision it compacted to
+    (0: none this round)."""
+
+    version: int = 0
+    revision: int = 0
+    compacted: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,13 +359,14 @@ class EtcdDriver:
 
     @staticmethod
     def _missing_permissions(perms: list[Any] | None, prefix: bytes) -> list[Any]:
-        """The readwrite permissions the tenant's role lacks: its prefix range and the
-        compaction record."""
+        """The permissions the tenant's role lacks, or holds of another type: readwrite on
+        its prefix range, read on the compaction record (granting one replaces the type of
+        the same key's permission: a role of the Haku that let tenants compact loses write)."""
         wanted = [rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
                                  range_end=range_end(prefix)),
-                  rpc.Permission(permType=rpc.Permission.READWRITE, key=COMPACT_REV_KEY)]
+                  rpc.Permission(permType=rpc.Permission.READ, key=COMPACT_REV_KEY)]
         return [w for w in wanted if not any(
-            p.permType == rpc.Permission.READWRITE and p.key == w.key and
+            p.permType == w.permType and p.key == w.key and
             p.range_end == w.range_end for p in perms or [])]
 
     @staticmethod
@@ -441,7 +457,7 @@ class EtcdDriver:
             await self._call(f"adding etcd role {schema!r}", self.auth.RoleAdd,
                              rpc.AuthRoleAddRequest(name=schema),
                              tolerate=("role name already exists",))
-        for permission in missing:  # a role of an older Haku gets the compaction record
+        for permission in missing:  # an older Haku's role: the compaction record, read only
             await self._call(f"granting {permission.key!r} to role {schema!r}",
                              self.auth.RoleGrantPermission,
                              rpc.AuthRoleGrantPermissionRequest(name=schema, perm=permission))
@@ -506,8 +522,8 @@ class EtcdDriver:
 
     async def verify_tenant(self, tenant: Tenant) -> bool:
         """Three reads at once (owner records, the role, the user): recorded as this
-        tenant's owner, the role holding readwrite on exactly the prefix and the compaction
-        record, the user holding exactly the role."""
+        tenant's owner, the role holding readwrite on exactly the prefix and read on the
+        compaction record, the user holding exactly the role."""
         schema, user = self.physical_names(tenant)
         prefix = prefix_of(schema)
         held, roles, perms = await asyncio.gather(
@@ -654,6 +670,32 @@ class EtcdDriver:
             etcd_prefix=f"/{schema}",
             files={"ca.crt": self.ca.cert_pem, "tls.crt": pair.cert_pem, "tls.key": pair.key_pem},
         )
+
+    # ------------------------------------------------------------------ compaction
+
+    async def compact_round(self, last: CompactRound) -> CompactRound:
+        """One round of kube-apiserver's compaction (k8s.io/apiserver storage/etcd3
+        ``Compact``), as the etcd cluster's administrator. One Txn: if ``compact_rev_key``
+        still has the version ``last`` saw, write it the revision ``last`` saw (every tenant's
+        API server watching the key learns it), else read the key (another compactor went:
+        learn its version, compact nothing); then, having written it, compact to that
+        revision. Rounds ``interval`` apart keep between one and two intervals of history."""
+        got = await self._call("taking the compaction turn", self.kv.Txn, rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VERSION,
+                                 key=COMPACT_REV_KEY, version=last.version)],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(
+                key=COMPACT_REV_KEY, value=str(last.revision).encode()))],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=COMPACT_REV_KEY))]))
+        now = got.header.revision
+        if not got.succeeded:
+            kvs = got.responses[0].response_range.kvs
+            return CompactRound(version=kvs[0].version if kvs else 0, revision=now)
+        if last.revision == 0:  # a first round: the revision to compact to comes next time
+            return CompactRound(version=last.version + 1, revision=now)
+        await self._call(f"compacting to revision {last.revision}", self.kv.Compact,
+                         rpc.CompactionRequest(revision=last.revision),
+                         tolerate=(ALREADY_COMPACTED,))
+        return CompactRound(version=last.version + 1, revision=now, compacted=last.revision)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -48,6 +48,10 @@ def kine_container(connection: TenantConnection, image: str, secret_name: str) -
     }
 
 
+# kube-apiserver's --etcd-compaction-interval for etcd tenants (see apiserver_storage_args).
+TENANT_COMPACTION_INTERVAL = "8760h0m0s"
+
+
 def apiserver_storage_args(connection: TenantConnection, socket: str = SOCKET,
                            tls_dir: str = ETCD_TLS_DIR) -> list[str]:
     """kube-apiserver flags for the tenant's storage."""
@@ -58,13 +62,14 @@ def apiserver_storage_args(connection: TenantConnection, socket: str = SOCKET,
             f"--etcd-cafile={tls_dir}/ca.crt",
             f"--etcd-certfile={tls_dir}/tls.crt",
             f"--etcd-keyfile={tls_dir}/tls.key",
-            # kube-apiserver's own compaction, every 5 min (upstream's default, set here so no
-            # extraArgs may change it: compaction is global to the etcd cluster, and a short
-            # interval would cut every tenant's history). The tenants' API servers take turns
-            # at it through the shared compact_rev_key (its role may write that one key),
-            # which also tells each watch cache which revisions are gone. With it off (0), a
-            # watch cache never learns of a compaction and list continuations never expire
-            # (a Conformance test failed so).
-            "--etcd-compaction-interval=5m0s",
+            # The API server does not compact: compaction is global to the etcd cluster and
+            # etcd allows it to its administrator only; the operator compacts etcd DataStores
+            # (haku.controller.compaction) and writes compact_rev_key, which the API server
+            # watches (its role may read that one key) to learn what its watch cache must
+            # drop. That watch starts only with a non-zero interval (0 starts no compactor
+            # at all: k8s.io/apiserver storagebackend/factory startCompactorOnce), so the
+            # interval is a year: the watch runs, a compaction of its own never comes (and
+            # would be refused). Set here so no extraArgs may change it (the CRD refuses it).
+            f"--etcd-compaction-interval={TENANT_COMPACTION_INTERVAL}",
         ]
     return [f"--etcd-servers=unix://{socket}"]
