@@ -32,6 +32,7 @@ from typing import Any
 
 from lightkube import AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
+from lightkube.resources.apps_v1 import Deployment
 
 from haku.dev import addons, demo, samples, test_images, toolchain
 from haku.dev import worker as workers
@@ -320,6 +321,9 @@ async def prepare_tenant(cluster: DevCluster, datastore: str = "etcd", workers_w
             f"{samples.DATASTORE_NAMES[datastore]} (CoreDNS, kube-proxy, Konnectivity):")
         try:
             status = await demo.wait_condition(client, NAMESPACE, name, "Ready", timeout, out)
+            # An operator just (re)deployed may be rolling the control plane to what it
+            # renders now: specs run against a pod on its way out fail for no reason.
+            await _wait_rolled_out(client, name, timeout, out)
             path = await demo.save_admin_kubeconfig(client, lay, NAMESPACE, name, status)
             await _join_workers(lay, f"{NAMESPACE}/{name}", workers_wanted, out)
             await demo.wait_condition(client, NAMESPACE, name, "KonnectivityConnected",
@@ -329,6 +333,29 @@ async def prepare_tenant(cluster: DevCluster, datastore: str = "etcd", workers_w
         return path
     finally:
         await client.close()
+
+
+async def _wait_rolled_out(client: AsyncClient, name: str, timeout: float,
+                           out: Printer) -> None:
+    """Until the tenant's control-plane Deployment runs only up-to-date, available pods."""
+    started = time.monotonic()
+    told = False
+    while True:
+        d = await client.get(Deployment, name, namespace=NAMESPACE)
+        spec, st = d.spec, d.status
+        want = spec.replicas if spec and spec.replicas is not None else 1
+        if st and d.metadata and st.observedGeneration == d.metadata.generation and \
+                st.replicas == st.updatedReplicas == st.availableReplicas == want:
+            if told:
+                out(f"    {time.monotonic() - started:.1f}s  control plane rolled out")
+            return
+        if time.monotonic() - started > timeout:
+            raise ConformanceRunError(f"Deployment {NAMESPACE}/{name} not rolled out after "
+                                      f"{timeout:.0f}s")
+        if not told:
+            out("    waiting for the control plane's rollout")
+            told = True
+        await asyncio.sleep(2.0)
 
 
 async def _join_workers(lay: Layout, tenant: str, wanted: int, out: Printer) -> None:
