@@ -120,8 +120,8 @@ class EtcdDatastore:
                 f"--key-file={d / 'server.key'}",
                 "--listen-metrics-urls=",
                 "--log-level=warn",
-                # No auto-compaction: the tenants' kube-apiservers compact (every 5 min, taking
-                # turns through compact_rev_key), so their watch caches know what is gone.
+                # No auto-compaction: the operator compacts (every 5 min) and writes
+                # compact_rev_key, from which the tenants' watch caches learn what is gone.
             ],
         )
 
