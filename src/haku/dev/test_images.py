@@ -100,14 +100,13 @@ class DebianRoot:
     def command(self, out: Path) -> list[str]:
         argv = ["mmdebstrap", f"--variant={self.variant}", f"--include={','.join(self.packages)}",
                 '--aptopt=Acquire::Languages "none"']
-        if self.variant != "extract":
-            if self.suite == "bookworm":
-                argv.append(f"--hook-dir={MERGED_USR_HOOKS}")
-            argv += [f"--dpkgopt={o}" for o in DPKG_OPTIONS]
-            argv += [f"--customize-hook={h}" for h in (  # the clean-up first: then the
-                'rm -rf "$1"/var/log/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old '
-                '"$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*',  # image's own hooks
-                *self.hooks)]
+        if self.suite == "bookworm":
+            argv.append(f"--hook-dir={MERGED_USR_HOOKS}")
+        argv += [f"--dpkgopt={o}" for o in DPKG_OPTIONS]
+        argv += [f"--customize-hook={h}" for h in (  # the clean-up first: then the image's
+            'rm -rf "$1"/var/log/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old '
+            '"$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*',  # own hooks
+            *self.hooks)]
         return [*argv, "--format=tar", self.suite, str(out), *SUITES[self.suite]]
 
     def key(self) -> str:
