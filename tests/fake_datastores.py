@@ -3,6 +3,7 @@ driver for them (the only thing faked; the API server stays real)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 from haku.controller.drivers import DriverCache
+from haku.datastore import Tenant, TenantConnection
+from haku.datastore.base import SchemaInUse
 
 
 def use_fake_datastores(monkeypatch: pytest.MonkeyPatch, drivers: Mapping[str, Any]) -> None:
@@ -41,3 +44,40 @@ def use_fake_datastores(monkeypatch: pytest.MonkeyPatch, drivers: Mapping[str, A
 
     monkeypatch.setattr(DriverCache, "read", fake_read)
     monkeypatch.setattr(DriverCache, "lease", fake_lease)
+
+
+class CountingDriver:
+    """A SQL-like DataStore that counts what it is asked to do."""
+
+    driver = "fake"
+
+    def __init__(self) -> None:
+        self.ensured: list[Tenant] = []
+        self.verified = 0
+        self.deleted: list[Tenant] = []
+        self.present: set[str] = set()
+        self.ensure_gate: asyncio.Event | None = None
+        self.refuse: str | None = None  # holder uid to refuse with SchemaInUse
+
+    async def ensure_tenant(self, tenant: Tenant) -> None:
+        if self.refuse:
+            raise SchemaInUse(tenant.schema, self.refuse)
+        if self.ensure_gate is not None:
+            await self.ensure_gate.wait()
+        self.ensured.append(tenant)
+        self.present.add(tenant.schema)
+
+    async def verify_tenant(self, tenant: Tenant) -> bool:
+        self.verified += 1
+        return tenant.schema in self.present
+
+    async def delete_tenant(self, tenant: Tenant) -> None:
+        self.deleted.append(tenant)
+        self.present.discard(tenant.schema)
+
+    def physical_names(self, tenant: Tenant) -> tuple[str, str]:
+        return tenant.schema, tenant.user
+
+    def tenant_connection(self, tenant: Tenant) -> TenantConnection:
+        return TenantConnection("fake", kine_endpoint=f"postgres://fake/{tenant.schema}",
+                                files={"ca.crt": b"not a CA"})

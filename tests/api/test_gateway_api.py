@@ -36,9 +36,8 @@ from haku.dev import gateway_api
 from haku.dev.cluster import DevCluster
 from haku.render import controlplane
 from haku.render.pki import KeyAlgorithm
-from tests.api.test_pipeline_api import CountingDriver
-from tests.fake_datastores import use_fake_datastores
-from tests.kube import conditions_of, namespace_client
+from tests.fake_datastores import CountingDriver
+from tests.kube import conditions_of
 
 NS = "gateway"
 DS = "fake-gateway"
@@ -61,19 +60,6 @@ def gw(hostname: str = HOST, parents: list[dict[str, Any]] | None = None) -> dic
     return {"hostname": hostname, "parentRefs": [dict(PARENT)] if parents is None else parents,
             "additionalMetadata": {"labels": {"team": "blue"},
                                    "annotations": {"example.com/note": "hi"}}}
-
-
-@pytest.fixture
-async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
-    async with namespace_client(api_cluster, NS) as c:
-        yield c
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> CountingDriver:
-    driver = CountingDriver()
-    use_fake_datastores(monkeypatch, {DS: driver})
-    return driver
 
 
 async def _served(client: AsyncClient) -> bool | None:

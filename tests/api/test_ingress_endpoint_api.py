@@ -8,7 +8,6 @@ No Ingress controller runs here (tests/node/test_exposure.py has Traefik carry t
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,11 +19,9 @@ from lightkube.resources.core_v1 import Secret, Service
 from lightkube.resources.networking_v1 import Ingress
 
 from haku.api.resources import TenantControlPlane
-from haku.dev.cluster import DevCluster
 from tests.api.test_gateway_api import reconciler
-from tests.api.test_pipeline_api import CountingDriver
-from tests.fake_datastores import use_fake_datastores
-from tests.kube import conditions_of, namespace_client
+from tests.fake_datastores import CountingDriver
+from tests.kube import conditions_of
 
 NS = "ingress-endpoint"
 DS = "fake-ingress"
@@ -40,19 +37,6 @@ def tcp(name: str, ingress: dict[str, Any] | None = None) -> dict[str, Any]:
             "metadata": {"name": name, "namespace": NS},
             "spec": {"dataStore": DS, "kubernetes": {"version": "v1.37.2"},
                      "controlPlane": cp}}
-
-
-@pytest.fixture
-async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
-    async with namespace_client(api_cluster, NS) as c:
-        yield c
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> CountingDriver:
-    driver = CountingDriver()
-    use_fake_datastores(monkeypatch, {DS: driver})
-    return driver
 
 
 def _server(secret: Any, key: str) -> str:

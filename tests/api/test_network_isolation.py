@@ -18,8 +18,8 @@ from lightkube.resources.networking_v1 import NetworkPolicy, ServiceCIDR
 
 from haku.api.resources import TenantControlPlane
 from haku.dev.cluster import DevCluster
-from tests.api.test_pipeline_api import CountingDriver, reconciler
-from tests.fake_datastores import use_fake_datastores
+from tests.api.test_pipeline_api import reconciler
+from tests.fake_datastores import CountingDriver, use_fake_datastores
 from tests.kube import conditions_of, namespace_client
 
 NS = "netiso"

@@ -6,7 +6,6 @@ reconcile deadline."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,52 +17,12 @@ from haku.api.resources import TenantControlPlane
 from haku.controller.config import OperatorConfig
 from haku.controller.events import EventRecorder
 from haku.controller.tenant import TenantReconciler
-from haku.datastore import Tenant, TenantConnection
-from haku.datastore.base import SchemaInUse
-from haku.dev.cluster import DevCluster
 from haku.render.pki import KeyAlgorithm
-from tests.fake_datastores import use_fake_datastores
-from tests.kube import conditions_of, namespace_client
+from tests.fake_datastores import CountingDriver
+from tests.kube import conditions_of
 
 NS = "pipeline"
 DS = "fake-pipeline"
-
-
-class CountingDriver:
-    """A SQL-like DataStore that counts what it is asked to do."""
-
-    driver = "fake"
-
-    def __init__(self) -> None:
-        self.ensured: list[Tenant] = []
-        self.verified = 0
-        self.deleted: list[Tenant] = []
-        self.present: set[str] = set()
-        self.ensure_gate: asyncio.Event | None = None
-        self.refuse: str | None = None  # holder uid to refuse with SchemaInUse
-
-    async def ensure_tenant(self, tenant: Tenant) -> None:
-        if self.refuse:
-            raise SchemaInUse(tenant.schema, self.refuse)
-        if self.ensure_gate is not None:
-            await self.ensure_gate.wait()
-        self.ensured.append(tenant)
-        self.present.add(tenant.schema)
-
-    async def verify_tenant(self, tenant: Tenant) -> bool:
-        self.verified += 1
-        return tenant.schema in self.present
-
-    async def delete_tenant(self, tenant: Tenant) -> None:
-        self.deleted.append(tenant)
-        self.present.discard(tenant.schema)
-
-    def physical_names(self, tenant: Tenant) -> tuple[str, str]:
-        return tenant.schema, tenant.user
-
-    def tenant_connection(self, tenant: Tenant) -> TenantConnection:
-        return TenantConnection("fake", kine_endpoint=f"postgres://fake/{tenant.schema}",
-                                files={"ca.crt": b"not a CA"})
 
 
 def tcp(name: str, **spec: Any) -> dict[str, Any]:
@@ -72,19 +31,6 @@ def tcp(name: str, **spec: Any) -> dict[str, Any]:
             "spec": {"dataStore": DS, "kubernetes": {"version": "v1.37.2"},
                      "controlPlane": {"deployment": {"replicas": 1},
                                       "service": {"serviceType": "ClusterIP"}}, **spec}}
-
-
-@pytest.fixture
-async def client(api_cluster: DevCluster) -> AsyncIterator[AsyncClient]:
-    async with namespace_client(api_cluster, NS) as c:
-        yield c
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> CountingDriver:
-    driver = CountingDriver()
-    use_fake_datastores(monkeypatch, {DS: driver})
-    return driver
 
 
 def reconciler(client: AsyncClient, **config: Any) -> TenantReconciler:
