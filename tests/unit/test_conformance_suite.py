@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from haku.dev import conformance_run as run
+from haku.dev import conformance_suite as suite
 from haku.dev.conformance_suite import (
     SUITE,
     Gap,
@@ -250,3 +251,32 @@ def test_run_suite_merges_the_chunks_and_writes_the_reports(tmp_path: Path) -> N
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["passed"] == 5
     assert "5 of 5 specs passed" in (tmp_path / "out" / "summary.md").read_text()
     assert sum("chunk" in line and "done in" in line for line in lines) == 3
+
+
+def test_a_finished_run_is_summarized_again_under_todays_gaps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = ["[sig-a] crd spec [Conformance]", "[sig-b] other spec [Conformance]"]
+    failure = ('<testcase name="{}" status="failed" time="1"><failure message="[FAILED] '
+               'deleting CustomResourceDefinition: context deadline exceeded"/></testcase>')
+    out = tmp_path / "run"
+    (out / "chunk-01").mkdir(parents=True)
+    (out / "chunk-01" / "junit_01.xml").write_text(
+        "<testsuites><testsuite>" + failure.format(names[0]) + "</testsuite></testsuites>")
+    # chunk 2 left no report: its spec never reported
+    (out / "plan.json").write_text(json.dumps([{"chunk": 1, "specs": names[:1]},
+                                               {"chunk": 2, "specs": names[1:]}]))
+    (out / "summary.json").write_text(json.dumps({"passed": 0, "seconds": 61.5,
+                                                  "datastore": "postgres"}))
+    monkeypatch.setattr(suite, "KNOWN_GAPS", (Gap(r"crd spec", "upstream race",
+                                                  message="deleting CustomResourceDefinition"),))
+    summary = run.resummarize(out)
+    assert [(f["name"], f["known"]) for f in summary.failures] == [
+        (names[0], "upstream race"), ("[chunk 2] report", None)]
+    assert [u["name"] for u in summary.unexplained] == ["[chunk 2] report", names[1]]
+    written = json.loads((out / "summary.json").read_text())
+    assert (written["seconds"], written["datastore"], written["resummarized"]) == (
+        61.5, "postgres", True)
+    assert written["failed"] == 2 and written["not_run"] == [names[1]]
+    assert "known: upstream race" in (out / "summary.md").read_text()
+    with pytest.raises(run.ConformanceRunError, match="not a finished run"):
+        run.resummarize(tmp_path / "nothing")

@@ -178,9 +178,10 @@ KNOWN_GAPS: tuple[Gap, ...] = (
 )
 
 
-def known_gap(name: str, message: str = "", gaps: Sequence[Gap] = KNOWN_GAPS) -> str | None:
-    """The reason of the first gap that explains spec ``name`` failing with ``message``."""
-    for gap in gaps:
+def known_gap(name: str, message: str = "", gaps: Sequence[Gap] | None = None) -> str | None:
+    """The reason of the first gap (of ``gaps``, by default :data:`KNOWN_GAPS`) that
+    explains spec ``name`` failing with ``message``."""
+    for gap in KNOWN_GAPS if gaps is None else gaps:
         if gap.explains(name, message):
             return gap.reason
     return None
@@ -245,7 +246,7 @@ def first_line(message: str, limit: int = 300) -> str:
 
 
 def summarize(expected: Sequence[Spec], results: Iterable[Result],
-              gaps: Sequence[Gap] = KNOWN_GAPS) -> Summary:
+              gaps: Sequence[Gap] | None = None) -> Summary:
     """Per SIG, how the ``expected`` specs ended; every failure with its reason and whether a
     known gap explains it; suite-node failures (a chunk's BeforeSuite) count as failures of
     SIG ``suite``; expected specs without a result are ``not_run``."""
