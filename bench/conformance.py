@@ -110,7 +110,9 @@ def _suite_fields(data: dict[str, Any]) -> dict[str, Any]:
     return {key: data.get(key) for key in (
         "datastore", "kubernetes", "subset", "expected", "passed", "failed", "chunks",
         "parallel", "seconds")} | {
-        "failures": [f["name"] for f in data.get("failures", [])],
+        "failures": [{"name": f["name"], "known": f.get("known")}
+                     for f in data.get("failures", [])],
+        "resummarized": bool(data.get("resummarized")),
         "skipped": len(data.get("skipped", [])), "not_run": len(data.get("not_run", []))}
 
 
