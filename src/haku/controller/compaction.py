@@ -2,8 +2,9 @@
 
 Compaction is global to an etcd cluster, and etcd allows it to its administrator only. A
 tenant's API server reaches nothing but its own prefix (and reads ``compact_rev_key``), so it
-runs with ``--etcd-compaction-interval=0``; the operator, which holds each DataStore's
-administrator certificate, runs kube-apiserver's rounds for all of them
+never compacts (``haku.render.kine.TENANT_COMPACTION_INTERVAL``: a year); the operator,
+which holds each DataStore's administrator certificate, runs kube-apiserver's rounds for all
+of them
 (:meth:`haku.datastore.etcd.EtcdDriver.compact_round`): every :attr:`EtcdCompactor.interval`
 (5 minutes, kube-apiserver's default) it writes ``compact_rev_key`` and compacts to the
 revision of the round before, so between one and two intervals of history stay.

@@ -369,11 +369,7 @@ async def _wait_rolled_out(client: AsyncClient, name: str, timeout: float,
     started = time.monotonic()
     told = False
     while True:
-        d = await client.get(Deployment, name, namespace=NAMESPACE)
-        spec, st = d.spec, d.status
-        want = spec.replicas if spec and spec.replicas is not None else 1
-        if st and d.metadata and st.observedGeneration == d.metadata.generation and \
-                st.replicas == st.updatedReplicas == st.availableReplicas == want:
+        if demo.rolled_out(await client.get(Deployment, name, namespace=NAMESPACE)):
             if told:
                 out(f"    {time.monotonic() - started:.1f}s  control plane rolled out")
             return

@@ -54,6 +54,16 @@ def deploy_operator(cluster: DevCluster, out: Any = print, timeout: float = 180.
     return asyncio.run(_wait_operator(cluster, out, timeout))
 
 
+def rolled_out(d: Deployment) -> bool:
+    """Deployment ``d`` runs only pods of its current template, all ready, none more."""
+    st = d.status
+    want = d.spec.replicas if d.spec and d.spec.replicas is not None else 1
+    generation = d.metadata.generation if d.metadata else None
+    return bool(st and st.observedGeneration == generation and
+                (st.updatedReplicas or 0) == want == (st.readyReplicas or 0) and
+                not st.unavailableReplicas and (st.replicas or 0) == want)
+
+
 async def _wait_operator(cluster: DevCluster, out: Any, timeout: float) -> str:
     client = AsyncClient(KubeConfig.from_file(cluster.layout.admin_kubeconfig),
                          field_manager="haku-demo", trust_env=False)
@@ -66,10 +76,7 @@ async def _wait_operator(cluster: DevCluster, out: Any, timeout: float) -> str:
                 want = d.spec.replicas if d.spec and d.spec.replicas is not None else 1
                 line = (f"{st.updatedReplicas or 0} of {want} updated, "
                         f"{st.readyReplicas or 0} ready" if st else "no status yet")
-                generation = d.metadata.generation if d.metadata else None
-                done = bool(st and st.observedGeneration == generation and
-                            (st.updatedReplicas or 0) == want == (st.readyReplicas or 0) and
-                            not st.unavailableReplicas and (st.replicas or 0) == want)
+                done = rolled_out(d)
             except ApiError as e:
                 line, done = f"not there yet ({e.status.message})", False
             if line != last:
